@@ -1,0 +1,22 @@
+"""ComfyUI node classes (V3 schema). Thin adapters: validate, convert types, call the
+algorithm modules, report progress. Nothing here runs at import beyond class definitions."""
+
+from comfy_api.latest import ComfyExtension, io
+
+from .paths import register_model_folders
+
+
+def all_nodes() -> list[type[io.ComfyNode]]:
+    """Every node of the pack, in menu order."""
+    from . import flow, video
+
+    return [*video.NODES, *flow.NODES]
+
+
+class VideoEditExtension(ComfyExtension):
+    async def on_load(self) -> None:  # called by newer hosts; idempotent
+        register_model_folders()
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        register_model_folders()  # 0.3.75 never calls on_load
+        return all_nodes()

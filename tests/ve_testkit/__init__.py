@@ -1,0 +1,1 @@
+"""Shared test helpers (pack loader, host import, tiny models, analytic model, server)."""

@@ -1,0 +1,158 @@
+"""Tiny random-weight SD1.5-layout models built from ComfyUI's own classes, and an analytic
+denoiser with a closed-form prediction.
+
+Random weights are for plumbing, shapes, memory and speed only: their eps is not smooth in t
+and DDIM inversion does not round-trip on them. Exact answers use ``AnalyticPrediction``.
+Call ``import_host()`` before using anything here.
+"""
+
+import math
+
+import torch
+
+TINY_UNET_CONFIG = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+    "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 32,
+    "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
+    "context_dim": 32, "transformer_depth_output": [1] * 9 + [0] * 3,
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+TINY_CLIP_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+                    "num_hidden_layers": 2, "projection_dim": 32}
+TINY_VAE_CONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
+                   "ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [],
+                   "dropout": 0.0}
+
+
+@torch.no_grad()
+def init_random_(module: torch.nn.Module, seed: int = 0, std_scale: float = 1.0) -> torch.nn.Module:
+    """ComfyUI's ``comfy.ops`` layers skip ``reset_parameters`` (weights are torch.empty
+    garbage, and zero GroupNorm weights make the UNet output exactly 0): initialise
+    everything explicitly and deterministically."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+            if getattr(m, "weight", None) is not None:
+                m.weight.fill_(1.0)
+            if getattr(m, "bias", None) is not None:
+                m.bias.zero_()
+        elif isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+            fan_in = m.weight[0].numel()
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * std_scale / math.sqrt(fan_in))
+            if m.bias is not None:
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.01)
+        elif isinstance(m, torch.nn.Embedding):
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.02)
+    return module
+
+
+def build_tiny_model(seed: int = 0, prediction: str = "eps"):
+    """A ModelPatcher around an 8.5 M-parameter SD1.5-layout UNet (SD1.5's exact block ids,
+    context dim 32). ``prediction``: "eps" or "v"."""
+    import comfy.model_base
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    cfg = comfy.supported_models.SD15(dict(TINY_UNET_CONFIG))
+    cfg.set_inference_dtype(torch.float32, None)
+    model_type = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}[prediction]
+    model = comfy.model_base.BaseModel(cfg, model_type=model_type, device=torch.device("cpu"))
+    init_random_(model.diffusion_model, seed)
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def build_tiny_clip(seed: int = 1):
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+
+    clip = comfy.sd.CLIP(
+        target=comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel),
+        model_options={"clip_l_model_config": dict(TINY_CLIP_CONFIG), "dtype": torch.float32},
+    )
+    init_random_(clip.cond_stage_model, seed)
+    return clip
+
+
+def build_tiny_vae(seed: int = 2):
+    """8x downscale like SD's VAE, 4 latent channels, 32 base channels."""
+    import comfy.ldm.models.autoencoder
+    import comfy.sd
+
+    ae = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dict(TINY_VAE_CONFIG), embed_dim=4)
+    init_random_(ae, seed)
+    return comfy.sd.VAE(sd=ae.state_dict(), config={"params": {"ddconfig": dict(TINY_VAE_CONFIG), "embed_dim": 4}})
+
+
+def encode_prompt(clip, text: str):
+    import nodes
+
+    return nodes.CLIPTextEncode().encode(clip, text)[0]
+
+
+class AnalyticPrediction:
+    """A ``DIFFUSION_MODEL`` wrapper that replaces the UNet by a closed-form prediction.
+
+    eps(x_in, sigma) = field * g(sigma) + x_coeff * x_in, g(sigma) = 1 / (1 + 0.1 sigma),
+    where ``x_in`` is the UNet input (``calculate_input``-scaled, i.e. diffusers' x_t) and
+    ``field`` a fixed tensor broadcastable to the latent. With ``x_coeff == 0`` eps does not
+    depend on x and DDIM inversion is exact. For v-prediction models the wrapper returns the v
+    that implies that eps: v = (eps - s x_in) / a, a = 1/sqrt(1+sigma^2), s = sigma a.
+
+    Attach it *last* (innermost) with ``attach(patcher)``; it never calls the real UNet but
+    counts its calls in ``self.calls``.
+    """
+
+    def __init__(self, field: torch.Tensor, model_sampling, prediction: str = "eps", x_coeff: float = 0.0):
+        self.field = field
+        self.model_sampling = model_sampling
+        self.prediction = prediction
+        self.x_coeff = x_coeff
+        self.calls = 0
+        self.frames_seen = 0
+
+    def eps(self, x_in: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        g = (1.0 / (1.0 + 0.1 * sigma)).view(-1, *([1] * (x_in.ndim - 1)))
+        return self.field.to(x_in) * g + self.x_coeff * x_in
+
+    def __call__(self, executor, x, timesteps, *args, **kwargs):
+        self.calls += 1
+        self.frames_seen += x.shape[0]
+        sigma = self.model_sampling.sigma(timesteps.float()).to(x)
+        eps = self.eps(x, sigma)
+        if self.prediction == "eps":
+            return eps
+        a = (1.0 / torch.sqrt(1.0 + sigma**2)).view(-1, 1, 1, 1)
+        s = sigma.view(-1, 1, 1, 1) * a
+        return (eps - s * x) / a
+
+    def attach(self, patcher, key: str = "ve_test_analytic"):
+        import comfy.patcher_extension as pe
+
+        m = patcher.clone()
+        m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, key, self)
+        return m
+
+
+class CallCounter:
+    """A pass-through ``DIFFUSION_MODEL`` wrapper counting real UNet calls and frames."""
+
+    def __init__(self):
+        self.calls = 0
+        self.frames = 0
+
+    def __call__(self, executor, x, *args, **kwargs):
+        self.calls += 1
+        self.frames += x.shape[0]
+        return executor(x, *args, **kwargs)
+
+    def attach(self, patcher, key: str = "ve_test_counter"):
+        import comfy.patcher_extension as pe
+
+        m = patcher.clone()
+        m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, key, self)
+        return m
