@@ -7,10 +7,10 @@ from .paths import register_model_folders
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:
-    """Every node of the pack, in menu order."""
-    from . import flow, video
+    """Every node of the pack, in menu order. Each area module exports ``NODES``."""
+    from . import flow, inversion, tokenflow, video
 
-    return [*video.NODES, *flow.NODES]
+    return [*video.NODES, *flow.NODES, *inversion.NODES, *tokenflow.NODES]
 
 
 class VideoEditExtension(ComfyExtension):

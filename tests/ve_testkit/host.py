@@ -25,11 +25,12 @@ def comfy_root() -> Path:
     return PACK_ROOT / ".host" / "ComfyUI"
 
 
-def import_host(base_dir: str | None = None):
+def import_host(base_dir: str | None = None, cpu: bool = True):
     """Import ComfyUI once per process; returns a namespace of the host modules.
 
     ``base_dir`` (default: a fresh temp dir) receives input/, output/, temp/ and models/ so
-    tests never write into the host tree.
+    tests never write into the host tree. ``cpu=False`` (benchmarks only) lets ComfyUI pick
+    the accelerator.
     """
     global _IMPORTED
     if _IMPORTED is not None:
@@ -41,7 +42,7 @@ def import_host(base_dir: str | None = None):
 
     from comfy.cli_args import args
 
-    args.cpu = True
+    args.cpu = cpu
     import utils.extra_config  # noqa: F401  (must precede `import nodes`)
     import folder_paths
 

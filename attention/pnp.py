@@ -1,0 +1,131 @@
+"""Plug-and-Play feature injection from the source branch (PnP; used by FLATTEN, and the same
+primitives by TokenFlow's keyframe pass).
+
+For the first steps of sampling, each UNet call is preceded by a *source pass*: the cached
+inversion latents of the same frames at the same sigma, with the source prompt, through the
+same patched UNet. It records the self-attention q/k of chosen layers and the residual-branch
+outputs of chosen decoder ResBlocks; the *edit pass* (the sampler's own rows) then uses them
+in place of its own, in every cond/uncond chunk. Attention patches that own a layer call
+:func:`pnp_qk` on their q/k; residuals go through :mod:`.resnet_hooks`.
+
+State travels in ``transformer_options["ve_pnp"]`` (a :class:`PnPPass`) on a copy of the
+options made for each executor call, so nothing global changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .frames import call_frame_indices
+from .resnet_hooks import ResKey, residual_hooks
+from .unet_blocks import BlockKey, key_of
+
+PNP_KEY = "ve_pnp"
+
+
+@dataclass
+class PnPPass:
+    mode: str  # "capture" (source pass) or "inject" (edit pass)
+    groups: int
+    attn_keys: frozenset
+    qk: dict = field(default_factory=dict)  # BlockKey -> (q, k) of the source rows
+    res: dict = field(default_factory=dict)  # ResKey -> residual of the source rows
+
+
+def pnp_qk(q: torch.Tensor, k: torch.Tensor, extra_options: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Call at the start of an attn1 replace patch: records the source q/k in a capture pass,
+    returns the source q/k (repeated over cond/uncond chunks) in an inject pass, else q, k."""
+    p: PnPPass | None = extra_options.get(PNP_KEY)
+    if p is None:
+        return q, k
+    key = key_of(extra_options)
+    if key not in p.attn_keys:
+        return q, k
+    if p.mode == "capture":
+        p.qk[key] = (q, k)
+        return q, k
+    if key in p.qk:
+        q_src, k_src = p.qk[key]
+        return q_src.repeat(p.groups, 1, 1).to(q.dtype), k_src.repeat(p.groups, 1, 1).to(k.dtype)
+    return q, k
+
+
+class PnPQKPatch:
+    """attn1 replace patch for layers no other VideoEdit patch owns: q/k injection then the
+    previous patch or plain attention."""
+
+    def __init__(self, attn_fn: Callable, previous: Callable | None = None):
+        self.attn_fn = attn_fn
+        self.previous = previous
+
+    def __call__(self, q, k, v, extra_options):
+        q, k = pnp_qk(q, k, extra_options)
+        if self.previous is not None:
+            return self.previous(q, k, v, extra_options)
+        return self.attn_fn(q, k, v, extra_options["n_heads"])
+
+
+@dataclass
+class PnPSchedule:
+    attn_keys: tuple[BlockKey, ...]
+    res_keys: tuple[ResKey, ...]
+    attn_steps: int  # inject q/k while step index < attn_steps
+    res_steps: int  # inject residuals while step index < res_steps
+
+
+class PnPWrapper:
+    """``DIFFUSION_MODEL`` wrapper running the source pass then the injected edit pass.
+
+    ``source`` implements ``step_index(sigma)``, ``latent(sigma, frames)`` (VE latents) and
+    ``unet_conditioning(n, like)`` (context, y); ``model_sampling`` scales the source input.
+    """
+
+    def __init__(self, source, schedule: PnPSchedule, model_sampling):
+        self.source = source
+        self.schedule = schedule
+        self.model_sampling = model_sampling
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def cache_key(self) -> str:
+        return f"pnp({self.schedule})"
+
+    def __call__(self, executor, x, timesteps, context=None, y=None, control=None, transformer_options=None, **kw):
+        to = transformer_options or {}
+        groups = len(to.get("cond_or_uncond") or [0])
+        n = x.shape[0] // groups
+        sigma = float(to["sigmas"][0])
+        step = self.source.step_index(sigma)
+        sched = self.schedule
+        attn_on, res_on = step < sched.attn_steps, step < sched.res_steps
+        if not (attn_on or res_on):
+            return executor(x, timesteps, context, y, control, to, **kw)
+        frames = call_frame_indices(to, n)
+        attn_keys = frozenset(sched.attn_keys) if attn_on else frozenset()
+        res_keys = sched.res_keys if res_on else ()
+        box = {"pass": PnPPass("capture", 1, attn_keys)}
+
+        def on_residual(rkey, residual):
+            p = box["pass"]
+            if p.mode == "capture":
+                p.res[rkey] = residual
+                return None
+            return p.res[rkey].repeat(p.groups, 1, 1, 1) if rkey in p.res else None
+
+        with residual_hooks(executor.class_obj, res_keys, on_residual):
+            lat = self.source.latent(sigma, frames).to(x.device)
+            sig = torch.full((n,), sigma, device=x.device)
+            x_src = self.model_sampling.calculate_input(sig, lat).to(x.dtype)
+            ctx, y_src = self.source.unet_conditioning(n, like=x)
+            src_opts = dict(to, cond_or_uncond=[0])
+            src_opts[PNP_KEY] = box["pass"]
+            executor(x_src, timesteps[:n], ctx, y_src, None, src_opts, **kw)
+            captured = box["pass"]
+            box["pass"] = PnPPass("inject", groups, attn_keys, captured.qk, captured.res)
+            opts = dict(to)
+            opts[PNP_KEY] = box["pass"]
+            return executor(x, timesteps, context, y, control, opts, **kw)

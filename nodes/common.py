@@ -1,0 +1,34 @@
+"""Small helpers shared by the node modules (ComfyUI-side only)."""
+
+from __future__ import annotations
+
+
+def comfy_attention():
+    """ComfyUI's own attention kernel (honours the user's --use-*-attention choice) with the
+    ``attn_fn(q, k, v, heads)`` signature the attention modules take."""
+    from comfy.ldm.modules.attention import optimized_attention
+
+    return lambda q, k, v, heads: optimized_attention(q, k, v, heads)
+
+
+def parse_int_list(text: str, input_name: str) -> list[int]:
+    """'0, 8,16' → [0, 8, 16]; empty → []. Raises ValueError naming the input."""
+    text = (text or "").strip()
+    if not text:
+        return []
+    try:
+        values = [int(part) for part in text.replace(";", ",").split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{input_name}: '{text}' is not a comma-separated list of frame numbers, e.g. '0, 8, 16'") from None
+    if any(v < 0 for v in values):
+        raise ValueError(f"{input_name}: frame numbers must be >= 0, got '{text}'")
+    return sorted(set(values))
+
+
+def _custom_types():
+    from comfy_api.latest import io
+
+    return io.Custom("VE_INVERSION"), io.Custom("VE_TRAJECTORIES"), io.Custom("OPTICAL_FLOW")
+
+
+VE_INVERSION, VE_TRAJECTORIES, OPTICAL_FLOW = _custom_types()

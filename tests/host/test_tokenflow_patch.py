@@ -1,0 +1,76 @@
+"""TokenFlow's MODEL patch on the tiny model through ComfyUI's own samplers (stand-in source)."""
+
+import torch
+
+from ve_testkit.models import encode_prompt
+from ve_testkit.sources import FixedSource
+
+
+def _setup(host, tiny_model, tiny_clip, frames=9, steps=4):
+    import comfy.samplers
+
+    pos, neg = encode_prompt(tiny_clip, "a red car"), encode_prompt(tiny_clip, "")
+    ms = tiny_model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(ms, "ddim_uniform", steps)
+    g = torch.Generator().manual_seed(0)
+    src = FixedSource(torch.randn(frames, 4, 8, 8, generator=g), sigmas, encode_prompt(tiny_clip, "a car")[0][0])
+    latent = torch.randn(frames, 4, 8, 8, generator=g)
+    return pos, neg, sigmas, src, latent
+
+
+def _sample_custom(host, model, pos, neg, sigmas, latent, cfg=4.0):
+    import comfy.sample
+    import comfy.samplers
+
+    noise = torch.zeros_like(latent)
+    return comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.sampler_object("euler"), sigmas, pos, neg,
+                                      latent, disable_pbar=True, seed=0)
+
+
+def test_tokenflow_runs_deterministic_and_leaves_model_unchanged(host, pack_nodes, tiny_model, tiny_clip,
+                                                               inference_mode):
+    from comfyui_videoedit.nodes.tokenflow import tokenflow_model
+
+    pos, neg, sigmas, src, latent = _setup(host, tiny_model, tiny_clip)
+    before = repr(tiny_model.model_options)
+    model = tokenflow_model(tiny_model, src, window=4, seed=3)
+    assert repr(tiny_model.model_options) == before
+    a = _sample_custom(host, model, pos, neg, sigmas, latent)
+    b = _sample_custom(host, model, pos, neg, sigmas, latent)
+    assert a.shape == latent.shape and torch.isfinite(a).all()
+    assert torch.equal(a, b)
+    assert repr(tiny_model.model_options) == before
+    other = _sample_custom(host, tokenflow_model(tiny_model, src, window=4, seed=4), pos, neg, sigmas, latent)
+    assert not torch.equal(a, other)  # the keyframe draw depends on the seed
+
+
+def test_window_one_equals_extended_attention_over_all_frames(host, pack_nodes, tiny_model, tiny_clip,
+                                                              inference_mode):
+    from comfyui_videoedit.nodes.tokenflow import ApplyExtendedAttention, tokenflow_model
+
+    pos, neg, sigmas, src, latent = _setup(host, tiny_model, tiny_clip, frames=5)
+    tf = tokenflow_model(tiny_model, src, window=1, blend="paper", pnp_attn_blocks="none", pnp_resnet_blocks="")
+    (ext,) = ApplyExtendedAttention.execute(tiny_model, keyframe_stride=1, keyframes="").args
+    a = _sample_custom(host, tf, pos, neg, sigmas, latent)
+    b = _sample_custom(host, ext, pos, neg, sigmas, latent)
+    # equal up to float rounding (the propagation pass runs the other layers in 1-frame chunks)
+    assert (a - b).abs().max() <= 1e-5 * b.abs().max(), (a - b).abs().max()
+
+
+def test_split_cond_uncond_calls_equal_joint_call(host, pack_nodes, tiny_model, tiny_clip, inference_mode):
+    """ComfyUI may run uncond and cond as separate UNet calls when memory is short."""
+    import comfy.patcher_extension as pe
+
+    from comfyui_videoedit.nodes.tokenflow import tokenflow_model
+
+    pos, neg, sigmas, src, latent = _setup(host, tiny_model, tiny_clip, frames=6)
+    model = tokenflow_model(tiny_model, src, window=3, seed=2)
+    joint = _sample_custom(host, model, pos, neg, sigmas, latent)
+
+    def split(executor, model_, conds, x_in, timestep, model_options):
+        return [executor(model_, [c], x_in, timestep, model_options)[0] for c in conds]
+
+    split_model = model.clone()
+    split_model.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, "test_split", split)
+    separate = _sample_custom(host, split_model, pos, neg, sigmas, latent)
+    assert (joint - separate).abs().max() <= 1e-5 * joint.abs().max(), (joint - separate).abs().max()
