@@ -1,0 +1,55 @@
+"""Backward warping of images (or any per-pixel field) by a flow."""
+
+import torch
+from kornia.geometry.transform import remap
+from kornia.utils import create_meshgrid
+
+PADDING_MODES = ("zeros", "border", "reflection")
+
+
+def sample_grid(flow: torch.Tensor) -> torch.Tensor:
+    """Absolute sampling positions ``p + flow[p]`` in pixels.
+
+    Args:
+        flow: ``[B, H, W, 2]`` pixel displacements (dx, dy).
+
+    Returns:
+        ``[B, H, W, 2]`` (x, y) positions, same device/dtype as ``flow``.
+    """
+    _, height, width, _ = flow.shape
+    base = create_meshgrid(height, width, normalized_coordinates=False, device=flow.device, dtype=flow.dtype)
+    return base + flow
+
+
+def warp_backward(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
+    """Backward warp: ``out[p] = image[p + flow[p]]``, bilinear.
+
+    The output lives on the flow's grid. To bring frame i+1 onto frame i's grid, pass frame i+1
+    and the forward flow i → i+1 (defined on frame i). To bring frame i onto frame i+1's grid,
+    pass frame i and the backward flow i+1 → i.
+
+    Args:
+        image: ``[B, C, H, W]`` any float values (images, flows, features).
+        flow: ``[B, H, W, 2]`` pixel displacements (dx, dy) on the output grid.
+        padding_mode: value for samples that land outside the image: ``"zeros"`` (0),
+            ``"border"`` (nearest edge pixel) or ``"reflection"`` (mirrored about the edge
+            pixel centres).
+
+    Returns:
+        ``[B, C, H, W]``, dtype and device of ``image``.
+    """
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    if image.ndim != 4 or flow.ndim != 4 or flow.shape[-1] != 2:
+        raise ValueError(
+            f"expected image [B,C,H,W] and flow [B,H,W,2], got {tuple(image.shape)} and {tuple(flow.shape)}"
+        )
+    if image.shape[0] != flow.shape[0] or image.shape[-2:] != flow.shape[1:3]:
+        raise ValueError(f"image {tuple(image.shape)} and flow {tuple(flow.shape)} differ in batch size or H×W")
+    # Sample in float32 at least: half-precision positions are off by ~0.1 px at 512 px.
+    work = image if image.dtype in (torch.float32, torch.float64) else image.float()
+    grid = sample_grid(flow.to(device=image.device, dtype=work.dtype))
+    # remap's pixel → [-1, 1] mapping uses the align_corners=True convention (pixel centres on
+    # the corners of the normalised range), so grid_sample must be told the same.
+    out = remap(work, grid[..., 0], grid[..., 1], mode="bilinear", padding_mode=padding_mode, align_corners=True)
+    return out.to(image.dtype)
