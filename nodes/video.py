@@ -1,0 +1,193 @@
+"""Video file nodes: load a clip as IMAGE frames (streaming, with cap / skip / stride /
+resize) and save IMAGE frames as mp4, webm, gif or a PNG sequence."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+from comfy.cli_args import args
+from comfy_api.latest import io, ui
+
+from ..media.decode import frames_to_decode, probe_video, read_video_frames
+from ..media.encode import h264_encoder, output_paths, write_video
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".m4v")
+
+SAVE_FORMATS = {"mp4 (h264)": "mp4", "webm (vp9)": "webm", "gif": "gif", "png sequence": "png"}
+
+
+def input_videos() -> list[str]:
+    """Video files directly in ComfyUI's input folder (what the upload button puts there)."""
+    folder = folder_paths.get_input_directory()
+    if not os.path.isdir(folder):
+        return []
+    return sorted(
+        name for name in os.listdir(folder)
+        if name.lower().endswith(VIDEO_EXTENSIONS) and os.path.isfile(os.path.join(folder, name))
+    )
+
+
+def _video_path(video: str) -> str:
+    """Absolute path of a combo value (``name``, ``sub/name`` or ``name [output]``), refusing
+    names that climb out of ComfyUI's input/output/temp folders (API clients can send any string)."""
+    path = os.path.abspath(folder_paths.get_annotated_filepath(video))
+    roots = (folder_paths.get_input_directory(), folder_paths.get_output_directory(), folder_paths.get_temp_directory())
+    if not any(os.path.commonpath((os.path.abspath(root), path)) == os.path.abspath(root) for root in roots):
+        raise ValueError(f"video: '{video}' points outside ComfyUI's input folder; choose a file inside it")
+    return path
+
+
+def _interruptible_progress(total: int):
+    """Per-frame callback for the media functions: stop when the user cancels, move the bar."""
+    bar = comfy.utils.ProgressBar(max(total, 1))
+
+    def on_frame(done: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update_absolute(min(done, bar.total))
+
+    return on_frame
+
+
+class LoadVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VideoEdit_LoadVideo",
+            display_name="Load Video (VideoEdit)",
+            category="VideoEdit/video",
+            description="Loads frames of a video from ComfyUI's input folder as an IMAGE batch. Frames are selected "
+                        "and resized while decoding, so memory holds only the frames kept.",
+            inputs=[
+                io.Combo.Input("video", options=input_videos(), upload=io.UploadType.video,
+                               tooltip="A video in ComfyUI's input folder (mp4, webm, mkv, mov, avi, gif, m4v); "
+                                       "use the upload button to add one. The file is only read."),
+                io.Int.Input("frame_load_cap", default=0, min=0, max=1_000_000,
+                             tooltip="Most frames to load (after skipping and striding); 0 loads all of them."),
+                io.Int.Input("skip_first_frames", default=0, min=0, max=10_000_000,
+                             tooltip="Frames to drop from the start before selecting."),
+                io.Int.Input("select_every_nth", default=1, min=1, max=1000,
+                             tooltip="Keep every n-th frame after the skipped ones (1 = all); the fps output is "
+                                     "divided by it so playback speed stays right."),
+                io.Int.Input("custom_width", default=0, min=0, max=16384,
+                             tooltip="Output width in pixels; 0 keeps the source width, or follows custom_height "
+                                     "with the source aspect ratio."),
+                io.Int.Input("custom_height", default=0, min=0, max=16384,
+                             tooltip="Output height in pixels; 0 keeps the source height, or follows custom_width "
+                                     "with the source aspect ratio."),
+                io.Int.Input("size_multiple", default=8, min=1, max=512,
+                             tooltip="Both sides are rounded to the nearest multiple of this (8 suits SD VAEs, 64 "
+                                     "is safest for UNet down/up-sampling); 1 keeps the exact size."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="images"),
+                io.Int.Output(display_name="frame_count"),
+                io.Float.Output(display_name="fps"),
+                io.Int.Output(display_name="width"),
+                io.Int.Output(display_name="height"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, video, frame_load_cap, skip_first_frames, select_every_nth,
+                custom_width, custom_height, size_multiple) -> io.NodeOutput:
+        path = _video_path(video)
+        if not os.path.isfile(path):
+            raise ValueError(f"video: '{video}' is not in ComfyUI's input folder ({folder_paths.get_input_directory()}); "
+                             "upload it with the node's upload button or copy it there")
+        total = frames_to_decode(probe_video(path).frame_count, frame_load_cap, skip_first_frames, select_every_nth)
+        loaded = read_video_frames(path, frame_load_cap, skip_first_frames, select_every_nth, custom_width,
+                                   custom_height, size_multiple, on_frame=_interruptible_progress(total))
+        frames = loaded.frames
+        return io.NodeOutput(frames, frames.shape[0], loaded.fps, frames.shape[2], frames.shape[1])
+
+    @classmethod
+    def validate_inputs(cls, video):
+        try:
+            path = _video_path(video)
+        except ValueError as err:
+            return str(err)
+        if not os.path.isfile(path):
+            return f"video: '{video}' is not in ComfyUI's input folder; upload it with the node's upload button"
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, video, **kwargs):
+        # Re-run when the file is replaced or edited in place; cheaper than hashing a video.
+        try:
+            path = _video_path(video)
+        except ValueError:
+            return ""
+        if not os.path.isfile(path):
+            return ""
+        stat = os.stat(path)
+        return f"{stat.st_mtime_ns}:{stat.st_size}"
+
+
+class SaveVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        encoder = h264_encoder()
+        h264_note = "libx264" if encoder == "libx264" else f"{encoder}: libx264 is missing from this PyAV build"
+        return io.Schema(
+            node_id="VideoEdit_SaveVideo",
+            display_name="Save Video (VideoEdit)",
+            category="VideoEdit/video",
+            description="Saves IMAGE frames as a video (mp4, webm, gif) or a PNG sequence in ComfyUI's output folder, "
+                        "with the workflow embedded where the format allows, and shows it in the UI.",
+            inputs=[
+                io.Image.Input("images", tooltip="Frames to save, [frames, height, width, 3] in 0..1."),
+                io.Float.Input("fps", default=24.0, min=0.01, max=1000.0, step=0.01,
+                               tooltip="Playback frame rate; wire Load Video's fps output to keep the source timing. "
+                                       "GIF stores delays in 1/100 s, so its rate is rounded."),
+                io.Combo.Input("format", options=list(SAVE_FORMATS), default="mp4 (h264)",
+                               tooltip=f"mp4: H.264 ({h264_note}), yuv420p, odd sides padded by one repeated pixel; "
+                                       "webm: VP9; gif: looping, 256 colours per frame; png sequence: lossless, "
+                                       "one file per frame. mp4/webm/png carry the workflow metadata."),
+                io.String.Input("filename_prefix", default="VideoEdit/video",
+                                tooltip="Output path inside ComfyUI's output folder; a counter is appended, so "
+                                        "existing files are never overwritten. May contain %date:…% style variables."),
+                io.Int.Input("crf", default=19, min=0, max=63,
+                             tooltip="Constant rate factor: lower = better quality and bigger files. H.264 uses "
+                                     "0-51 (17-23 typical), VP9 0-63 (15-35 typical); ignored by gif and png."),
+            ],
+            outputs=[],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, images, fps, format, filename_prefix, crf) -> io.NodeOutput:
+        fmt = SAVE_FORMATS.get(format)
+        if fmt is None:
+            raise ValueError(f"format: '{format}' is not one of {', '.join(SAVE_FORMATS)}")
+        folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, folder_paths.get_output_directory(), images.shape[2], images.shape[1])
+        while any(os.path.exists(p) for p in output_paths(os.path.join(folder, f"{filename}_{counter:05}_"), fmt,
+                                                            images.shape[0])):
+            counter += 1  # a file written since the counter was computed: never overwrite it
+        stem = os.path.join(folder, f"{filename}_{counter:05}_")
+        paths = write_video(images, stem, fps, fmt, crf, cls._metadata(), _interruptible_progress(images.shape[0]))
+        results = [ui.SavedResult(os.path.basename(p), subfolder, io.FolderType.output) for p in paths]
+        if fmt in ("mp4", "webm"):
+            return io.NodeOutput(ui=ui.PreviewVideo(results))
+        return io.NodeOutput(ui=ui.SavedImages(results, is_animated=fmt == "gif"))
+
+    @classmethod
+    def _metadata(cls) -> dict[str, str] | None:
+        """The workflow as text tags, like core's savers; none with --disable-metadata."""
+        hidden = cls.hidden
+        if args.disable_metadata or hidden is None:
+            return None
+        metadata = {}
+        if hidden.prompt is not None:
+            metadata["prompt"] = json.dumps(hidden.prompt)
+        for key, value in (hidden.extra_pnginfo or {}).items():
+            metadata[key] = json.dumps(value)
+        return metadata or None
+
+
+NODES = [LoadVideo, SaveVideo]
