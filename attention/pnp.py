@@ -120,7 +120,7 @@ class PnPWrapper:
             lat = self.source.latent(sigma, frames).to(x.device)
             sig = torch.full((n,), sigma, device=x.device)
             x_src = self.model_sampling.calculate_input(sig, lat).to(x.dtype)
-            ctx, y_src = self.source.unet_conditioning(n, like=x)
+            ctx, y_src = self.source.unet_conditioning(n, like=x, frames=frames)
             src_opts = dict(to, cond_or_uncond=[0])
             src_opts[PNP_KEY] = box["pass"]
             executor(x_src, timesteps[:n], ctx, y_src, None, src_opts, **kw)

@@ -49,7 +49,8 @@ class SourceBranch(Protocol):
     @property
     def num_steps(self) -> int: ...
     def latent(self, sigma: float, frames: torch.Tensor) -> torch.Tensor: ...  # VE latent [n,C,h,w]
-    def unet_conditioning(self, n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+    def unet_conditioning(self, n: int, like: torch.Tensor, frames: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 @dataclass
@@ -284,7 +285,7 @@ class TokenFlowWrapper:
             lat = rt.source.latent(sigma, frames[positions]).to(x.device)
             sig = torch.full((lat.shape[0],), sigma, device=x.device)
             x_src = rt.model_sampling.calculate_input(sig, lat).to(x.dtype)
-            ctx, y = rt.source.unet_conditioning(len(positions), like=x)
+            ctx, y = rt.source.unet_conditioning(len(positions), like=x, frames=frames[positions])
             return x_src, timesteps[:1].expand(len(positions)), ctx, y
 
         run("src_kf", st.kf_pos, *source_inputs(st.kf_pos), None, 1)

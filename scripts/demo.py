@@ -23,32 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from ve_testkit.server import ComfyServer  # noqa: E402
+from ve_testkit.workflows import prepare_prompt, shrink  # noqa: E402
 
 DEFAULT_WORKFLOW = ROOT / "workflows" / "api" / "videoedit_demo.json"
 SAMPLE = ROOT / "workflows" / "assets" / "sample.mp4"
-
-
-def prepare_prompt(prompt: dict, video_name: str, ckpt: Path | None, target_prompt: str | None) -> dict:
-    prompt = json.loads(json.dumps(prompt))
-    for node in prompt.values():
-        node.pop("_meta", None)
-        if node["class_type"] == "VideoEdit_LoadVideo":
-            node["inputs"]["video"] = video_name
-        if node["class_type"] == "CheckpointLoaderSimple":
-            if ckpt is None:
-                node["class_type"] = "VETest_TinyCheckpoint"  # same outputs: MODEL, CLIP, VAE
-                node["inputs"] = {"seed": 0}
-            else:
-                node["inputs"]["ckpt_name"] = ckpt.name
-    if target_prompt:
-        for node in prompt.values():
-            if node["class_type"] == "CLIPTextEncode" and node["inputs"].get("text", "").startswith("TARGET:"):
-                node["inputs"]["text"] = target_prompt
-    for node in prompt.values():  # strip the marker prefix used to find the target prompt
-        text = node["inputs"].get("text")
-        if isinstance(text, str) and text.startswith("TARGET:"):
-            node["inputs"]["text"] = text[len("TARGET:"):].strip()
-    return prompt
 
 
 def main(argv=None) -> int:
@@ -59,6 +37,8 @@ def main(argv=None) -> int:
     p.add_argument("--prompt", help="target prompt for the edit")
     p.add_argument("--output", type=Path, default=ROOT / "output")
     p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--smoke-frames", type=int, default=12, help="frames in a smoke run (no --ckpt)")
+    p.add_argument("--smoke-steps", type=int, default=10, help="steps in a smoke run (no --ckpt)")
     a = p.parse_args(argv)
 
     if a.ckpt is not None and not a.ckpt.is_file():
@@ -76,7 +56,10 @@ def main(argv=None) -> int:
             link.unlink()
         link.symlink_to(a.ckpt.resolve())
     a.output.mkdir(parents=True, exist_ok=True)
-    prompt = prepare_prompt(json.loads(a.workflow.read_text()), a.video.name, a.ckpt, a.prompt)
+    prompt = prepare_prompt(json.loads(a.workflow.read_text()), a.video.name, a.ckpt.name if a.ckpt else None,
+                            a.prompt)
+    if a.ckpt is None:  # smoke run: keep it short
+        prompt = shrink(prompt, frames=a.smoke_frames, steps=a.smoke_steps, width=256)
 
     if a.ckpt is None:
         print("NOTE: no CKPT given: this is a SMOKE RUN with a tiny random-weight model. It exercises the whole\n"

@@ -125,8 +125,11 @@ class ComfyServer:
         return "\n".join(self.log_text().splitlines()[-n:])
 
     def import_failures(self) -> list[str]:
-        return [line for line in self.log_text().splitlines() if any(m in line for m in IMPORT_FAILURE_MARKERS)
-                and ("VideoEdit" in line or "ve_smoke_models" in line or "IMPORT FAILED" in line)]
+        """Log lines reporting a failed import of our packs (core's own optional nodes, e.g. the
+        audio ones without torchaudio, fail too and are not ours to judge)."""
+        ours = ("custom_nodes/ComfyUI-VideoEdit", "custom_nodes/ve_smoke_models")
+        return [line for line in self.log_text().splitlines()
+                if any(m in line for m in IMPORT_FAILURE_MARKERS) and any(o in line for o in ours)]
 
     # -- API -------------------------------------------------------------------------------
     def get(self, path: str, **kw):

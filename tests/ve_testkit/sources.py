@@ -25,5 +25,5 @@ class FixedSource:
     def latent(self, sigma: float, frames: torch.Tensor) -> torch.Tensor:
         return self.latents[frames] * (1 + sigma)
 
-    def unet_conditioning(self, n: int, like: torch.Tensor):
+    def unet_conditioning(self, n: int, like: torch.Tensor, frames=None):
         return self.context.to(like.device, like.dtype).expand(n, -1, -1), None
