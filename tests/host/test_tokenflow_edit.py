@@ -1,0 +1,102 @@
+"""TokenFlow end to end on the tiny model: real DDIM inversion node, then ComfyUI's samplers."""
+
+import pytest
+import torch
+
+from ve_testkit.models import encode_prompt
+
+
+@pytest.fixture(scope="module")
+def edit_setup(host, pack_nodes, tiny_model, tiny_clip):
+    from comfyui_videoedit.nodes.inversion import DDIMInversion
+
+    frames = 9
+    with torch.inference_mode():
+        latent = {"samples": torch.randn(frames, 4, 8, 8, generator=torch.Generator().manual_seed(5)) * 0.5}
+        src = encode_prompt(tiny_clip, "a car")
+        out = DDIMInversion.execute(tiny_model, latent, src, steps=4, inversion_steps=0, scheduler="ddim_uniform",
+                                    frame_batch_size=16, cache_mode="memory", cache_limit_mb=0, clear_cache=False)
+        inversion, x_t, sigmas = out.args
+        pos, neg = encode_prompt(tiny_clip, "a red car"), encode_prompt(tiny_clip, "")
+    return {"inversion": inversion, "x_t": x_t, "sigmas": sigmas, "pos": pos, "neg": neg}
+
+
+def _apply(model, inversion, **kw):
+    from comfyui_videoedit.nodes.tokenflow import ApplyTokenFlow
+
+    args = dict(window=4, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1, nn_feature="self-attention input (official)",
+                blend="official (own + previous window, sigmoid)", pnp_attn_blocks="output 4-11",
+                pnp_resnet_blocks="output 4")
+    args.update(kw)
+    return ApplyTokenFlow.execute(model, inversion, **args).args[0]
+
+
+def _sampler_custom(host, model, s, cfg=5.0):
+    node = host.custom_sampler.SamplerCustom()
+    sampler = host.comfy.samplers.sampler_object("euler")
+    fn = getattr(node, "sample", None) or getattr(node, "execute")
+    out = fn(model, False, 0, cfg, s["pos"], s["neg"], sampler, s["sigmas"], s["x_t"])
+    out = out.args if hasattr(out, "args") else out
+    return out[0]["samples"]
+
+
+def test_nine_frame_edit_through_sampler_custom(host, tiny_model, edit_setup, inference_mode):
+    before = repr(tiny_model.model_options)
+    model = _apply(tiny_model, edit_setup["inversion"])
+    a = _sampler_custom(host, model, edit_setup)
+    assert a.shape == (9, 4, 8, 8) and torch.isfinite(a).all()
+    assert torch.equal(a, _sampler_custom(host, model, edit_setup))  # same seed → identical
+    assert repr(tiny_model.model_options) == before
+    dm = tiny_model.model.diffusion_model
+    assert not any(m._forward_hooks for m in dm.modules()), "no hook may stay on the shared UNet"
+
+
+def test_ksampler_with_same_steps_and_ddim_uniform(host, tiny_model, edit_setup, inference_mode):
+    model = _apply(tiny_model, edit_setup["inversion"])
+    (out,) = host.nodes.common_ksampler(model, 0, 4, 5.0, "euler", "ddim_uniform", edit_setup["pos"],
+                                        edit_setup["neg"], edit_setup["x_t"], disable_noise=True)
+    assert torch.allclose(out["samples"], _sampler_custom(host, model, edit_setup), atol=1e-5)
+
+
+def test_mismatched_schedule_names_both(host, tiny_model, edit_setup, inference_mode):
+    model = _apply(tiny_model, edit_setup["inversion"])
+    with pytest.raises(ValueError, match="not in the inversion's schedule"):
+        host.nodes.common_ksampler(model, 0, 4, 5.0, "euler", "karras", edit_setup["pos"], edit_setup["neg"],
+                                   edit_setup["x_t"], disable_noise=True)
+
+
+def test_interrupt_leaves_no_patch_behind(host, tiny_model, edit_setup, inference_mode):
+    import comfy.model_management as mm
+
+    before = repr(tiny_model.model_options)
+    plain_before = host.nodes.common_ksampler(tiny_model, 0, 2, 5.0, "euler", "normal", edit_setup["pos"],
+                                              edit_setup["neg"], edit_setup["x_t"])[0]["samples"]
+    model = _apply(tiny_model, edit_setup["inversion"])
+    calls = {"n": 0}
+
+    def interrupt_on_second_step(executor, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            mm.interrupt_current_processing(True)
+            mm.throw_exception_if_processing_interrupted()
+        return executor(*args, **kwargs)
+
+    m = model.clone()
+    m.add_wrapper_with_key(host.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_interrupt",
+                           interrupt_on_second_step)
+    with pytest.raises(mm.InterruptProcessingException):
+        _sampler_custom(host, m, edit_setup)
+    mm.interrupt_current_processing(False)
+    assert repr(tiny_model.model_options) == before
+    assert not any(mod._forward_hooks for mod in tiny_model.model.diffusion_model.modules())
+    plain_after = host.nodes.common_ksampler(tiny_model, 0, 2, 5.0, "euler", "normal", edit_setup["pos"],
+                                             edit_setup["neg"], edit_setup["x_t"])[0]["samples"]
+    assert torch.equal(plain_before, plain_after)
+
+
+def test_inversion_from_another_model_is_refused(host, edit_setup, inference_mode):
+    from ve_testkit.models import build_tiny_model
+
+    other = build_tiny_model(seed=9)
+    with pytest.raises(ValueError, match="(?i)model|weights"):
+        _apply(other, edit_setup["inversion"])
