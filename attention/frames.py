@@ -1,6 +1,7 @@
 """Which video frames a UNet call is looking at.
 
-A sampler may hand the UNet the whole clip, or a window of it: ComfyUI core's context
+A sampler may hand the UNet the whole clip, or a window of it (the pack's own chunked passes
+set ``transformer_options["ve_frame_indices"]``): ComfyUI core's context
 windows put the window in ``transformer_options["context_window"]`` (``index_list``; newer
 versions may prepend a causal anchor frame), AnimateDiff-Evolved puts
 ``transformer_options["ad_params"]["sub_idxs"]``. Per-frame state (trajectories, cached
@@ -11,6 +12,10 @@ from __future__ import annotations
 
 import torch
 
+# Set by the pack itself when it runs the UNet on a subset of the frames (inversion chunks,
+# null-text, feature capture): the global indices of the frames in that call.
+FRAME_INDICES_KEY = "ve_frame_indices"
+
 
 def call_frame_indices(transformer_options: dict, frames_in_call: int) -> torch.Tensor:
     """Global frame indices (int64 ``[frames_in_call]``) of the frames in this UNet call.
@@ -19,7 +24,9 @@ def call_frame_indices(transformer_options: dict, frames_in_call: int) -> torch.
     """
     window = transformer_options.get("context_window")
     indices = None
-    if window is not None and getattr(window, "index_list", None) is not None:
+    if transformer_options.get(FRAME_INDICES_KEY) is not None:
+        indices = list(transformer_options[FRAME_INDICES_KEY])
+    elif window is not None and getattr(window, "index_list", None) is not None:
         indices = list(window.index_list)
         anchor = getattr(window, "causal_anchor_index", None)
         if anchor is not None and anchor != -1 and len(indices) + 1 == frames_in_call:

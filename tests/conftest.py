@@ -7,8 +7,13 @@ package ``comfyui_videoedit`` (as ComfyUI does, from its ``__init__.py``) and ev
 import is relative. Shared helpers live in ``tests/ve_testkit``.
 """
 
+import os
 import sys
 from pathlib import Path
+
+# The tiny test models are dominated by per-op overhead; one OpenMP thread per process avoids
+# oversubscription (server subprocesses inherit it). Set before anything imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
