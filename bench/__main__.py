@@ -62,9 +62,21 @@ def main(argv=None) -> dict:
     ctx = Context(model=model, positive=pos, negative=neg, latent=latent, steps=a.steps, cfg=a.cfg)
 
     names = [n for n in a.cases.split(",") if n]
-    for name in BASELINE.values():
-        if name not in names:
-            names.insert(0, name)
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        p.error(f"unknown cases {unknown}; known: {sorted(CASES)}")
+    # each case's baseline (transitively) runs first, in the same process
+    needed, todo = [], ["plain_cfg", *names]
+    while todo:
+        name = todo.pop(0)
+        base = BASELINE.get(name)
+        if base and base not in needed and base not in todo:
+            todo.insert(0, name)
+            todo.insert(0, base)
+            continue
+        if name not in needed:
+            needed.append(name)
+    names = needed
     rows = {}
     for name in names:
         runner = CASES[name](ctx)
@@ -75,13 +87,16 @@ def main(argv=None) -> dict:
         base = BASELINE.get(name, "plain_cfg")
         row["baseline"] = base
         row["ratio"] = row["seconds"] / rows[base]["seconds"] if base in rows else None
+        base_mem = rows[base]["peak_mb"] if base in rows else 0
+        row["mem_ratio"] = row["peak_mb"] / base_mem if base_mem > 0 else None
 
     print(f"\nSD1.5 UNet (random weights), {a.frames} frames at {a.size}² (latent {h}²), {a.steps} steps, "
           f"device {device}, {torch.get_num_threads()} threads")
-    print(f"{'case':<28}{'step s':>10}{'peak MB':>10}{'ratio':>8}  vs")
+    print(f"{'case':<28}{'step s':>10}{'peak MB':>10}{'time x':>8}{'mem x':>8}  vs")
     for name, row in rows.items():
         ratio = f"{row['ratio']:.2f}" if row["ratio"] is not None else "-"
-        print(f"{name:<28}{row['step_seconds']:>10.3f}{row['peak_mb']:>10.0f}{ratio:>8}  {row['baseline']}")
+        mem = f"{row['mem_ratio']:.2f}" if row["mem_ratio"] is not None else "-"
+        print(f"{name:<28}{row['step_seconds']:>10.3f}{row['peak_mb']:>10.0f}{ratio:>8}{mem:>8}  {row['baseline']}")
     result = {"settings": vars(a), "device": str(device), "host": platform.node(), "torch": torch.__version__,
               "cases": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
