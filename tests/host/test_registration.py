@@ -31,3 +31,13 @@ def test_raft_model_folder_registered(host):
     folders = host.folder_paths.get_folder_paths("raft")
     assert sum(f.endswith("raft") for f in folders) >= 1
     assert len(folders) == len(set(folders))
+
+
+def test_readme_documents_every_node(host):
+    import comfyui_videoedit as pack
+    from ve_testkit.pack import PACK_ROOT
+
+    readme = (PACK_ROOT / "README.md").read_text()
+    nodes = asyncio.run(asyncio.run(pack.comfy_entrypoint()).get_node_list())
+    missing = [n.GET_SCHEMA().node_id for n in nodes if n.GET_SCHEMA().node_id not in readme]
+    assert not missing, f"README lacks {missing}: regenerate with scripts/node_reference.py"
