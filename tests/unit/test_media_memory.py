@@ -86,6 +86,7 @@ def test_capped_load_holds_only_the_kept_frames(long_clip, nth):
           f"RSS before {stats['rss_before'] / MB:.1f} MB")
     # The measurement sees the output (so it would see 300 frames too) ...
     assert held > 0.9 * kept_budget
-    # ... and the peak stays near the 60-frame budget, far below holding all 300 frames.
-    assert peak_increase < 1.5 * kept_budget
+    # ... and the peak stays near the 60-frame budget (the uint8 copies and decoder buffers
+    # add 25-60%), far below holding all 300 frames.
+    assert peak_increase < 2.0 * kept_budget
     assert peak_increase < 0.5 * all_frames
