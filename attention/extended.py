@@ -45,6 +45,7 @@ def extended_attention(
     kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     attn_fn: AttnFn = sdpa_attention,
     query_chunk_frames: int = 0,
+    score_budget_bytes: int = 256 * 2**20,
 ) -> torch.Tensor:
     """Every frame's queries attend to the keys/values of the keyframes of its own group.
 
@@ -56,7 +57,9 @@ def extended_attention(
         kv: optional precomputed keyframe keys/values ``([G, n_kf*N, h*d], [G, n_kf*N, h*d])``
             (e.g. from a keyframe pass); overrides ``keyframes``.
         attn_fn: attention kernel with ComfyUI's ``optimized_attention(q, k, v, heads)`` signature.
-        query_chunk_frames: process queries this many frames at a time (0 = all at once).
+        query_chunk_frames: process queries this many frames at a time (0 = automatic: as many
+            frames as keep a materialised score matrix under ``score_budget_bytes``, since
+            some kernels — ComfyUI's CPU paths among them — do materialise it).
 
     Returns:
         ``[G*F, N, h*d]``. With one keyframe equal to the frame itself this is ordinary
@@ -73,7 +76,11 @@ def extended_attention(
         v_cat = vg.reshape(g, -1, vg.shape[-1])
     else:
         k_cat, v_cat = kv
-    step = query_chunk_frames if query_chunk_frames > 0 else f
+    if query_chunk_frames > 0:
+        step = query_chunk_frames
+    else:
+        scores_per_frame = n * k_cat.shape[1] * heads * q.element_size()
+        step = max(1, min(f, score_budget_bytes // max(scores_per_frame, 1)))
     outs = []
     for start in range(0, f, step):
         q_chunk = qg[:, start:start + step].reshape(g, -1, c)  # [G, chunk*N, C]
