@@ -22,8 +22,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def measure(runner, device, repeats: int) -> tuple[float, int]:
     """Best wall time over ``repeats`` runs and the peak memory above the level at the start
-    of a run (time and memory are taken in the same runs; the first case of the process is
-    preceded by a warm-up run that loads the model)."""
+    of a run (time and memory taken in the same runs), after one warm-up run: on CPU the
+    first call at a new batch size pays for oneDNN kernel generation (seconds), which would
+    otherwise be charged to whichever case first uses that size."""
+    runner()
     times, peak = [], 0
     for _ in range(max(repeats, 1)):
         with PeakMemory(device) as mem:
@@ -79,7 +81,6 @@ def main(argv=None) -> dict:
             needed.append(name)
     names = needed
     rows = {}
-    CASES["plain_cfg"](ctx)()  # warm-up: model load, allocator, kernels
     for name in names:
         runner = CASES[name](ctx)
         secs, peak = measure(runner, device, a.repeats)
