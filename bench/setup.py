@@ -38,6 +38,7 @@ def build_sd15(dtype: torch.dtype, seed: int = 0):
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
+
     from ve_testkit.models import init_random_
 
     cfg = comfy.supported_models.SD15(dict(SD15_UNET_CONFIG))

@@ -111,7 +111,7 @@ def api_to_ui(prompt: dict, object_info: dict, titles: dict | None = None) -> di
             ui_node["title"] = title
         nodes.append(ui_node)
     by_id = {n["id"]: n for n in nodes}
-    for node_index, input_index, (src, slot), typ in pending:
+    for node_index, input_index, (src, slot), _typ in pending:
         link_id += 1
         dst = nodes[node_index]
         dst["inputs"][input_index]["link"] = link_id

@@ -4,8 +4,9 @@ import asyncio
 
 
 def test_entrypoint_lists_well_formed_nodes(host):
-    import comfyui_videoedit as pack
     from comfy_api.latest import ComfyExtension
+
+    import comfyui_videoedit as pack
 
     ext = asyncio.run(pack.comfy_entrypoint())
     assert isinstance(ext, ComfyExtension)

@@ -34,7 +34,7 @@ def _apply(model, inversion, **kw):
 def _sampler_custom(host, model, s, cfg=5.0):
     node = host.custom_sampler.SamplerCustom()
     sampler = host.comfy.samplers.sampler_object("euler")
-    fn = getattr(node, "sample", None) or getattr(node, "execute")
+    fn = getattr(node, "sample", None) or node.execute
     out = fn(model, False, 0, cfg, s["pos"], s["neg"], sampler, s["sigmas"], s["x_t"])
     out = out.args if hasattr(out, "args") else out
     return out[0]["samples"]

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from comfyui_videoedit.flow.consistency import consistency_mask, occlusion_mask, out_of_frame_mask
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from comfyui_videoedit.flow.consistency import occlusion_mask
 from comfyui_videoedit.flow.dis import dis_flow
 from comfyui_videoedit.flow.estimate import bidirectional_flow

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from comfyui_videoedit.flow.estimate import bidirectional_flow
 
 

@@ -12,6 +12,8 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
+
 from comfyui_videoedit.flow.raft import build_raft, raft_flow
 from comfyui_videoedit.flow.raft_checkpoint import (
     RaftCache,
@@ -20,7 +22,6 @@ from comfyui_videoedit.flow.raft_checkpoint import (
     pick_raft_weights,
     read_state_dict,
 )
-from safetensors.torch import save_file
 
 # Facts about the original checkpoints (key -> shape), as the original model classes build them.
 ORIGINAL_SMALL_KEYS = {

@@ -1,8 +1,9 @@
 """Flow colour coding: one scale per clip, saturation linear in speed, white at rest."""
 
 import torch
-from comfyui_videoedit.flow.visualize import flow_to_rgb
 from torchvision.utils import flow_to_image
+
+from comfyui_videoedit.flow.visualize import flow_to_rgb
 
 
 def _field(vectors, height=4, width=5):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from comfyui_videoedit.flow.resize import resize_flow
 from comfyui_videoedit.flow.warp import warp_backward
 

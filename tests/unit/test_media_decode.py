@@ -13,6 +13,7 @@ import av
 import numpy as np
 import pytest
 import torch
+
 from comfyui_videoedit.media.decode import (
     frames_to_decode,
     probe_video,

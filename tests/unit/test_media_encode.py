@@ -7,6 +7,8 @@ import av
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from comfyui_videoedit.media.decode import read_video_frames
 from comfyui_videoedit.media.encode import (
     encoder_opens,
@@ -16,7 +18,6 @@ from comfyui_videoedit.media.encode import (
     pad_to_even,
     write_video,
 )
-from PIL import Image
 
 METADATA = {"prompt": json.dumps({"3": {"class_type": "KSampler"}}), "workflow": json.dumps({"nodes": [1, 2]})}
 

@@ -4,6 +4,7 @@ import random
 
 import numpy as np
 import pytest
+
 from comfyui_videoedit.media.resize import resize_frame, target_size
 
 

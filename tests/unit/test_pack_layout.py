@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_importing_the_pack_loads_no_host_and_registers_only_the_entrypoint(tmp_path):
     code = (
-        "import sys, os; sys.path.insert(0, %r)\n"
+        "import sys, os; sys.path.insert(0, {!r})\n"
         "from ve_testkit.pack import load_pack\n"
         "before = set(os.listdir('.'))\n"
         "pack = load_pack()\n"
@@ -18,7 +18,7 @@ def test_importing_the_pack_loads_no_host_and_registers_only_the_entrypoint(tmp_
         "heavy = [m for m in ('comfy', 'comfy_api', 'folder_paths', 'nodes', 'torch', 'cv2') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "assert set(os.listdir('.')) == before\n"
-    ) % str(ROOT / "tests")
+    ).format(str(ROOT / "tests"))
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
 
 

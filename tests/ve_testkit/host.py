@@ -43,8 +43,8 @@ def import_host(base_dir: str | None = None, cpu: bool = True):
     from comfy.cli_args import args
 
     args.cpu = cpu
-    import utils.extra_config  # noqa: F401  (must precede `import nodes`)
     import folder_paths
+    import utils.extra_config  # noqa: F401  (must precede `import nodes`)
 
     base = Path(base_dir or tempfile.mkdtemp(prefix="ve_host_"))
     for sub in ("input", "output", "temp", "models"):
@@ -59,8 +59,9 @@ def import_host(base_dir: str | None = None, cpu: bool = True):
     import comfy.samplers
     import comfy.sd
     import comfy.utils
-    import nodes
     import comfy_extras.nodes_custom_sampler
+
+    import nodes
 
     class Host:
         pass
