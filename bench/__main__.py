@@ -13,19 +13,21 @@ from pathlib import Path
 
 import torch
 
-from .cases import BASELINE, CASES, Context
+from .cases import BASELINE, CASES, SHARES_SHAPES, Context
 from .memory import PeakMemory
 from .setup import build_sd15, random_conditioning, start_host
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def measure(runner, device, repeats: int) -> tuple[float, int]:
+def measure(runner, device, repeats: int, warm_up: bool = True) -> tuple[float, int]:
     """Best wall time over ``repeats`` runs and the peak memory above the level at the start
     of a run (time and memory taken in the same runs), after one warm-up run: on CPU the
     first call at a new batch size pays for oneDNN kernel generation (seconds), which would
-    otherwise be charged to whichever case first uses that size."""
-    runner()
+    otherwise be charged to whichever case first uses that size. Cases that only scale their
+    baseline's frame count reuse its shapes (``cases.SHARES_SHAPES``) and skip it."""
+    if warm_up:
+        runner()
     times, peak = [], 0
     for _ in range(max(repeats, 1)):
         with PeakMemory(device) as mem:
@@ -83,7 +85,8 @@ def main(argv=None) -> dict:
     rows = {}
     for name in names:
         runner = CASES[name](ctx)
-        secs, peak = measure(runner, device, a.repeats)
+        warm = not (name in SHARES_SHAPES and BASELINE.get(name) in rows)
+        secs, peak = measure(runner, device, a.repeats, warm_up=warm)
         rows[name] = {"seconds": secs, "step_seconds": secs / a.steps, "peak_mb": peak / 2**20}
         print(f"  measured {name}: {secs:.2f}s, peak {peak / 2**20:.0f} MB", flush=True)
     for name, row in rows.items():

@@ -46,6 +46,8 @@ CASES = {
 }
 # name of the case each ratio is taken against
 BASELINE = {"plain_cfg1": "plain_cfg"}
+# cases that run their baseline's method on more frames (same chunk shapes): no warm-up needed
+SHARES_SHAPES: set[str] = set()
 
 
 class RandomSource:
@@ -108,6 +110,7 @@ CASES.update({
 })
 # growth with frames is read against the run's own frame count (8 by default)
 BASELINE.update({"tokenflow_f16": "tokenflow", "tokenflow_f32": "tokenflow"})
+SHARES_SHAPES.update({"tokenflow_f16", "tokenflow_f32"})
 
 
 # -- FLATTEN -------------------------------------------------------------------------------------
@@ -150,6 +153,7 @@ CASES.update({
     "flatten_trajectories_f32": flatten_trajectory_sampling,
 })
 BASELINE.update({"flatten_bounded_f32": "flatten_bounded"})  # growth from the run's frame count (8)
+SHARES_SHAPES.add("flatten_bounded_f32")
 
 
 def inversion(ctx: Context):
