@@ -1,6 +1,7 @@
 """Memory of a capped load: 60 frames out of a 300-frame 512x512 video must cost about 60
-frames, never 300. Measured in a fresh subprocess (peak RSS from getrusage, current RSS from
-psutil), so nothing else in the test session blurs the figures."""
+frames, never 300. Measured in a fresh subprocess (current RSS from
+psutil, peak by polling RSS during the load), so nothing else in the test session blurs the
+figures."""
 
 import json
 import subprocess
@@ -12,15 +13,13 @@ import av
 import numpy as np
 import pytest
 
-resource = pytest.importorskip("resource")  # POSIX only
-
 TESTS_DIR = Path(__file__).resolve().parents[1]
 SIDE, TOTAL, CAP = 512, 300, 60
 FRAME_BYTES = SIDE * SIDE * 3 * 4  # one float32 RGB frame
 MB = 1e6
 
 MEASURE = r"""
-import gc, json, resource, sys
+import gc, json, sys, threading, time
 import psutil
 sys.path.insert(0, sys.argv[1])
 from ve_testkit.pack import load_pack
@@ -28,20 +27,30 @@ load_pack()
 from comfyui_videoedit.media.decode import read_video_frames
 
 path, cap, nth = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
 read_video_frames(path, frame_load_cap=2)  # warm up: codec, decoder threads, allocator pools
 gc.collect()
 process = psutil.Process()
 rss_before = process.memory_info().rss
-peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
+# Peak RSS by polling during the load (ru_maxrss is the process's lifetime maximum, which an
+# import may already have set higher than anything the load does).
+peak = [rss_before]
+done = threading.Event()
+def poll():
+    while not done.is_set():
+        peak[0] = max(peak[0], process.memory_info().rss)
+        time.sleep(0.002)
+thread = threading.Thread(target=poll, daemon=True)
+thread.start()
 loaded = read_video_frames(path, frame_load_cap=cap, select_every_nth=nth)
-peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
+done.set()
+thread.join()
 rss_after = process.memory_info().rss
+peak_after = max(peak[0], rss_after)
 frames = loaded.frames
 bars = frames[:, frames.shape[1] // 2, [int((b + 0.5) * frames.shape[2] / 16) for b in range(16)], :].mean(-1) > 0.5
 indices = [sum(int(bit) << b for b, bit in enumerate(row)) for row in bars.tolist()]
 print(json.dumps({"shape": list(frames.shape), "indices": indices, "rss_before": rss_before,
-                  "peak_before": peak_before, "peak_after": peak_after, "rss_after": rss_after}))
+                  "peak_after": peak_after, "rss_after": rss_after}))
 """
 
 
