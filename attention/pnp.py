@@ -53,6 +53,18 @@ def pnp_qk(q: torch.Tensor, k: torch.Tensor, extra_options: dict) -> tuple[torch
     return q, k
 
 
+def source_unet_inputs(source, model_sampling, sigma: float, frames: torch.Tensor, timesteps: torch.Tensor,
+                       like: torch.Tensor):
+    """UNet-level inputs of the source branch for ``frames`` at ``sigma``: the cached latents
+    scaled as the UNet expects (``calculate_input``), one timestep per row, and the source
+    conditioning; device and dtype follow ``like`` (the sampler's input)."""
+    lat = source.latent(sigma, frames).to(like.device)
+    sig = torch.full((lat.shape[0],), sigma, device=like.device)
+    x_src = model_sampling.calculate_input(sig, lat).to(like.dtype)
+    ctx, y = source.unet_conditioning(len(frames), like=like, frames=frames)
+    return x_src, timesteps[:1].expand(len(frames)), ctx, y
+
+
 class PnPQKPatch:
     """attn1 replace patch for layers no other VideoEdit patch owns: q/k injection then the
     previous patch or plain attention."""
@@ -117,13 +129,11 @@ class PnPWrapper:
             return p.res[rkey].repeat(p.groups, 1, 1, 1) if rkey in p.res else None
 
         with residual_hooks(executor.class_obj, res_keys, on_residual):
-            lat = self.source.latent(sigma, frames).to(x.device)
-            sig = torch.full((n,), sigma, device=x.device)
-            x_src = self.model_sampling.calculate_input(sig, lat).to(x.dtype)
-            ctx, y_src = self.source.unet_conditioning(n, like=x, frames=frames)
+            x_src, t_src, ctx, y_src = source_unet_inputs(self.source, self.model_sampling, sigma, frames,
+                                                          timesteps, like=x)
             src_opts = dict(to, cond_or_uncond=[0])
             src_opts[PNP_KEY] = box["pass"]
-            executor(x_src, timesteps[:n], ctx, y_src, None, src_opts, **kw)
+            executor(x_src, t_src, ctx, y_src, None, src_opts, **kw)
             captured = box["pass"]
             box["pass"] = PnPPass("inject", groups, attn_keys, captured.qk, captured.res)
             opts = dict(to)

@@ -34,6 +34,7 @@ import torch
 from .extended import extended_attention, sdpa_attention
 from .frames import call_frame_indices
 from .patching import kernel_from
+from .pnp import source_unet_inputs
 from .resnet_hooks import ResKey, residual_hooks
 from .tokenflow import blend_plan, nn_fields, propagate, sample_keyframes
 from .unet_blocks import BlockKey, key_of
@@ -206,11 +207,13 @@ class TokenFlowWrapper:
         return self
 
     # -- per-sigma source state -------------------------------------------------------------
-    def _state(self, sigma: float, frames: torch.Tensor) -> StepState:
+    def _state(self, sigma: float, frames: torch.Tensor) -> tuple[StepState, bool]:
+        """The step state for this sigma and these frames, and whether it is new (the source
+        passes still have to run)."""
         rt, cfg = self.runtime, self.runtime.config
         key = tuple(frames.tolist())
         if rt.state is not None and rt.state.frames == key and abs(rt.state.sigma - sigma) <= 1e-6 * max(1.0, sigma):
-            return rt.state
+            return rt.state, False
         step = rt.source.step_index(sigma)
         gen = torch.Generator().manual_seed(int(cfg.seed) * 100003 + step)
         kf_pos = sample_keyframes(len(frames), cfg.window, gen)
@@ -219,7 +222,7 @@ class TokenFlowWrapper:
         rt.state = StepState(sigma=sigma, frames=key, kf_pos=kf_pos, slots=slots, weights=weights,
                              inject_attn=step < int(total * cfg.pnp_attn_t),
                              inject_res=step < int(total * cfg.pnp_f_t))
-        return rt.state
+        return rt.state, True
 
     # -- the wrapper ------------------------------------------------------------------------
     def __call__(self, executor, x, timesteps, context=None, y=None, control=None, transformer_options=None,
@@ -230,8 +233,7 @@ class TokenFlowWrapper:
         n = x.shape[0] // groups
         frames = call_frame_indices(to, n)
         sigma = float(to["sigmas"][0]) if "sigmas" in to else float(rt.model_sampling.sigma(timesteps[0]))
-        fresh = rt.state is None or rt.state.frames != tuple(frames.tolist()) or abs(rt.state.sigma - sigma) > 1e-6 * max(1.0, sigma)
-        st = self._state(sigma, frames)
+        st, fresh = self._state(sigma, frames)
         dm = executor.class_obj
         all_pos = torch.arange(n)
         chunks = [all_pos[i:i + cfg.window] for i in range(0, n, cfg.window)]
@@ -282,11 +284,7 @@ class TokenFlowWrapper:
         rt = self.runtime
 
         def source_inputs(positions):
-            lat = rt.source.latent(sigma, frames[positions]).to(x.device)
-            sig = torch.full((lat.shape[0],), sigma, device=x.device)
-            x_src = rt.model_sampling.calculate_input(sig, lat).to(x.dtype)
-            ctx, y = rt.source.unet_conditioning(len(positions), like=x, frames=frames[positions])
-            return x_src, timesteps[:1].expand(len(positions)), ctx, y
+            return source_unet_inputs(rt.source, rt.model_sampling, sigma, frames[positions], timesteps, like=x)
 
         run("src_kf", st.kf_pos, *source_inputs(st.kf_pos), None, 1)
         for positions in chunks:

@@ -13,16 +13,11 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 from ve_testkit.host import import_host  # noqa: E402
+from ve_testkit.models import TINY_UNET_CONFIG  # noqa: E402
 from ve_testkit.pack import load_pack  # noqa: E402
 
-SD15_UNET_CONFIG = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-    "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
-    "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-    "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
-    "context_dim": 768, "transformer_depth_output": [1] * 9 + [0] * 3,
-    "use_temporal_attention": False, "use_temporal_resblock": False,
-}
+# the tiny test UNet's layout at SD1.5's real width and text-embedding size
+SD15_UNET_CONFIG = dict(TINY_UNET_CONFIG, model_channels=320, context_dim=768)
 
 
 def start_host(device: str):
