@@ -201,21 +201,33 @@ def _panning_frames(count: int, height: int, width: int, step: float = 3.0) -> t
     return torch.stack(frames)
 
 
-def rerender_keyframe(ctx: Context):
-    """One Rerender keyframe after the anchor with every stage on (official windows, from noise as
-    plain_cfg, same sampler/scheduler/steps/cfg): DIS flows to the anchor/previous keyframe, pass 1
-    with cross-frame attention, shape fusion and AdaIN, pixel-aware fusion, fidelity-oriented
-    encoding (2 encodes + 2 decodes), pass 2 resumed at the first inpainting step, decodes; SD's
-    VAE architecture with random weights. Compare with plain_cfg on one frame:
-    ``python -m bench --frames 1 --steps 20 --cases plain_cfg,rerender_keyframe`` (with fewer than
-    10 steps the pixel-fusion window, strictly inside 0.5..0.8, holds no step and pass 2 is skipped)."""
+_VAE: dict = {}
+
+
+def _bench_vae():
+    if "sd" not in _VAE:
+        _VAE["sd"] = _sd_vae()
+    return _VAE["sd"]
+
+
+def rerender_keyframe(ctx: Context, x0_strength: float = 1.0):
+    """One Rerender keyframe after the anchor with every stage on (official windows, same
+    sampler/scheduler/steps/cfg as the baseline): DIS flows to the anchor/previous keyframe,
+    pass 1 with cross-frame attention, shape fusion and AdaIN, pixel-aware fusion,
+    fidelity-oriented encoding (2 encodes + 2 decodes), pass 2 resumed at the first inpainting
+    step, decodes; SD's VAE architecture with random weights. From noise (``x0_strength`` 1,
+    the official default with a ControlNet) it is read against plain_cfg; the img2img variant
+    (0.75, the node's default) against plain_img2img. Run with one frame and 20 steps:
+    ``python -m bench --frames 1 --steps 20 --cases rerender_keyframe,rerender_keyframe_img2img``
+    (with fewer than 10 steps the pixel-fusion window, strictly inside 0.5..0.8, holds no step
+    and pass 2 is skipped)."""
     from comfyui_videoedit.nodes.rerender import FlowBetween
     from comfyui_videoedit.nodes.rerender_pipeline import RerenderRun, RerenderSettings
 
     _, _, h, w = ctx.latent.shape
     frames = _panning_frames(2, 8 * h, 8 * w)
-    settings = RerenderSettings(steps=ctx.steps, cfg=ctx.cfg, seed=ctx.seed, x0_strength=1.0)
-    run = RerenderRun(ctx.model, _sd_vae(), ctx.positive, ctx.negative, settings, 2)
+    settings = RerenderSettings(steps=ctx.steps, cfg=ctx.cfg, seed=ctx.seed, x0_strength=x0_strength)
+    run = RerenderRun(ctx.model, _bench_vae(), ctx.positive, ctx.negative, settings, 2)
     chw = frames.movedim(-1, 1)
     with torch.inference_mode():
         run.render_anchor(0, chw[:1])
@@ -223,6 +235,28 @@ def rerender_keyframe(ctx: Context):
     def runner():
         with torch.inference_mode():
             return run.render_keyframe(1, chw[1:2], FlowBetween(frames, "dis"))
+
+    return runner
+
+
+def plain_img2img(ctx: Context, x0_strength: float = 0.75):
+    """Plain per-frame img2img of one frame, as a user wires it: VAE Encode → KSamplerAdvanced
+    from step int(steps·(1 − x0_strength)) with the seed's noise → VAE Decode."""
+    import comfy.sample
+
+    _, _, h, w = ctx.latent.shape
+    image = _panning_frames(2, 8 * h, 8 * w)[1:2]
+    vae = _bench_vae()
+    start = int(ctx.steps * (1.0 - x0_strength))
+
+    def runner():
+        with torch.inference_mode():
+            latent = vae.encode(image).float()
+            noise = comfy.sample.prepare_noise(latent, ctx.seed)
+            out = comfy.sample.sample(ctx.model, noise, ctx.steps, ctx.cfg, "euler", "ddim_uniform", ctx.positive,
+                                      ctx.negative, latent, start_step=start, force_full_denoise=True,
+                                      disable_pbar=True, seed=ctx.seed)
+            return vae.decode(out)
 
     return runner
 
@@ -261,7 +295,10 @@ def rerender_flow_dis_512(ctx: Context):
 
 CASES.update({
     "rerender_keyframe": rerender_keyframe,
+    "plain_img2img": plain_img2img,
+    "rerender_keyframe_img2img": lambda ctx: rerender_keyframe(ctx, 0.75),
     "rerender_propagate_512_f21": rerender_propagate_512,
     "rerender_propagate_512_f21_linear": lambda ctx: rerender_propagate_512(ctx, "linear"),
     "rerender_flow_dis_512_f21": rerender_flow_dis_512,
 })
+BASELINE.update({"rerender_keyframe_img2img": "plain_img2img"})

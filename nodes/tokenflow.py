@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import comfy.samplers
+import torch
 from comfy_api.latest import io
 
 from ..attention.extended_patch import ExtendedAttentionPatch
@@ -146,4 +148,69 @@ class ApplyTokenFlow(io.ComfyNode):
                                              blend, pnp_attn_blocks, pnp_resnet_blocks))
 
 
-NODES = [ApplyExtendedAttention, ApplyTokenFlow]
+def sample_tokenflow(model, positive, negative, inversion, cfg, sampler_name, window=8, pnp_attn_t=0.5, pnp_f_t=0.8,
+                     seed=1, nn_feature="input", blend="official", pnp_attn_blocks="output 4-11",
+                     pnp_resnet_blocks="output 4", preview: bool = True) -> dict:
+    """Apply TokenFlow to a clone of ``model`` and sample the inversion's x_T along the
+    inversion's sigmas with ``sampler_name`` (no added noise). Returns a LATENT dict."""
+    import comfy.sample
+
+    from ..inversion.comfy_adapter import output_latent
+
+    if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
+        raise ValueError(f"sampler_name: unknown sampler '{sampler_name}'; pick one of KSampler's samplers")
+    patched = apply_tokenflow(model, inversion, window, pnp_attn_t, pnp_f_t, seed, nn_feature, blend,
+                              pnp_attn_blocks, pnp_resnet_blocks)
+    latent = output_latent(model, inversion)
+    x_t = latent["samples"]
+    sigmas = inversion.sigmas.clone()
+    callback = None
+    if preview:  # ComfyUI's progress bar and latent previews, as SamplerCustom does
+        try:
+            import latent_preview
+        except ImportError:  # not running inside a ComfyUI tree
+            latent_preview = None
+        if latent_preview is not None and hasattr(latent_preview, "prepare_callback"):
+            callback = latent_preview.prepare_callback(patched, len(sigmas) - 1)
+    samples = comfy.sample.sample_custom(patched, torch.zeros_like(x_t), float(cfg),
+                                         comfy.samplers.sampler_object(sampler_name), sigmas, positive, negative,
+                                         x_t, callback=callback, disable_pbar=not preview, seed=int(seed))
+    latent["samples"] = samples
+    return latent
+
+
+class TokenFlowSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VideoEdit_TokenFlowSampler",
+            display_name="TokenFlow Sampler",
+            category="VideoEdit/tokenflow",
+            description="One box for a TokenFlow edit: applies TokenFlow to a clone of the model and samples the "
+                        "inversion's noisy latent along the inversion's sigmas (no added noise) with the chosen "
+                        "sampler and guidance. Same result as Apply TokenFlow + SamplerCustom with the inversion's "
+                        "SIGMAS.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model the video was inverted with (it is not changed)."),
+                io.Conditioning.Input("positive", tooltip="Target prompt (ControlNet conditioning works too)."),
+                io.Conditioning.Input("negative", tooltip="Negative prompt."),
+                VE_INVERSION.Input("inversion", tooltip="DDIM inversion of the source video (VideoEdit DDIM Inversion)."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale (TokenFlow's default 7.5)."),
+                io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="ddim",
+                               tooltip="ComfyUI sampler; 'ddim' or 'euler' give TokenFlow's deterministic DDIM "
+                                       "update. Stochastic samplers add noise the inversion did not see."),
+                *tokenflow_inputs(),
+            ],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, inversion, cfg, sampler_name, window, pnp_attn_t, pnp_f_t, seed,
+                nn_feature, blend, pnp_attn_blocks, pnp_resnet_blocks) -> io.NodeOutput:
+        return io.NodeOutput(sample_tokenflow(model, positive, negative, inversion, cfg, sampler_name, window,
+                                              pnp_attn_t, pnp_f_t, seed, nn_feature, blend, pnp_attn_blocks,
+                                              pnp_resnet_blocks))
+
+
+NODES = [ApplyExtendedAttention, ApplyTokenFlow, TokenFlowSampler]

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ve_testkit.models import TINY_UNET_CONFIG, CallCounter, encode_prompt, init_random_
+from ve_testkit.models import CallCounter, encode_prompt, tiny_controlnet
 
 FRAMES, SIZE, K = 7, 64, 3
 STEPS, CFG, SEED, X0 = 8, 7.5, 3, 0.75  # SDEdit start: step int(8 * 0.25) = 2
@@ -28,19 +28,6 @@ def translating_clip(count=FRAMES, size=SIZE, step=(2.0, 1.0), seed=0):
         grid = torch.stack([x / (size + 2 * pad - 1) * 2 - 1, y / (size + 2 * pad - 1) * 2 - 1], -1)[None]
         out.append(F.grid_sample(tex, grid, align_corners=True)[0].permute(1, 2, 0))
     return torch.stack(out)
-
-
-def tiny_controlnet(seed=5):
-    """A random-weight ControlNet matching the tiny UNet, built from ComfyUI's classes."""
-    import comfy.cldm.cldm
-    import comfy.controlnet
-    import comfy.model_management as mm
-
-    cfg = dict(TINY_UNET_CONFIG)
-    cfg.pop("out_channels")
-    cfg.update(hint_channels=3, num_heads=8, num_head_channels=-1, dtype=torch.float32, device="cpu")
-    net = init_random_(comfy.cldm.cldm.ControlNet(**cfg), seed, std_scale=0.3)
-    return comfy.controlnet.ControlNet(net, load_device=mm.get_torch_device(), manual_cast_dtype=None)
 
 
 def render(pack_nodes, model, pos, neg, vae, frames, stages, **kw):

@@ -100,3 +100,54 @@ def test_inversion_from_another_model_is_refused(host, edit_setup, inference_mod
     other = build_tiny_model(seed=9)
     with pytest.raises(ValueError, match="(?i)model|weights"):
         _apply(other, edit_setup["inversion"])
+
+
+def test_sampler_node_equals_apply_then_sampler_custom(host, tiny_model, edit_setup, inference_mode):
+    from comfyui_videoedit.nodes.tokenflow import TokenFlowSampler
+
+    before = repr(tiny_model.model_options)
+    (latent,) = TokenFlowSampler.execute(
+        tiny_model, edit_setup["pos"], edit_setup["neg"], edit_setup["inversion"], 5.0, "euler", window=4,
+        pnp_attn_t=0.5, pnp_f_t=0.8, seed=1, nn_feature="self-attention input (official)",
+        blend="official (own + previous window, sigmoid)", pnp_attn_blocks="output 4-11",
+        pnp_resnet_blocks="output 4").args
+    expected = _sampler_custom(host, _apply(tiny_model, edit_setup["inversion"]), edit_setup)
+    assert torch.equal(latent["samples"], expected)
+    assert repr(tiny_model.model_options) == before
+
+
+def test_sampler_node_rejects_an_unknown_sampler(host, tiny_model, edit_setup, inference_mode):
+    from comfyui_videoedit.nodes.tokenflow import sample_tokenflow
+
+    with pytest.raises(ValueError, match="sampler_name"):
+        sample_tokenflow(tiny_model, edit_setup["pos"], edit_setup["neg"], edit_setup["inversion"], 5.0, "nope")
+
+
+def test_a_lora_on_the_model_composes(host, tiny_model, tiny_clip, edit_setup, inference_mode):
+    """LoRA weight patches (LoraLoader's path) stay active in every TokenFlow pass: window 1,
+    w = 1, no PnP equals extended attention sampled with the LoRA model, and differs from the
+    same edit without the LoRA. An inversion made without the LoRA is refused."""
+    import comfy.sd
+
+    from comfyui_videoedit.nodes.inversion import DDIMInversion
+    from comfyui_videoedit.nodes.tokenflow import ApplyExtendedAttention
+    from ve_testkit.models import tiny_lora
+
+    lora_model, _ = comfy.sd.load_lora_for_models(tiny_model, None, tiny_lora(tiny_model), 1.0, 0.0)
+    assert lora_model.patches, "the LoRA did not load"
+    latent = {"samples": torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(6)) * 0.5}
+    src = encode_prompt(tiny_clip, "a car")
+    inversion, x_t, sigmas = DDIMInversion.execute(lora_model, latent, src, steps=3, inversion_steps=0,
+                                                   scheduler="ddim_uniform", frame_batch_size=16, cache_mode="off",
+                                                   cache_limit_mb=0, clear_cache=False).args
+    s = dict(edit_setup, inversion=inversion, x_t=x_t, sigmas=sigmas)
+    reduced = dict(window=1, blend="paper (previous + next keyframe, linear)", pnp_attn_blocks="none",
+                   pnp_resnet_blocks="")
+    a = _sampler_custom(host, _apply(lora_model, inversion, **reduced), s)
+    (ext,) = ApplyExtendedAttention.execute(lora_model, keyframe_stride=1, keyframes="").args
+    b = _sampler_custom(host, ext, s)
+    assert (a - b).abs().max() <= 1e-5 * b.abs().max(), (a - b).abs().max()
+    (ext_base,) = ApplyExtendedAttention.execute(tiny_model, keyframe_stride=1, keyframes="").args
+    assert (a - _sampler_custom(host, ext_base, s)).abs().max() > 1e-3 * b.abs().max(), "the LoRA had no effect"
+    with pytest.raises(ValueError, match="different model"):
+        _apply(tiny_model, inversion)

@@ -74,3 +74,51 @@ def test_split_cond_uncond_calls_equal_joint_call(host, pack_nodes, tiny_model, 
     split_model.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, "test_split", split)
     separate = _sample_custom(host, split_model, pos, neg, sigmas, latent)
     assert (joint - separate).abs().max() <= 1e-5 * joint.abs().max(), (joint - separate).abs().max()
+
+
+def _controlnet_conditioning(host, pos, neg, frames, seed=5):
+    """The user's own ControlNet node on per-frame hints (one random image per frame)."""
+    from ve_testkit.models import tiny_controlnet
+
+    hints = torch.rand(frames, 64, 64, 3, generator=torch.Generator().manual_seed(seed))
+    return host.nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, tiny_controlnet(seed), hints, 1.0, 0.0, 1.0)
+
+
+def test_controlnet_in_the_conditioning_reaches_every_pass_frame_by_frame(host, pack_nodes, tiny_model, tiny_clip,
+                                                                          inference_mode):
+    """With window 1, w = 1 and no PnP, TokenFlow equals extended attention over all frames; it
+    still does with a per-frame ControlNet, which holds only if every keyframe and propagation
+    pass receives the control residuals of exactly its own frames."""
+    from comfyui_videoedit.nodes.tokenflow import ApplyExtendedAttention, tokenflow_model
+
+    pos, neg, sigmas, src, latent = _setup(host, tiny_model, tiny_clip, frames=5)
+    cpos, cneg = _controlnet_conditioning(host, pos, neg, frames=5)
+    tf = tokenflow_model(tiny_model, src, window=1, blend="paper", pnp_attn_blocks="none", pnp_resnet_blocks="")
+    (ext,) = ApplyExtendedAttention.execute(tiny_model, keyframe_stride=1, keyframes="").args
+    a = _sample_custom(host, tf, cpos, cneg, sigmas, latent)
+    b = _sample_custom(host, ext, cpos, cneg, sigmas, latent)
+    assert (a - b).abs().max() <= 1e-5 * b.abs().max(), (a - b).abs().max()
+    without = _sample_custom(host, tf, pos, neg, sigmas, latent)
+    assert (a - without).abs().max() > 1e-3 * without.abs().max(), "the ControlNet had no effect"
+
+
+def test_full_tokenflow_with_a_controlnet_is_deterministic(host, pack_nodes, tiny_model, tiny_clip, inference_mode):
+    import comfy.patcher_extension as pe
+
+    from comfyui_videoedit.nodes.tokenflow import tokenflow_model
+
+    pos, neg, sigmas, src, latent = _setup(host, tiny_model, tiny_clip, frames=7)
+    cpos, cneg = _controlnet_conditioning(host, pos, neg, frames=7)
+    model = tokenflow_model(tiny_model, src, window=3, seed=2)
+    seen = []
+
+    def inner(executor, x, timesteps, context=None, y=None, control=None, transformer_options=None, **kw):
+        if control is not None:  # edit passes: control sliced to the same rows as x
+            seen.append(all(t.shape[0] == x.shape[0] for part in control.values() for t in part if t is not None))
+        return executor(x, timesteps, context, y, control, transformer_options, **kw)
+
+    probe = model.clone()
+    probe.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test_probe", inner)  # runs inside TokenFlow's
+    a = _sample_custom(host, probe, cpos, cneg, sigmas, latent)
+    assert seen and all(seen)
+    assert torch.isfinite(a).all() and torch.equal(a, _sample_custom(host, model, cpos, cneg, sigmas, latent))

@@ -88,6 +88,36 @@ def build_tiny_vae(seed: int = 2):
     return comfy.sd.VAE(sd=ae.state_dict(), config={"params": {"ddconfig": dict(TINY_VAE_CONFIG), "embed_dim": 4}})
 
 
+def tiny_controlnet(seed: int = 5):
+    """A random-weight ControlNet matching the tiny UNet, built from ComfyUI's classes."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.model_management as mm
+
+    cfg = dict(TINY_UNET_CONFIG)
+    cfg.pop("out_channels")
+    cfg.update(hint_channels=3, num_heads=8, num_head_channels=-1, dtype=torch.float32, device="cpu")
+    net = init_random_(comfy.cldm.cldm.ControlNet(**cfg), seed, std_scale=0.3)
+    return comfy.controlnet.ControlNet(net, load_device=mm.get_torch_device(), manual_cast_dtype=None)
+
+
+def tiny_lora(model, seed: int = 8, rank: int = 2, scale: float = 0.5) -> dict:
+    """A kohya-format LoRA state dict (``lora_unet_*.lora_up/lora_down/alpha``) for every
+    attention projection of ``model``'s UNet, random low-rank factors; load it with
+    ``comfy.sd.load_lora_for_models`` as the LoraLoader node does."""
+    g = torch.Generator().manual_seed(seed)
+    lora = {}
+    for name, t in model.model.diffusion_model.state_dict().items():
+        if not name.endswith(".weight") or t.dim() != 2 or ".attn" not in name:
+            continue
+        key = "lora_unet_" + name[: -len(".weight")].replace(".", "_")
+        out_f, in_f = t.shape
+        lora[f"{key}.lora_up.weight"] = torch.randn(out_f, rank, generator=g) * scale / math.sqrt(rank)
+        lora[f"{key}.lora_down.weight"] = torch.randn(rank, in_f, generator=g) / math.sqrt(in_f)
+        lora[f"{key}.alpha"] = torch.tensor(float(rank))
+    return lora
+
+
 def encode_prompt(clip, text: str):
     import nodes
 

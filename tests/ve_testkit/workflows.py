@@ -56,4 +56,6 @@ def shrink(prompt: dict, frames: int | None = None, steps: int | None = None, wi
                 inputs["custom_width"], inputs["custom_height"] = width, 0
         if steps is not None and "steps" in inputs and not isinstance(inputs["steps"], list):
             inputs["steps"] = steps
+        if frames is not None and isinstance(inputs.get("keyframe_interval"), int):
+            inputs["keyframe_interval"] = max(1, frames // 2)  # still more than one keyframe
     return prompt
