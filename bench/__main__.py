@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .cases import BASELINE, CASES, SHARES_SHAPES, Context
+from .cases import BASELINE, CASES, SHARES_SHAPES, WARMED_BY_SETUP, Context
 from .memory import PeakMemory
 from .setup import build_sd15, random_conditioning, start_host
 
@@ -25,7 +25,9 @@ def measure(runner, device, repeats: int, warm_up: bool = True) -> tuple[float, 
     of a run (time and memory taken in the same runs), after one warm-up run: on CPU the
     first call at a new batch size pays for oneDNN kernel generation (seconds), which would
     otherwise be charged to whichever case first uses that size. Cases that only scale their
-    baseline's frame count reuse its shapes (``cases.SHARES_SHAPES``) and skip it."""
+    baseline's frame count reuse its shapes (``cases.SHARES_SHAPES``), and cases whose untimed
+    setup already ran the same shapes (``cases.WARMED_BY_SETUP``, e.g. a Rerender keyframe after
+    its anchor), skip it."""
     if warm_up:
         runner()
     times, peak = [], 0
@@ -85,7 +87,7 @@ def main(argv=None) -> dict:
     rows = {}
     for name in names:
         runner = CASES[name](ctx)
-        warm = not (name in SHARES_SHAPES and BASELINE.get(name) in rows)
+        warm = not (name in SHARES_SHAPES and BASELINE.get(name) in rows) and name not in WARMED_BY_SETUP
         secs, peak = measure(runner, device, a.repeats, warm_up=warm)
         rows[name] = {"seconds": secs, "step_seconds": secs / a.steps, "peak_mb": peak / 2**20}
         print(f"  measured {name}: {secs:.2f}s, peak {peak / 2**20:.0f} MB", flush=True)

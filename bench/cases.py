@@ -48,6 +48,8 @@ CASES = {
 BASELINE = {"plain_cfg1": "plain_cfg"}
 # cases that run their baseline's method on more frames (same chunk shapes): no warm-up needed
 SHARES_SHAPES: set[str] = set()
+# cases whose setup already ran the same UNet/VAE shapes (untimed): no warm-up needed either
+WARMED_BY_SETUP: set[str] = set()
 
 
 class RandomSource:
@@ -302,3 +304,4 @@ CASES.update({
     "rerender_flow_dis_512_f21": rerender_flow_dis_512,
 })
 BASELINE.update({"rerender_keyframe_img2img": "plain_img2img"})
+WARMED_BY_SETUP.update({"rerender_keyframe", "rerender_keyframe_img2img"})  # the anchor is rendered in setup
