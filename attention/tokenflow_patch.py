@@ -1,20 +1,24 @@
 """TokenFlow as a MODEL patch that works with any ComfyUI sampler.
 
 One ``DIFFUSION_MODEL`` wrapper (:class:`TokenFlowWrapper`) turns each UNet call the sampler
-makes (the frames of one or more cond/uncond chunks at one sigma) into TokenFlow's passes:
+makes (the frames of one or more cond/uncond chunks at one sigma) into TokenFlow's passes, as
+the official code batches them — the source branch first, then the sampler's chunks:
 
-1. ``src_kf``   source latents of the keyframes (from the inversion cache, source prompt),
-                ordinary self-attention; keep per layer the attention input (for the NN
-                fields), the attention output (source ``T_base``), PnP q/k, PnP residuals.
-2. ``src_prop`` source latents of every frame, in chunks: NN fields of each frame's source
-                tokens onto its keyframes' source tokens; output = propagated source T_base.
-                (1 and 2 are done once per sigma and shared by split cond/uncond calls.)
-3. ``edit_kf``  the sampler's latents of the keyframes, extended attention across the
-                keyframes of each cond/uncond chunk, PnP q/k and residual injection;
-                keep the outputs (``T_base``).
-4. ``edit_prop`` every frame in chunks: self-attention output replaced by T_base gathered
-                along the NN fields and blended; PnP residual injection. Its prediction is
-                what the sampler gets back; CFG and the sampler update stay the sampler's.
+1. ``kf``   the keyframes: source rows (cached inversion latents, source prompt, ordinary
+            self-attention; kept per layer: attention input for the NN fields, output =
+            source ``T_base``, PnP q/k, PnP residuals) + the sampler's rows (extended
+            attention across the keyframes of each cond/uncond chunk, PnP q/k and residual
+            injection; outputs kept as ``T_base``).
+2. ``prop`` every frame, in chunks of ``window``: source rows (NN fields of each frame's
+            source tokens onto its keyframes' source tokens; output = propagated source
+            T_base) + the sampler's rows (self-attention output replaced by T_base gathered
+            along the NN fields and blended; PnP residual injection). The sampler's rows'
+            prediction is what the sampler gets back; CFG and the update stay the sampler's.
+
+The source rows run once per sigma: when ComfyUI splits cond and uncond into separate calls
+the later calls reuse the stored source results and carry only the sampler's rows. When the
+source inputs cannot share a batch with the sampler's (conditioning of another kind), the
+source rows run as their own call just before.
 
 Replace patches (:class:`TokenFlowAttention`) on every self-attention layer and an
 ``attn1_patch`` (:class:`TokenFlowInputCapture`) read the current pass from
@@ -25,6 +29,7 @@ for each of its executor calls; outside the wrapper they fall back to plain atte
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -65,6 +70,9 @@ class TokenFlowConfig:
     pnp_attn_keys: tuple[BlockKey, ...] = ()
     pnp_res_keys: tuple[ResKey, ...] = (("output", 4),)
     chunk_tokens: int = 4096
+    # source rows in the same UNet call as the sampler's rows (the official batching; fewer,
+    # larger calls), or in calls of their own just before (smaller peak memory per call)
+    share_batch: bool = True
 
     def cache_key(self) -> str:
         return repr(self)
@@ -91,12 +99,17 @@ class StepState:
 
 @dataclass
 class Phase:
-    name: str  # src_kf | src_prop | edit_kf | edit_prop
+    name: str  # "kf" (keyframes) | "prop" (propagation chunk)
     state: StepState
-    positions: torch.Tensor  # frame positions (within the call) of the rows of each group
-    groups: int
-    t_base: dict | None = None  # edit T_base per key [G, K, N, C] (edit passes)
+    positions: torch.Tensor  # frame positions (within the call) of the rows of each part
+    source_rows: int  # rows of the source branch at the start of the batch (0 = none)
+    groups: int  # sampler cond/uncond chunks after them (0 = none)
+    t_base: dict  # edit T_base per key [G, K, N, C]
     current_n: dict = field(default_factory=dict)
+
+    @property
+    def positions_key(self) -> tuple[int, ...]:
+        return tuple(self.positions.tolist())
 
 
 def _rows(positions: torch.Tensor, groups: int, frames: int) -> torch.Tensor:
@@ -112,6 +125,33 @@ def _slice(value, rows: torch.Tensor, batch: int):
     if isinstance(value, (list, tuple)):
         return type(value)(_slice(v, rows, batch) for v in value)
     return value
+
+
+def _with_zero_rows(value, rows: int, batch: int):
+    """Prepend ``rows`` zero rows to batch-major tensors (ControlNet residuals for the source
+    rows: adding zero is no control)."""
+    if isinstance(value, torch.Tensor):
+        if value.shape[0] != batch:
+            return value
+        return torch.cat([value.new_zeros((rows, *value.shape[1:])), value])
+    if isinstance(value, dict):
+        return {k: _with_zero_rows(v, rows, batch) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_with_zero_rows(v, rows, batch) for v in value)
+    return value
+
+
+def _joint_context(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Cross-attention contexts of two row sets brought to one token count (each repeated to
+    the least common multiple, as ComfyUI batches conds: attention over repeated tokens is
+    unchanged), or None when they cannot share a batch."""
+    if a.ndim != 3 or b.ndim != 3 or a.shape[-1] != b.shape[-1]:
+        return None
+    la, lb = a.shape[1], b.shape[1]
+    if la != lb:
+        common = math.lcm(la, lb)
+        a, b = a.repeat(1, common // la, 1), b.repeat(1, common // lb, 1)
+    return a, b
 
 
 class TokenFlowRuntime:
@@ -144,8 +184,8 @@ class TokenFlowInputCapture:
 
     def __call__(self, n, context_attn1, value_attn1, extra_options):
         phase = extra_options.get(PHASE_KEY)
-        if phase is not None and phase.name in ("src_kf", "src_prop") and self.runtime.config.nn_feature == "input":
-            phase.current_n[key_of(extra_options)] = n
+        if phase is not None and phase.source_rows and self.runtime.config.nn_feature == "input":
+            phase.current_n[key_of(extra_options)] = n[:phase.source_rows]
         return n, context_attn1, value_attn1
 
 
@@ -166,34 +206,44 @@ class TokenFlowAttention:
         heads = extra_options["n_heads"]
         if phase is None:  # not inside the TokenFlow wrapper (should not happen): plain attention
             return kernel(q, k, v, heads)
+        s = phase.source_rows
+        outs = []
+        if s:
+            outs.append(self._source(phase, q[:s], k[:s], v[:s], kernel, heads))
+        if phase.groups:
+            outs.append(self._edit(phase, q[s:], k[s:], v[s:], kernel, heads))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def _source(self, phase: Phase, q, k, v, kernel, heads):
+        """Source rows: record what the sampler's rows need, return the source branch's output."""
         key, st, cfg = self.key, phase.state, self.runtime.config
-        if phase.name == "src_kf":
+        own_input = cfg.nn_feature == "input"
+        if phase.name == "kf":
             out = kernel(q, k, v, heads)
             st.kf_src_out[key] = out
-            st.kf_src_n[key] = phase.current_n.pop(key) if cfg.nn_feature == "input" else out
+            st.kf_src_n[key] = phase.current_n.pop(key).clone() if own_input else out
             if key in cfg.pnp_attn_keys:
-                st.kf_src_qk[key] = (q, k)
+                st.kf_src_qk[key] = (q.clone(), k.clone())
             return out
-        if phase.name == "edit_kf":
-            g = phase.groups
+        slots, weights = st.slots[phase.positions], st.weights[phase.positions]
+        feats = phase.current_n.pop(key) if own_input else kernel(q, k, v, heads)
+        fields = nn_fields(feats, st.kf_src_n[key], slots, cfg.chunk_tokens)
+        st.fields.setdefault(key, {})[phase.positions_key] = fields
+        return propagate(st.kf_src_out[key][None], fields, slots, weights)[0]
+
+    def _edit(self, phase: Phase, q, k, v, kernel, heads):
+        """The sampler's rows: extended attention (keyframes) or propagation (every frame)."""
+        key, st, g = self.key, phase.state, phase.groups
+        if phase.name == "kf":
             if st.inject_attn and key in st.kf_src_qk:
                 q_src, k_src = st.kf_src_qk[key]
-                q, k = q_src.repeat(g, 1, 1), k_src.repeat(g, 1, 1)
+                q, k = q_src.repeat(g, 1, 1).to(q.dtype), k_src.repeat(g, 1, 1).to(k.dtype)
             out = extended_attention(q, k, v, heads, g, None, attn_fn=kernel)
             phase.t_base[key] = out.reshape(g, -1, *out.shape[1:])
             return out
-        positions = phase.positions
-        slots, weights = st.slots[positions], st.weights[positions]
-        if phase.name == "src_prop":
-            feats = phase.current_n.pop(key) if cfg.nn_feature == "input" else kernel(q, k, v, heads)
-            fields = nn_fields(feats, st.kf_src_n[key], slots, cfg.chunk_tokens)
-            st.fields.setdefault(key, {})[tuple(positions.tolist())] = fields
-            return propagate(st.kf_src_out[key][None], fields, slots, weights)[0]
-        if phase.name == "edit_prop":
-            fields = st.fields[key][tuple(positions.tolist())]
-            out = propagate(phase.t_base[key], fields, slots, weights)
-            return out.reshape(-1, *out.shape[2:])
-        raise RuntimeError(f"unknown TokenFlow phase {phase.name}")
+        slots, weights = st.slots[phase.positions], st.weights[phase.positions]
+        out = propagate(phase.t_base[key], st.fields[key][phase.positions_key], slots, weights)
+        return out.reshape(-1, *out.shape[2:])
 
 
 class TokenFlowWrapper:
@@ -229,63 +279,76 @@ class TokenFlowWrapper:
                  **kw):
         rt, cfg = self.runtime, self.runtime.config
         to = transformer_options or {}
-        groups = len(to.get("cond_or_uncond") or [0])
+        chunk_kinds = list(to.get("cond_or_uncond") or [0])
+        groups = len(chunk_kinds)
         n = x.shape[0] // groups
         frames = call_frame_indices(to, n)
         sigma = float(to["sigmas"][0]) if "sigmas" in to else float(rt.model_sampling.sigma(timesteps[0]))
         st, fresh = self._state(sigma, frames)
-        dm = executor.class_obj
         all_pos = torch.arange(n)
-        chunks = [all_pos[i:i + cfg.window] for i in range(0, n, cfg.window)]
-        res_keys = cfg.pnp_res_keys
-
+        passes = [("kf", st.kf_pos)] + [("prop", all_pos[i:i + cfg.window]) for i in range(0, n, cfg.window)]
         phase_box: dict = {}
 
         def res_handler(rkey, residual):
             phase: Phase = phase_box["phase"]
-            if phase.name == "src_kf":
-                st.kf_src_res[rkey] = residual
-            elif phase.name == "src_prop":
-                st.src_res.setdefault(rkey, {})[tuple(phase.positions.tolist())] = residual
-            elif st.inject_res:
-                src = st.kf_src_res[rkey] if phase.name == "edit_kf" else st.src_res[rkey][tuple(phase.positions.tolist())]
-                return src.repeat(phase.groups, 1, 1, 1)
-            return None
+            s = phase.source_rows
+            if s:  # keep the source's residual (a copy: the batch's tensor is much larger)
+                if phase.name == "kf":
+                    st.kf_src_res[rkey] = residual[:s].clone()
+                else:
+                    st.src_res.setdefault(rkey, {})[phase.positions_key] = residual[:s].clone()
+            if not (st.inject_res and phase.groups):
+                return None
+            src = st.kf_src_res[rkey] if phase.name == "kf" else st.src_res[rkey][phase.positions_key]
+            edit = src.repeat(phase.groups, 1, 1, 1)
+            return torch.cat([residual[:s], edit]) if s else edit
 
-        def run(name, positions, x_in, t_in, ctx_in, y_in, ctrl_in, grp, t_base=None):
+        def run(name, positions, source_rows, grp, x_in, t_in, ctx_in, y_in, ctrl_in, t_base):
             opts = dict(to)  # never mutate the sampler's dict
-            if name.startswith("src"):
-                opts["cond_or_uncond"] = [0]  # the source branch is one positive-prompt chunk
-            phase = Phase(name, st, positions, grp, t_base)
+            opts["cond_or_uncond"] = [0] * bool(source_rows) + (chunk_kinds if grp else [])
+            phase = Phase(name, st, positions, source_rows, grp, t_base)
             opts[PHASE_KEY] = phase
             phase_box["phase"] = phase
             return executor(x_in, t_in, ctx_in, y_in, ctrl_in, opts, **kw)
 
-        with residual_hooks(dm, res_keys, res_handler):
-            if fresh:
-                # 1-2: source branch, once per sigma
-                self._run_source(run, st, frames, sigma, timesteps, x, chunks)
-            # 3: keyframes of the sampler's latents, extended attention
-            t_base: dict = {}
-            rows = _rows(st.kf_pos, groups, n)
-            b = x.shape[0]
-            run("edit_kf", st.kf_pos, x[rows], timesteps[rows], _slice(context, rows, b), _slice(y, rows, b),
-                _slice(control, rows, b), groups, t_base)
-            # 4: propagation over every frame, chunk by chunk
-            out = torch.empty_like(x)
-            for positions in chunks:
+        out = torch.empty_like(x)
+        t_base: dict = {}
+        b = x.shape[0]
+        with residual_hooks(executor.class_obj, cfg.pnp_res_keys, res_handler):
+            for name, positions in passes:
                 rows = _rows(positions, groups, n)
-                pred = run("edit_prop", positions, x[rows], timesteps[rows], _slice(context, rows, b),
-                           _slice(y, rows, b), _slice(control, rows, b), groups, t_base)
-                out[rows] = pred.to(out.dtype)
+                edit = (x[rows], timesteps[rows], _slice(context, rows, b), _slice(y, rows, b),
+                        _slice(control, rows, b))
+                if fresh:
+                    src = source_unet_inputs(rt.source, rt.model_sampling, sigma, frames[positions], timesteps,
+                                             like=x)
+                    joint = self._joint_inputs(src, edit) if cfg.share_batch else None
+                    if joint is None:  # cannot share a batch: the source rows go first on their own
+                        run(name, positions, len(positions), 0, *src, None, t_base)
+                    else:
+                        pred = run(name, positions, len(positions), groups, *joint, t_base)
+                        if name == "prop":
+                            out[rows] = pred[len(positions):].to(out.dtype)
+                        continue
+                pred = run(name, positions, 0, groups, *edit, t_base)
+                if name == "prop":
+                    out[rows] = pred.to(out.dtype)
         return out
 
-    def _run_source(self, run, st, frames, sigma, timesteps, x, chunks):
-        rt = self.runtime
-
-        def source_inputs(positions):
-            return source_unet_inputs(rt.source, rt.model_sampling, sigma, frames[positions], timesteps, like=x)
-
-        run("src_kf", st.kf_pos, *source_inputs(st.kf_pos), None, 1)
-        for positions in chunks:
-            run("src_prop", positions, *source_inputs(positions), None, 1)
+    @staticmethod
+    def _joint_inputs(src, edit):
+        """One batch of the source rows followed by the sampler's rows, or None when their
+        inputs cannot be concatenated (a ``y`` on one side only, different context widths)."""
+        x_s, t_s, ctx_s, y_s = src
+        x_e, t_e, ctx_e, y_e, ctrl_e = edit
+        if (y_s is None) != (y_e is None) or (y_s is not None and y_s.shape[1:] != y_e.shape[1:]):
+            return None
+        if ctx_s is None or ctx_e is None:
+            return None
+        contexts = _joint_context(ctx_s, ctx_e.to(ctx_s))
+        if contexts is None:
+            return None
+        rows = x_s.shape[0]
+        y = None if y_s is None else torch.cat([y_s, y_e.to(y_s)])
+        return (torch.cat([x_s, x_e.to(x_s)]), torch.cat([t_s, t_e.to(t_s)]), torch.cat(contexts), y,
+                _with_zero_rows(ctrl_e, rows, x_e.shape[0]))

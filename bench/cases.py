@@ -89,13 +89,14 @@ def extended_attention_all(ctx: Context):
     return lambda: _sample(ctx, model, ctx.cfg)
 
 
-def tokenflow(ctx: Context, frames: int | None = None):
-    """TokenFlow (window 8, PnP on) with a stand-in source branch."""
+def tokenflow(ctx: Context, frames: int | None = None, share_batch: bool = True):
+    """TokenFlow (window 8, PnP on) with a stand-in source branch; ``share_batch=False`` runs
+    the source rows in UNet calls of their own (smaller calls, more of them)."""
     from comfyui_videoedit.nodes.tokenflow import tokenflow_model
 
     sub = ctx if frames is None else Context(ctx.model, ctx.positive, ctx.negative,
                                               _frames(ctx.latent, frames), ctx.steps, ctx.cfg)
-    model = tokenflow_model(ctx.model, RandomSource(sub), window=8)
+    model = tokenflow_model(ctx.model, RandomSource(sub), window=8, share_batch=share_batch)
     return lambda: _sample(sub, model, ctx.cfg)
 
 
@@ -107,6 +108,7 @@ def _frames(latent: torch.Tensor, n: int) -> torch.Tensor:
 CASES.update({
     "extended_attention": extended_attention_all,
     "tokenflow": tokenflow,
+    "tokenflow_separate_source": lambda ctx: tokenflow(ctx, share_batch=False),
     "tokenflow_f16": lambda ctx: tokenflow(ctx, 16),
     "tokenflow_f32": lambda ctx: tokenflow(ctx, 32),
 })

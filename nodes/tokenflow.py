@@ -76,7 +76,8 @@ def apply_tokenflow(model, inversion, window, pnp_attn_t, pnp_f_t, seed, nn_feat
 
 
 def tokenflow_model(model, source, window=8, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1, nn_feature="input",
-                    blend="official", pnp_attn_blocks="output 4-11", pnp_resnet_blocks="output 4"):
+                    blend="official", pnp_attn_blocks="output 4-11", pnp_resnet_blocks="output 4",
+                    share_batch=True):
     """The patching itself, for any source branch (``attention.tokenflow_patch.SourceBranch``)."""
     from comfy.patcher_extension import WrappersMP
 
@@ -84,7 +85,7 @@ def tokenflow_model(model, source, window=8, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1
     config = TokenFlowConfig(window=window, pnp_attn_t=pnp_attn_t, pnp_f_t=pnp_f_t, seed=seed,
                              nn_feature=NN_FEATURES.get(nn_feature, nn_feature), blend=BLENDS.get(blend, blend),
                              pnp_attn_keys=tuple(parse_block_list(pnp_attn_blocks, keys)),
-                             pnp_res_keys=_parse_resblocks(pnp_resnet_blocks))
+                             pnp_res_keys=_parse_resblocks(pnp_resnet_blocks), share_batch=share_batch)
     runtime = TokenFlowRuntime(config, source, model.get_model_object("model_sampling"), comfy_attention())
     m = attach_attn1(model, lambda key, prev: TokenFlowAttention(runtime, key, prev), keys)
     m.set_model_attn1_patch(TokenFlowInputCapture(runtime))

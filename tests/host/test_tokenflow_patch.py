@@ -122,3 +122,52 @@ def test_full_tokenflow_with_a_controlnet_is_deterministic(host, pack_nodes, tin
     a = _sample_custom(host, probe, cpos, cneg, sigmas, latent)
     assert seen and all(seen)
     assert torch.isfinite(a).all() and torch.equal(a, _sample_custom(host, model, cpos, cneg, sigmas, latent))
+
+
+def _counting(model):
+    """A clone whose UNet calls (inside TokenFlow's wrapper) record their batch sizes."""
+    import comfy.patcher_extension as pe
+
+    calls = []
+
+    def inner(executor, x, *args, **kw):
+        calls.append(x.shape[0])
+        return executor(x, *args, **kw)
+
+    probe = model.clone()
+    probe.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test_count", inner)
+    return probe, calls
+
+
+def test_source_rows_share_the_batch_of_the_sampler_rows(host, pack_nodes, tiny_model, tiny_clip, inference_mode):
+    """As the official code: one UNet call for the keyframes and one per propagation chunk,
+    each holding the source rows then the cond/uncond rows; same result as separate calls."""
+    from comfyui_videoedit.nodes.tokenflow import tokenflow_model
+
+    pos, neg, sigmas, src, latent = _setup(host, tiny_model, tiny_clip, frames=7)
+    cpos, cneg = _controlnet_conditioning(host, pos, neg, frames=7)
+    probe, calls = _counting(tokenflow_model(tiny_model, src, window=3, seed=2))
+    joint = _sample_custom(host, probe, cpos, cneg, sigmas, latent)
+    # 7 frames, window 3: keyframes 3 (+ 2x3), chunks 3 (+ 2x3), 3 (+ 2x3), 1 (+ 2x1) — per step
+    assert calls == [9, 9, 9, 3] * (len(sigmas) - 1)
+    probe, calls = _counting(tokenflow_model(tiny_model, src, window=3, seed=2, share_batch=False))
+    separate = _sample_custom(host, probe, cpos, cneg, sigmas, latent)
+    assert calls == [3, 6, 3, 6, 3, 6, 1, 2] * (len(sigmas) - 1)
+    assert (joint - separate).abs().max() <= 1e-5 * separate.abs().max(), (joint - separate).abs().max()
+
+
+def test_a_longer_source_prompt_still_shares_the_batch(host, pack_nodes, tiny_model, tiny_clip, inference_mode):
+    """A source prompt of 154 tokens next to a 77-token target: both contexts are repeated to
+    the common length (attention over repeated tokens is unchanged)."""
+    from comfyui_videoedit.nodes.tokenflow import tokenflow_model
+
+    pos, neg, sigmas, src, latent = _setup(host, tiny_model, tiny_clip, frames=4)
+    long_context = encode_prompt(tiny_clip, "a small red car on a wet road at night " * 12)[0][0]
+    assert long_context.shape[1] == 154 and pos[0][0].shape[1] == 77
+    src = FixedSource(src.latents, sigmas, long_context)
+    probe, calls = _counting(tokenflow_model(tiny_model, src, window=2, seed=5))
+    joint = _sample_custom(host, probe, pos, neg, sigmas, latent)
+    assert calls[:3] == [2 + 4, 2 + 4, 2 + 4]
+    separate = _sample_custom(host, tokenflow_model(tiny_model, src, window=2, seed=5, share_batch=False), pos, neg,
+                              sigmas, latent)
+    assert (joint - separate).abs().max() <= 1e-5 * separate.abs().max(), (joint - separate).abs().max()
