@@ -131,8 +131,10 @@ def _with_zero_rows(value, rows: int, batch: int):
     """Prepend ``rows`` zero rows to batch-major tensors (ControlNet residuals for the source
     rows: adding zero is no control)."""
     if isinstance(value, torch.Tensor):
-        if value.shape[0] != batch:
+        if value.ndim == 0 or value.shape[0] not in (1, batch):
             return value
+        if value.shape[0] == 1 and batch > 1:  # broadcast over the sampler's rows only, not the source's
+            value = value.expand(batch, *value.shape[1:])
         return torch.cat([value.new_zeros((rows, *value.shape[1:])), value])
     if isinstance(value, dict):
         return {k: _with_zero_rows(v, rows, batch) for k, v in value.items()}

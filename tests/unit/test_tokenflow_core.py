@@ -136,3 +136,24 @@ def test_keyframes_one_per_window_deterministic():
 
 def test_cost_model():
     assert abs(expected_cost_ratio(8) - 1.6875) < 1e-9
+
+
+def test_control_residuals_get_zero_rows_for_the_source():
+    from comfyui_videoedit.attention.tokenflow_patch import _with_zero_rows
+
+    a, one = torch.randn(4, 3, 2, 2), torch.randn(1, 3, 2, 2)
+    control = {"output": [a, None, one], "middle": [a]}
+    out = _with_zero_rows(control, 2, 4)
+    assert torch.equal(out["output"][0][:2], torch.zeros(2, 3, 2, 2)) and torch.equal(out["output"][0][2:], a)
+    assert out["output"][1] is None
+    assert torch.equal(out["output"][2][2:], one.expand(4, 3, 2, 2)) and not out["output"][2][:2].any()
+    assert control["output"][0] is a  # the input structure is not changed
+
+
+def test_contexts_of_other_lengths_are_repeated_to_a_common_length():
+    from comfyui_videoedit.attention.tokenflow_patch import _joint_context
+
+    a, b = torch.randn(2, 77, 8), torch.randn(3, 154, 8)
+    ra, rb = _joint_context(a, b)
+    assert ra.shape == (2, 154, 8) and torch.equal(ra[:, 77:], a) and torch.equal(rb, b)
+    assert _joint_context(a, torch.randn(3, 77, 16)) is None
