@@ -38,6 +38,7 @@ import torch
 
 from .extended import extended_attention, sdpa_attention
 from .frames import call_frame_indices
+from .nested import map_tensors
 from .patching import kernel_from
 from .pnp import source_unet_inputs
 from .resnet_hooks import ResKey, residual_hooks
@@ -106,10 +107,10 @@ class Phase:
     groups: int  # sampler cond/uncond chunks after them (0 = none)
     t_base: dict  # edit T_base per key [G, K, N, C]
     current_n: dict = field(default_factory=dict)
+    positions_key: tuple[int, ...] = field(init=False)  # dict key of this chunk's stored results
 
-    @property
-    def positions_key(self) -> tuple[int, ...]:
-        return tuple(self.positions.tolist())
+    def __post_init__(self):
+        self.positions_key = tuple(self.positions.tolist())
 
 
 def _rows(positions: torch.Tensor, groups: int, frames: int) -> torch.Tensor:
@@ -118,29 +119,20 @@ def _rows(positions: torch.Tensor, groups: int, frames: int) -> torch.Tensor:
 
 def _slice(value, rows: torch.Tensor, batch: int):
     """Slice batch-major tensors (also nested in ControlNet's dict of lists) by rows."""
-    if isinstance(value, torch.Tensor):
-        return value[rows.to(value.device)] if value.shape[0] == batch else value
-    if isinstance(value, dict):
-        return {k: _slice(v, rows, batch) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_slice(v, rows, batch) for v in value)
-    return value
+    return map_tensors(value, lambda t: t[rows.to(t.device)] if t.ndim and t.shape[0] == batch else t)
 
 
 def _with_zero_rows(value, rows: int, batch: int):
     """Prepend ``rows`` zero rows to batch-major tensors (ControlNet residuals for the source
-    rows: adding zero is no control)."""
-    if isinstance(value, torch.Tensor):
-        if value.ndim == 0 or value.shape[0] not in (1, batch):
-            return value
-        if value.shape[0] == 1 and batch > 1:  # broadcast over the sampler's rows only, not the source's
-            value = value.expand(batch, *value.shape[1:])
-        return torch.cat([value.new_zeros((rows, *value.shape[1:])), value])
-    if isinstance(value, dict):
-        return {k: _with_zero_rows(v, rows, batch) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_with_zero_rows(v, rows, batch) for v in value)
-    return value
+    rows: adding zero is no control); a batch-1 tensor is first broadcast over the ``batch``
+    sampler rows only, not the source's."""
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        if t.ndim == 0 or t.shape[0] not in (1, batch):
+            return t
+        t = t.expand(batch, *t.shape[1:])
+        return torch.cat([t.new_zeros((rows, *t.shape[1:])), t])
+
+    return map_tensors(value, pad)
 
 
 def _joint_context(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -305,7 +297,9 @@ class TokenFlowWrapper:
             edit = src.repeat(phase.groups, 1, 1, 1)
             return torch.cat([residual[:s], edit]) if s else edit
 
-        def run(name, positions, source_rows, grp, x_in, t_in, ctx_in, y_in, ctrl_in, t_base):
+        t_base: dict = {}  # the sampler's keyframe outputs per layer, filled by the "kf" call
+
+        def run(name, positions, source_rows, grp, x_in, t_in, ctx_in, y_in, ctrl_in):
             opts = dict(to)  # never mutate the sampler's dict
             opts["cond_or_uncond"] = [0] * bool(source_rows) + (chunk_kinds if grp else [])
             phase = Phase(name, st, positions, source_rows, grp, t_base)
@@ -314,27 +308,24 @@ class TokenFlowWrapper:
             return executor(x_in, t_in, ctx_in, y_in, ctrl_in, opts, **kw)
 
         out = torch.empty_like(x)
-        t_base: dict = {}
         b = x.shape[0]
         with residual_hooks(executor.class_obj, cfg.pnp_res_keys, res_handler):
             for name, positions in passes:
                 rows = _rows(positions, groups, n)
-                edit = (x[rows], timesteps[rows], _slice(context, rows, b), _slice(y, rows, b),
-                        _slice(control, rows, b))
-                if fresh:
+                inputs = (x[rows], timesteps[rows], _slice(context, rows, b), _slice(y, rows, b),
+                          _slice(control, rows, b))
+                source_rows = 0
+                if fresh:  # the source rows of this pass, once per sigma
                     src = source_unet_inputs(rt.source, rt.model_sampling, sigma, frames[positions], timesteps,
                                              like=x)
-                    joint = self._joint_inputs(src, edit) if cfg.share_batch else None
+                    joint = self._joint_inputs(src, inputs) if cfg.share_batch else None
                     if joint is None:  # cannot share a batch: the source rows go first on their own
-                        run(name, positions, len(positions), 0, *src, None, t_base)
+                        run(name, positions, len(positions), 0, *src, None)
                     else:
-                        pred = run(name, positions, len(positions), groups, *joint, t_base)
-                        if name == "prop":
-                            out[rows] = pred[len(positions):].to(out.dtype)
-                        continue
-                pred = run(name, positions, 0, groups, *edit, t_base)
+                        inputs, source_rows = joint, len(positions)
+                pred = run(name, positions, source_rows, groups, *inputs)
                 if name == "prop":
-                    out[rows] = pred.to(out.dtype)
+                    out[rows] = pred[source_rows:].to(out.dtype)
         return out
 
     @staticmethod

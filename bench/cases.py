@@ -4,6 +4,7 @@ that ratios compare like with like. Methods add their cases here as they land.""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -173,11 +174,9 @@ BASELINE["inversion"] = "plain_cfg1"
 
 
 # -- Rerender-A-Video ----------------------------------------------------------------------------
-_RERENDER_CLIP: dict = {}
-
-
+@functools.cache
 def _sd_vae():
-    """SD's VAE architecture (kl-f8, 84 M parameters) with random weights."""
+    """SD's VAE architecture (kl-f8, 84 M parameters) with random weights (built once)."""
     import comfy.ldm.models.autoencoder
     import comfy.sd
 
@@ -205,15 +204,6 @@ def _panning_frames(count: int, height: int, width: int, step: float = 3.0) -> t
     return torch.stack(frames)
 
 
-_VAE: dict = {}
-
-
-def _bench_vae():
-    if "sd" not in _VAE:
-        _VAE["sd"] = _sd_vae()
-    return _VAE["sd"]
-
-
 def rerender_keyframe(ctx: Context, x0_strength: float = 1.0):
     """One Rerender keyframe after the anchor with every stage on (official windows, same
     sampler/scheduler/steps/cfg as the baseline): DIS flows to the anchor/previous keyframe,
@@ -231,7 +221,7 @@ def rerender_keyframe(ctx: Context, x0_strength: float = 1.0):
     _, _, h, w = ctx.latent.shape
     frames = _panning_frames(2, 8 * h, 8 * w)
     settings = RerenderSettings(steps=ctx.steps, cfg=ctx.cfg, seed=ctx.seed, x0_strength=x0_strength)
-    run = RerenderRun(ctx.model, _bench_vae(), ctx.positive, ctx.negative, settings, 2)
+    run = RerenderRun(ctx.model, _sd_vae(), ctx.positive, ctx.negative, settings, 2)
     chw = frames.movedim(-1, 1)
     with torch.inference_mode():
         run.render_anchor(0, chw[:1])
@@ -250,7 +240,7 @@ def plain_img2img(ctx: Context, x0_strength: float = 0.75):
 
     _, _, h, w = ctx.latent.shape
     image = _panning_frames(2, 8 * h, 8 * w)[1:2]
-    vae = _bench_vae()
+    vae = _sd_vae()
     start = int(ctx.steps * (1.0 - x0_strength))
 
     def runner():
@@ -265,15 +255,14 @@ def plain_img2img(ctx: Context, x0_strength: float = 0.75):
     return runner
 
 
+@functools.cache
 def _rerender_clip_512(frames: int = 21):
     """21 panning 512² frames and their DIS flows (computed once, untimed here)."""
-    if frames not in _RERENDER_CLIP:
-        from comfyui_videoedit.flow.dis import dis_flow
-        from comfyui_videoedit.flow.estimate import bidirectional_flow
+    from comfyui_videoedit.flow.dis import dis_flow
+    from comfyui_videoedit.flow.estimate import bidirectional_flow
 
-        clip = _panning_frames(frames, 512, 512)
-        _RERENDER_CLIP[frames] = (clip, *bidirectional_flow(clip, dis_flow))
-    return _RERENDER_CLIP[frames]
+    clip = _panning_frames(frames, 512, 512)
+    return (clip, *bidirectional_flow(clip, dis_flow))
 
 
 def rerender_propagate_512(ctx: Context, blend: str = "moments"):

@@ -25,10 +25,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from kornia.filters import gaussian_blur2d
-from kornia.geometry.transform import remap
 
 from .resize import resize_flow
-from .warp import sample_grid
+from .warp import warp_backward
 
 FIDELITY_MODES = ("code", "paper")
 
@@ -117,14 +116,8 @@ def warp_latent(latent: torch.Tensor, flow: torch.Tensor, mode: str = "nearest")
     Returns:
         ``[B, c, h, w]``, dtype of ``latent``.
     """
-    if mode not in ("nearest", "bilinear"):
-        raise ValueError(f"warp mode must be 'nearest' or 'bilinear', got {mode!r}")
-    size = latent.shape[-2:]
-    flow_lat = resize_flow(flow.float(), size).to(latent.device)
-    work = latent if latent.dtype in (torch.float32, torch.float64) else latent.float()
-    grid = sample_grid(flow_lat.to(work.dtype))
-    out = remap(work, grid[..., 0], grid[..., 1], mode=mode, padding_mode="zeros", align_corners=True)
-    return out.to(latent.dtype)
+    flow_lat = resize_flow(flow.float(), latent.shape[-2:]).to(latent.device)
+    return warp_backward(latent, flow_lat, padding_mode="zeros", mode=mode)
 
 
 def shape_fusion(x0: torch.Tensor, warped_reference: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

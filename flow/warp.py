@@ -5,6 +5,7 @@ from kornia.geometry.transform import remap
 from kornia.utils import create_meshgrid
 
 PADDING_MODES = ("zeros", "border", "reflection")
+SAMPLE_MODES = ("bilinear", "nearest")
 
 
 def sample_grid(flow: torch.Tensor) -> torch.Tensor:
@@ -21,8 +22,9 @@ def sample_grid(flow: torch.Tensor) -> torch.Tensor:
     return base + flow
 
 
-def warp_backward(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
-    """Backward warp: ``out[p] = image[p + flow[p]]``, bilinear.
+def warp_backward(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros",
+                  mode: str = "bilinear") -> torch.Tensor:
+    """Backward warp: ``out[p] = image[p + flow[p]]``, bilinear (or nearest).
 
     The output lives on the flow's grid. To bring frame i+1 onto frame i's grid, pass frame i+1
     and the forward flow i → i+1 (defined on frame i). To bring frame i onto frame i+1's grid,
@@ -34,12 +36,15 @@ def warp_backward(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "
         padding_mode: value for samples that land outside the image: ``"zeros"`` (0),
             ``"border"`` (nearest edge pixel) or ``"reflection"`` (mirrored about the edge
             pixel centres).
+        mode: ``"bilinear"`` or ``"nearest"`` (no blur, e.g. for latents).
 
     Returns:
         ``[B, C, H, W]``, dtype and device of ``image``.
     """
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    if mode not in SAMPLE_MODES:
+        raise ValueError(f"warp mode must be one of {SAMPLE_MODES}, got {mode!r}")
     if image.ndim != 4 or flow.ndim != 4 or flow.shape[-1] != 2:
         raise ValueError(
             f"expected image [B,C,H,W] and flow [B,H,W,2], got {tuple(image.shape)} and {tuple(flow.shape)}"
@@ -51,5 +56,5 @@ def warp_backward(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "
     grid = sample_grid(flow.to(device=image.device, dtype=work.dtype))
     # remap's pixel → [-1, 1] mapping uses the align_corners=True convention (pixel centres on
     # the corners of the normalised range), so grid_sample must be told the same.
-    out = remap(work, grid[..., 0], grid[..., 1], mode="bilinear", padding_mode=padding_mode, align_corners=True)
+    out = remap(work, grid[..., 0], grid[..., 1], mode=mode, padding_mode=padding_mode, align_corners=True)
     return out.to(image.dtype)

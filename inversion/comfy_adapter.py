@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from ..attention import capture as capture_mod
+from ..attention.nested import map_tensors
 from . import ddim, identity, nulltext, schedule
 from .cache import CACHE_DIR_NAME, DiskCache, MemoryCache, cache_key
 from .record import InversionRecord, record_from_tensors, record_tensors
@@ -128,24 +129,12 @@ def conditioning_id(conditioning: list) -> str:
 
 
 # -- conditioning -----------------------------------------------------------------------------------
-def _map_tensors(value, fn):
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, dict):
-        return {k: _map_tensors(v, fn) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_map_tensors(v, fn) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_map_tensors(v, fn) for v in value)
-    return value
-
-
 def cpu_conditioning(conditioning: list) -> list:
     """A copy of a CONDITIONING with its tensors (cross-attn, pooled output, …) on CPU; other
     values (ControlNet objects, hooks) are kept by reference."""
     if not isinstance(conditioning, list):
         raise ValueError("conditioning: expected a CONDITIONING (CLIP Text Encode output)")
-    return [[c[0].detach().cpu(), _map_tensors(dict(c[1]), lambda t: t.detach().cpu())] for c in conditioning]
+    return [[c[0].detach().cpu(), map_tensors(dict(c[1]), lambda t: t.detach().cpu())] for c in conditioning]
 
 
 def _per_frame(t, total: int) -> bool:

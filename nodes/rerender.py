@@ -16,7 +16,7 @@ from ..flow.raft import RAFT_ARCHITECTURES, raft_flow
 from ..flow.raft_checkpoint import RaftCache
 from ..flow.resize import resize_flow
 from .common import OPTICAL_FLOW, parse_int_list
-from .rerender_pipeline import RerenderRun, RerenderSettings
+from .rerender_pipeline import RerenderRun, RerenderSettings, check_vae_multiple, vae_decode_chw, vae_encode_chw
 
 FLOW_METHODS = {
     "dis (direct between the two frames)": "dis",
@@ -196,10 +196,7 @@ class RerenderKeyframes(io.ComfyNode):
 def render_keyframes(model, positive, negative, vae, frames, interval, settings: RerenderSettings, flow_method="dis",
                      forward_flow=None, backward_flow=None):
     """Render frames 0, K, 2K, ... → (IMAGE [n, H, W, 3] on the intermediate device, indices)."""
-    ratio = int(vae.spacial_compression_encode())
-    if frames.shape[1] % ratio or frames.shape[2] % ratio:
-        raise ValueError(f"images: {frames.shape[2]}×{frames.shape[1]} is not a multiple of the VAE's {ratio}; "
-                         f"crop or resize the frames (e.g. Upscale Image) first")
+    check_vae_multiple(frames, vae, "images")
     if flow_method not in FLOW_METHODS.values():
         raise ValueError(f"flow_method: expected one of {list(FLOW_METHODS)}, got {flow_method!r}")
     keys = list(range(0, frames.shape[0], max(1, int(interval))))
@@ -312,18 +309,9 @@ class FidelityEncode(io.ComfyNode):
     @classmethod
     def execute(cls, vae, image, threshold, strength, mode) -> io.NodeOutput:
         pixels = _frames(image, "image")
-        ratio = int(vae.spacial_compression_encode())
-        if pixels.shape[1] % ratio or pixels.shape[2] % ratio:
-            raise ValueError(f"image: {pixels.shape[2]}×{pixels.shape[1]} is not a multiple of the VAE's {ratio}; "
-                             f"crop or resize it first")
-
-        def encode(x):
-            return vae.encode(x.movedim(1, -1)).float()
-
-        def decode(z):
-            return vae.decode(z).movedim(-1, 1).float()
-
-        latent, compensated = fidelity_encode(pixels.movedim(-1, 1), encode, decode, threshold, strength,
+        check_vae_multiple(pixels, vae, "image")
+        latent, compensated = fidelity_encode(pixels.movedim(-1, 1), lambda x: vae_encode_chw(vae, x),
+                                              lambda z: vae_decode_chw(vae, z), threshold, strength,
                                               FIDELITY_MODES.get(mode, mode))
         mask = torch.nn.functional.interpolate(compensated.float(), size=tuple(pixels.shape[1:3]), mode="nearest")
         return io.NodeOutput({"samples": latent.to(mm.intermediate_device())}, mask[:, 0].to(mm.intermediate_device()))

@@ -106,6 +106,26 @@ def cross_frame_keys(model, spec: str) -> list:
         raise ValueError(f"cross_frame_blocks: {e}") from None
 
 
+# -- VAE on channel-first images ------------------------------------------------------------
+
+def check_vae_multiple(frames: torch.Tensor, vae, name: str) -> None:
+    """``frames`` ``[F, H, W, 3]``: H and W must be multiples of the VAE's downscale."""
+    ratio = int(vae.spacial_compression_encode())
+    if frames.shape[1] % ratio or frames.shape[2] % ratio:
+        raise ValueError(f"{name}: {frames.shape[2]}×{frames.shape[1]} is not a multiple of the VAE's {ratio}; "
+                         f"crop or resize the frames (e.g. Upscale Image) first")
+
+
+def vae_encode_chw(vae, image: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, H, W]`` 0..1 → raw latent (float32)."""
+    return vae.encode(image.movedim(1, -1)[..., :3]).float()
+
+
+def vae_decode_chw(vae, latent: torch.Tensor) -> torch.Tensor:
+    """Raw latent → ``[B, 3, H, W]`` 0..1 (float32)."""
+    return vae.decode(latent).movedim(-1, 1).float()
+
+
 # -- conditioning: per-frame ControlNet hints ---------------------------------------------------
 
 def _slice_batch(value, index: int, frames: int):
@@ -234,10 +254,10 @@ class RerenderRun:
 
     # -- VAE (images [1, 3, H, W] 0..1 ↔ raw latents) ------------------------------------------
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(image.movedim(1, -1)[..., :3]).float()
+        return vae_encode_chw(self.vae, image)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latent).movedim(-1, 1).float()
+        return vae_decode_chw(self.vae, latent)
 
     # -- sampling -------------------------------------------------------------------------------
     def _sample(self, latent: torch.Tensor, noise: torch.Tensor, conds, start: int, last: int | None) -> torch.Tensor:

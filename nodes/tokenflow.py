@@ -151,10 +151,13 @@ class ApplyTokenFlow(io.ComfyNode):
 
 def sample_tokenflow(model, positive, negative, inversion, cfg, sampler_name, window=8, pnp_attn_t=0.5, pnp_f_t=0.8,
                      seed=1, nn_feature="input", blend="official", pnp_attn_blocks="output 4-11",
-                     pnp_resnet_blocks="output 4", preview: bool = True) -> dict:
+                     pnp_resnet_blocks="output 4") -> dict:
     """Apply TokenFlow to a clone of ``model`` and sample the inversion's x_T along the
-    inversion's sigmas with ``sampler_name`` (no added noise). Returns a LATENT dict."""
+    inversion's sigmas with ``sampler_name`` (no added noise), with ComfyUI's progress bar and
+    previews as SamplerCustom. Returns a LATENT dict."""
     import comfy.sample
+    import comfy.utils
+    import latent_preview
 
     from ..inversion.comfy_adapter import output_latent
 
@@ -165,18 +168,11 @@ def sample_tokenflow(model, positive, negative, inversion, cfg, sampler_name, wi
     latent = output_latent(model, inversion)
     x_t = latent["samples"]
     sigmas = inversion.sigmas.clone()
-    callback = None
-    if preview:  # ComfyUI's progress bar and latent previews, as SamplerCustom does
-        try:
-            import latent_preview
-        except ImportError:  # not running inside a ComfyUI tree
-            latent_preview = None
-        if latent_preview is not None and hasattr(latent_preview, "prepare_callback"):
-            callback = latent_preview.prepare_callback(patched, len(sigmas) - 1)
-    samples = comfy.sample.sample_custom(patched, torch.zeros_like(x_t), float(cfg),
-                                         comfy.samplers.sampler_object(sampler_name), sigmas, positive, negative,
-                                         x_t, callback=callback, disable_pbar=not preview, seed=int(seed))
-    latent["samples"] = samples
+    callback = latent_preview.prepare_callback(patched, len(sigmas) - 1)
+    latent["samples"] = comfy.sample.sample_custom(patched, torch.zeros_like(x_t), float(cfg),
+                                                   comfy.samplers.sampler_object(sampler_name), sigmas, positive,
+                                                   negative, x_t, callback=callback,
+                                                   disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=int(seed))
     return latent
 
 

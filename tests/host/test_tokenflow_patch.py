@@ -102,9 +102,27 @@ def test_controlnet_in_the_conditioning_reaches_every_pass_frame_by_frame(host, 
     assert (a - without).abs().max() > 1e-3 * without.abs().max(), "the ControlNet had no effect"
 
 
-def test_full_tokenflow_with_a_controlnet_is_deterministic(host, pack_nodes, tiny_model, tiny_clip, inference_mode):
+def _probe(model, on_call):
+    """A clone whose UNet calls inside TokenFlow's wrapper (a DIFFUSION_MODEL wrapper added
+    after it runs inside it) are reported as ``on_call(x, control)``."""
     import comfy.patcher_extension as pe
 
+    def inner(executor, x, timesteps, context=None, y=None, control=None, transformer_options=None, **kw):
+        on_call(x, control)
+        return executor(x, timesteps, context, y, control, transformer_options, **kw)
+
+    probe = model.clone()
+    probe.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test_probe", inner)
+    return probe
+
+
+def _counting(model):
+    """A probe clone recording the batch size of each UNet call."""
+    calls = []
+    return _probe(model, lambda x, control: calls.append(x.shape[0])), calls
+
+
+def test_full_tokenflow_with_a_controlnet_is_deterministic(host, pack_nodes, tiny_model, tiny_clip, inference_mode):
     from comfyui_videoedit.nodes.tokenflow import tokenflow_model
 
     pos, neg, sigmas, src, latent = _setup(host, tiny_model, tiny_clip, frames=7)
@@ -112,31 +130,13 @@ def test_full_tokenflow_with_a_controlnet_is_deterministic(host, pack_nodes, tin
     model = tokenflow_model(tiny_model, src, window=3, seed=2)
     seen = []
 
-    def inner(executor, x, timesteps, context=None, y=None, control=None, transformer_options=None, **kw):
+    def on_call(x, control):
         if control is not None:  # edit passes: control sliced to the same rows as x
             seen.append(all(t.shape[0] == x.shape[0] for part in control.values() for t in part if t is not None))
-        return executor(x, timesteps, context, y, control, transformer_options, **kw)
 
-    probe = model.clone()
-    probe.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test_probe", inner)  # runs inside TokenFlow's
-    a = _sample_custom(host, probe, cpos, cneg, sigmas, latent)
+    a = _sample_custom(host, _probe(model, on_call), cpos, cneg, sigmas, latent)
     assert seen and all(seen)
     assert torch.isfinite(a).all() and torch.equal(a, _sample_custom(host, model, cpos, cneg, sigmas, latent))
-
-
-def _counting(model):
-    """A clone whose UNet calls (inside TokenFlow's wrapper) record their batch sizes."""
-    import comfy.patcher_extension as pe
-
-    calls = []
-
-    def inner(executor, x, *args, **kw):
-        calls.append(x.shape[0])
-        return executor(x, *args, **kw)
-
-    probe = model.clone()
-    probe.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test_count", inner)
-    return probe, calls
 
 
 def test_source_rows_share_the_batch_of_the_sampler_rows(host, pack_nodes, tiny_model, tiny_clip, inference_mode):
