@@ -22,14 +22,13 @@ Layout follows ComfyUI's attention replace patches: ``[G*F, N, heads*dim_head]``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .extended import sdpa_attention, split_groups
+from .extended import AttnFn, sdpa_attention, split_groups
 
-AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # elements of one gathered q/k/v chunk (32 MB in fp16)
 
 

@@ -9,74 +9,27 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..flow.dis import dis_flow
+from ..adapters.rerender import (
+    FIDELITY_MODES,
+    FLOW_METHODS,
+    RerenderSettings,
+    check_vae_multiple,
+    render_keyframes,
+    vae_decode_chw,
+    vae_encode_chw,
+)
 from ..flow.fusion import adain, fidelity_encode
-from ..flow.propagate import BLEND_MODES, COLOUR_SPACES, chain_flow, propagate_keyframes
-from ..flow.raft import RAFT_ARCHITECTURES, raft_flow
-from ..flow.raft_checkpoint import RaftCache
-from ..flow.resize import resize_flow
-from .common import OPTICAL_FLOW, parse_int_list
-from .rerender_pipeline import RerenderRun, RerenderSettings, check_vae_multiple, vae_decode_chw, vae_encode_chw
-
-FLOW_METHODS = {
-    "dis (direct between the two frames)": "dis",
-    "chain input flows": "chain",
-    "raft_large (direct, models/raft)": "raft_large",
-    "raft_small (direct, models/raft)": "raft_small",
-}
-FIDELITY_MODES = {
-    "code: x_r + (1 - M_E)*lambda*(x_r - x_rr), M_E over threshold, grown": "code",
-    "paper: x_r + M_E*lambda*(x_r - x_rr), M_E under threshold": "paper",
-}
-_RAFT = RaftCache()
+from ..flow.propagate import BLEND_MODES, COLOUR_SPACES, propagate_keyframes
+from .common import OPTICAL_FLOW, check_flow, check_image, parse_int_list
 
 
-def _frames(images: torch.Tensor, name: str = "images") -> torch.Tensor:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] < 3:
-        raise ValueError(f"{name}: expected an IMAGE batch [F,H,W,3], got {getattr(images, 'shape', type(images))}")
-    return images[..., :3].float()
+def _frames(images, name: str = "images") -> torch.Tensor:
+    return check_image(images, name)[..., :3].float()
 
 
 def _flows_for(frames: torch.Tensor, flow, name: str) -> torch.Tensor:
-    count, height, width = frames.shape[:3]
-    if flow is None:
-        raise ValueError(f"{name}: connect the clip's {name} (Estimate Optical Flow), or pick a direct flow method")
-    if not isinstance(flow, torch.Tensor) or flow.ndim != 4 or flow.shape[-1] != 2 or flow.shape[0] != count - 1:
-        raise ValueError(f"{name}: expected OPTICAL_FLOW [{count - 1},H,W,2] for {count} frames, got "
-                         f"{tuple(getattr(flow, 'shape', ()))}")
-    flow = flow.float().to(frames.device)
-    return resize_flow(flow, (height, width)) if tuple(flow.shape[1:3]) != (height, width) else flow
-
-
-class FlowBetween:
-    """``(from, to) -> [1, H, W, 2]`` flow on ``from``'s grid, cached: computed directly between
-    the two frames (as the official code does with GMFlow) or chained from adjacent flows."""
-
-    def __init__(self, frames: torch.Tensor, method: str, forward=None, backward=None):
-        self.frames, self.method, self.cache = frames, method, {}
-        if method == "chain":
-            self.forward = _flows_for(frames, forward, "forward_flow")
-            self.backward = _flows_for(frames, backward, "backward_flow")
-        elif method in RAFT_ARCHITECTURES:
-            from .paths import resolve_raft_weights
-
-            self.raft = _RAFT.get(method, resolve_raft_weights(method, "auto"))
-
-    def __call__(self, a: int, b: int) -> torch.Tensor:
-        if (a, b) not in self.cache:
-            src, dst = self.frames[a:a + 1], self.frames[b:b + 1]
-            if self.method == "chain":
-                flow = chain_flow(self.forward, self.backward, a, b)
-            elif self.method == "dis":
-                flow = dis_flow(src, dst)
-            else:
-                self.raft.to(mm.get_torch_device())
-                try:
-                    flow = raft_flow(self.raft, src, dst)
-                finally:
-                    self.raft.to(mm.unet_offload_device())
-            self.cache[(a, b)] = flow.float().to(self.frames.device)
-        return self.cache[(a, b)]
+    return check_flow(flow, name, frames.shape[0], tuple(frames.shape[1:3]),
+                      missing=", or pick a direct flow method").to(frames.device)
 
 
 def _window(name: str, start: float, end: float) -> tuple[float, float]:
@@ -188,30 +141,12 @@ class RerenderKeyframes(io.ComfyNode):
             fidelity_strength=fidelity_lambda, fidelity_mode=FIDELITY_MODES.get(fidelity_mode, fidelity_mode),
             cross_frame_blocks=cross_frame_blocks)
         method = FLOW_METHODS.get(flow_method, flow_method)
+        if method == "chain" and frames.shape[0] > keyframe_interval:  # a second keyframe needs the flows
+            forward_flow = _flows_for(frames, forward_flow, "forward_flow")
+            backward_flow = _flows_for(frames, backward_flow, "backward_flow")
         result, keys = render_keyframes(model, positive, negative, vae, frames, keyframe_interval, settings, method,
                                         forward_flow, backward_flow)
         return io.NodeOutput(result, ", ".join(str(k) for k in keys))
-
-
-def render_keyframes(model, positive, negative, vae, frames, interval, settings: RerenderSettings, flow_method="dis",
-                     forward_flow=None, backward_flow=None):
-    """Render frames 0, K, 2K, ... → (IMAGE [n, H, W, 3] on the intermediate device, indices)."""
-    check_vae_multiple(frames, vae, "images")
-    if flow_method not in FLOW_METHODS.values():
-        raise ValueError(f"flow_method: expected one of {list(FLOW_METHODS)}, got {flow_method!r}")
-    keys = list(range(0, frames.shape[0], max(1, int(interval))))
-    flows = FlowBetween(frames, flow_method, forward_flow, backward_flow) if len(keys) > 1 else None
-    pbar = comfy.utils.ProgressBar(len(keys))
-    run = RerenderRun(model, vae, positive, negative, settings, frames.shape[0])
-    chw = frames.movedim(-1, 1)
-    results = []
-    for n, k in enumerate(keys):
-        mm.throw_exception_if_processing_interrupted()
-        image = chw[k:k + 1]
-        results.append(run.render_anchor(k, image) if n == 0 else run.render_keyframe(k, image, flows))
-        pbar.update(1)
-    out = torch.cat(results).movedim(1, -1).clamp(0, 1).to(mm.intermediate_device())
-    return out, keys
 
 
 class PropagateKeyframes(io.ComfyNode):

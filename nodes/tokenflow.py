@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import comfy.samplers
-import torch
 from comfy_api.latest import io
 
+from ..adapters.model_patch import attach_attn1, comfy_attention
+from ..adapters.tokenflow import BLENDS, NN_FEATURES, apply_tokenflow, sample_tokenflow
 from ..attention.extended_patch import ExtendedAttentionPatch
-from ..attention.patching import attach_attn1, self_attention_keys
-from ..attention.tokenflow_patch import (
-    TokenFlowAttention,
-    TokenFlowConfig,
-    TokenFlowInputCapture,
-    TokenFlowRuntime,
-    TokenFlowWrapper,
-)
-from ..attention.unet_blocks import parse_block_list
-from .common import VE_INVERSION, comfy_attention, parse_int_list
-
-WRAPPER_KEY = "videoedit_tokenflow"
-NN_FEATURES = {"self-attention input (official)": "input", "self-attention output": "output"}
-BLENDS = {"official (own + previous window, sigmoid)": "official", "paper (previous + next keyframe, linear)": "paper"}
+from .common import VE_INVERSION, parse_int_list
 
 
 class ApplyExtendedAttention(io.ComfyNode):
@@ -47,50 +35,9 @@ class ApplyExtendedAttention(io.ComfyNode):
     @classmethod
     def execute(cls, model, keyframe_stride, keyframes) -> io.NodeOutput:
         listed = parse_int_list(keyframes, "keyframes")
-        attn = comfy_attention()
-        patched = attach_attn1(model, lambda key, prev: ExtendedAttentionPatch(keyframe_stride, listed, prev, attn))
+        patched = attach_attn1(model, lambda key, prev: ExtendedAttentionPatch(keyframe_stride, listed, prev,
+                                                                               comfy_attention))
         return io.NodeOutput(patched)
-
-
-def _parse_resblocks(spec: str) -> tuple[tuple[str, int], ...]:
-    out = []
-    for part in (spec or "").replace(";", ",").split(","):
-        part = part.strip().lower()
-        if not part:
-            continue
-        name, _, num = part.partition(" ")
-        if name not in ("input", "output") or not num.strip().isdigit():
-            raise ValueError(f"pnp_resnet_blocks: '{part}' is not like 'output 4'")
-        out.append((name, int(num)))
-    return tuple(out)
-
-
-def apply_tokenflow(model, inversion, window, pnp_attn_t, pnp_f_t, seed, nn_feature, blend,
-                    pnp_attn_blocks, pnp_resnet_blocks):
-    """MODEL clone carrying TokenFlow (attention replace patches on every self-attention layer,
-    an input-capture attn1 patch, and the per-call DIFFUSION_MODEL wrapper)."""
-    from .source_branch import source_branch_from
-
-    return tokenflow_model(model, source_branch_from(inversion, model), window, pnp_attn_t, pnp_f_t, seed,
-                           nn_feature, blend, pnp_attn_blocks, pnp_resnet_blocks)
-
-
-def tokenflow_model(model, source, window=8, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1, nn_feature="input",
-                    blend="official", pnp_attn_blocks="output 4-11", pnp_resnet_blocks="output 4",
-                    share_batch=True):
-    """The patching itself, for any source branch (``attention.tokenflow_patch.SourceBranch``)."""
-    from comfy.patcher_extension import WrappersMP
-
-    keys = self_attention_keys(model)
-    config = TokenFlowConfig(window=window, pnp_attn_t=pnp_attn_t, pnp_f_t=pnp_f_t, seed=seed,
-                             nn_feature=NN_FEATURES.get(nn_feature, nn_feature), blend=BLENDS.get(blend, blend),
-                             pnp_attn_keys=tuple(parse_block_list(pnp_attn_blocks, keys)),
-                             pnp_res_keys=_parse_resblocks(pnp_resnet_blocks), share_batch=share_batch)
-    runtime = TokenFlowRuntime(config, source, model.get_model_object("model_sampling"), comfy_attention())
-    m = attach_attn1(model, lambda key, prev: TokenFlowAttention(runtime, key, prev), keys)
-    m.set_model_attn1_patch(TokenFlowInputCapture(runtime))
-    m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, TokenFlowWrapper(runtime))
-    return m
 
 
 def tokenflow_inputs():
@@ -147,33 +94,6 @@ class ApplyTokenFlow(io.ComfyNode):
                 pnp_attn_blocks, pnp_resnet_blocks) -> io.NodeOutput:
         return io.NodeOutput(apply_tokenflow(model, inversion, window, pnp_attn_t, pnp_f_t, seed, nn_feature,
                                              blend, pnp_attn_blocks, pnp_resnet_blocks))
-
-
-def sample_tokenflow(model, positive, negative, inversion, cfg, sampler_name, window=8, pnp_attn_t=0.5, pnp_f_t=0.8,
-                     seed=1, nn_feature="input", blend="official", pnp_attn_blocks="output 4-11",
-                     pnp_resnet_blocks="output 4") -> dict:
-    """Apply TokenFlow to a clone of ``model`` and sample the inversion's x_T along the
-    inversion's sigmas with ``sampler_name`` (no added noise), with ComfyUI's progress bar and
-    previews as SamplerCustom. Returns a LATENT dict."""
-    import comfy.sample
-    import comfy.utils
-    import latent_preview
-
-    from ..inversion.comfy_adapter import output_latent
-
-    if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
-        raise ValueError(f"sampler_name: unknown sampler '{sampler_name}'; pick one of KSampler's samplers")
-    patched = apply_tokenflow(model, inversion, window, pnp_attn_t, pnp_f_t, seed, nn_feature, blend,
-                              pnp_attn_blocks, pnp_resnet_blocks)
-    latent = output_latent(model, inversion)
-    x_t = latent["samples"]
-    sigmas = inversion.sigmas.clone()
-    callback = latent_preview.prepare_callback(patched, len(sigmas) - 1)
-    latent["samples"] = comfy.sample.sample_custom(patched, torch.zeros_like(x_t), float(cfg),
-                                                   comfy.samplers.sampler_object(sampler_name), sigmas, positive,
-                                                   negative, x_t, callback=callback,
-                                                   disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=int(seed))
-    return latent
 
 
 class TokenFlowSampler(io.ComfyNode):

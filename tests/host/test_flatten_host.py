@@ -206,7 +206,7 @@ def test_bad_input(host, pack_nodes, tiny_model, tiny_clip, inference_mode):
     ts = _trajectories(latent)
     with pytest.raises(ValueError, match="inversion: expected a VE_INVERSION"):
         _apply(tiny_model, ts, inversion="not an inversion")
-    from comfyui_videoedit.nodes.flatten import flatten_model
+    from comfyui_videoedit.adapters.flatten import flatten_model
 
     source = object()
     with pytest.raises(ValueError, match="pnp_resnet_blocks: 'output three' is not like 'output 3, 4, 6'"):

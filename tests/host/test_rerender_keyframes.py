@@ -118,7 +118,7 @@ def test_every_stage_off_is_plain_per_frame_img2img_with_a_per_frame_controlnet(
         assert torch.equal(images[i], expected), (k, (images[i] - expected).abs().max())
     # the sliced conditioning holds frame k's hints, chain kept (a batch-1 sample of the full
     # conditioning would broadcast frame 0's hints to every keyframe)
-    from comfyui_videoedit.nodes.rerender_pipeline import conditioning_for_frame
+    from comfyui_videoedit.adapters.conditioning import conditioning_for_frame
 
     sliced = conditioning_for_frame(p2, 3, FRAMES)[0][1]["control"]
     assert torch.equal(sliced.cond_hint_original, (1.0 - clip)[3:4].movedim(-1, 1))
@@ -150,8 +150,7 @@ def _flows(frames):
 def _run(tiny_model, tiny_vae, conds, frames, store_dtype=torch.float16, **windows):
     """Keyframes 0 and 3 through the run object with only the given windows on and zero flows
     (nothing moves, nothing is occluded) → (run, final raw latents, decoded keyframes)."""
-    from comfyui_videoedit.nodes.rerender import FlowBetween
-    from comfyui_videoedit.nodes.rerender_pipeline import RerenderRun, RerenderSettings
+    from comfyui_videoedit.adapters.rerender import FlowBetween, RerenderRun, RerenderSettings
 
     off = dict(cross_frame=(0.0, 0.0), shape_fusion=(0.0, 0.0), pixel_fusion=(0.0, 0.0), adain=(0.0, 0.0))
     off.update(windows)

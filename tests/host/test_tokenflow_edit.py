@@ -117,7 +117,7 @@ def test_sampler_node_equals_apply_then_sampler_custom(host, tiny_model, edit_se
 
 
 def test_sampler_node_rejects_an_unknown_sampler(host, tiny_model, edit_setup, inference_mode):
-    from comfyui_videoedit.nodes.tokenflow import sample_tokenflow
+    from comfyui_videoedit.adapters.tokenflow import sample_tokenflow
 
     with pytest.raises(ValueError, match="sampler_name"):
         sample_tokenflow(tiny_model, edit_setup["pos"], edit_setup["neg"], edit_setup["inversion"], 5.0, "nope")

@@ -1,8 +1,9 @@
 """Rerender-A-Video keyframe translation driven through ComfyUI's own samplers.
 
 The one module of the Rerender area that touches ComfyUI objects (ModelPatcher, conditioning,
-ControlNet, VAE, ``comfy.sample``); the maths lives in ``flow/fusion.py``,
-``attention/crossframe.py`` and ``flow/propagate.py``.
+ControlNet, VAE, ``comfy.sample``); the maths lives in ``flow/fusion.py`` (shape- and
+pixel-aware fusion, fidelity-oriented encoding, AdaIN), ``attention/crossframe.py`` and
+``flow/propagate.py``.
 
 How each stage hooks in (on a clone of the user's model; the user's model is never changed):
 
@@ -41,9 +42,8 @@ from dataclasses import dataclass
 import torch
 
 from ..attention.crossframe import CrossFrameAttention, CrossFrameStore, SigmaSchedule, sigma_key
-from ..attention.patching import self_attention_keys
-from ..attention.unet_blocks import parse_block_list
 from ..flow.consistency import occlusion_mask
+from ..flow.dis import dis_flow
 from ..flow.fusion import (
     adain,
     blended_latent_step,
@@ -56,9 +56,26 @@ from ..flow.fusion import (
     soft_occlusion,
     warp_latent,
 )
+from ..flow.propagate import chain_flow
+from ..flow.raft import RAFT_ARCHITECTURES, raft_flow
 from ..flow.warp import warp_backward
+from .conditioning import conditioning_for_frame
+from .model_patch import attention_keys_from_spec
+from .raft import raft_model
 
 log = logging.getLogger(__name__)
+
+FLOW_METHODS = {
+    "dis (direct between the two frames)": "dis",
+    "chain input flows": "chain",
+    "raft_large (direct, models/raft)": "raft_large",
+    "raft_small (direct, models/raft)": "raft_small",
+}
+FIDELITY_MODES = {
+    "code: x_r + (1 - M_E)*lambda*(x_r - x_rr), M_E over threshold, grown": "code",
+    "paper: x_r + M_E*lambda*(x_r - x_rr), M_E under threshold": "paper",
+}
+
 
 FlowFn = Callable[[int, int], torch.Tensor]  # (from_frame, to_frame) -> [1, H, W, 2] on from_frame's grid
 
@@ -96,14 +113,7 @@ class RerenderSettings:
 def cross_frame_keys(model, spec: str) -> list:
     """Self-attention layers that get cross-frame attention. ``"decoder"`` = every ``output``
     block (the official default); ``"output 6-11"`` drops the 16² layers (``loose_cfattn``)."""
-    keys = self_attention_keys(model)
-    text = (spec or "").strip().lower()
-    if text in ("decoder", "up", "output"):
-        return [k for k in keys if k[0] == "output"]
-    try:
-        return parse_block_list(text, keys)
-    except ValueError as e:
-        raise ValueError(f"cross_frame_blocks: {e}") from None
+    return attention_keys_from_spec(model, spec, "cross_frame_blocks")
 
 
 # -- VAE on channel-first images ------------------------------------------------------------
@@ -124,52 +134,6 @@ def vae_encode_chw(vae, image: torch.Tensor) -> torch.Tensor:
 def vae_decode_chw(vae, latent: torch.Tensor) -> torch.Tensor:
     """Raw latent → ``[B, 3, H, W]`` 0..1 (float32)."""
     return vae.decode(latent).movedim(-1, 1).float()
-
-
-# -- conditioning: per-frame ControlNet hints ---------------------------------------------------
-
-def _slice_batch(value, index: int, frames: int):
-    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == frames and frames > 1:
-        return value[index:index + 1]
-    return value
-
-
-def _control_for_frame(control, index: int, frames: int, cache: dict):
-    """A copy of a ControlNet/T2I-adapter chain whose hints (and extra concat inputs) hold only
-    frame ``index`` when they hold one image per frame. Shared objects stay shared."""
-    if control is None:
-        return None
-    if id(control) in cache:
-        return cache[id(control)]
-    hint = getattr(control, "cond_hint_original", None)
-    previous = _control_for_frame(getattr(control, "previous_controlnet", None), index, frames, cache)
-    if isinstance(hint, torch.Tensor) and hint.shape[0] not in (1, frames):
-        raise ValueError(f"positive/negative: a ControlNet hint holds {hint.shape[0]} images but the video has {frames} "
-                         f"frames; give one hint image per frame (or a single image for all)")
-    per_frame = isinstance(hint, torch.Tensor) and hint.shape[0] == frames and frames > 1
-    extra = list(getattr(control, "extra_concat_orig", []) or [])
-    if not per_frame and previous is getattr(control, "previous_controlnet", None):
-        cache[id(control)] = control
-        return control
-    sliced = control.copy()
-    if per_frame:
-        sliced.set_cond_hint(hint[index:index + 1], control.strength, control.timestep_percent_range,
-                             vae=getattr(control, "vae", None), extra_concat=[_slice_batch(e, index, frames) for e in extra])
-    sliced.set_previous_controlnet(previous)
-    cache[id(control)] = sliced
-    return sliced
-
-
-def conditioning_for_frame(conditioning: list, index: int, frames: int, cache: dict | None = None) -> list:
-    """The conditioning with every ControlNet in it restricted to frame ``index``'s hint."""
-    cache = {} if cache is None else cache
-    out = []
-    for embedding, options in conditioning:
-        opts = dict(options)
-        if "control" in opts:
-            opts["control"] = _control_for_frame(opts["control"], index, frames, cache)
-        out.append([embedding, opts])
-    return out
 
 
 # -- the x0 hook -------------------------------------------------------------------------------
@@ -424,3 +388,62 @@ class RerenderRun:
         occ = occlusion_mask(to_ref, from_ref, squared=False)
         warped = warp_backward(ref.result, to_ref.to(ref.result.device), padding_mode="zeros")
         return {"flow": to_ref, "occlusion": occ, "warped": warped}
+
+
+class FlowBetween:
+    """``(from, to) -> [1, H, W, 2]`` flow on ``from``'s grid, cached: computed directly between
+    the two frames (as the official code does with GMFlow) or chained from adjacent flows
+    (``forward``/``backward`` ``[F-1, H, W, 2]`` on the frames' grid, as ``nodes.common.check_flow``
+    returns them)."""
+
+    def __init__(self, frames: torch.Tensor, method: str, forward=None, backward=None):
+        self.frames, self.method, self.cache = frames, method, {}
+        if method == "chain":
+            self.forward = forward.float().to(frames.device)
+            self.backward = backward.float().to(frames.device)
+        elif method in RAFT_ARCHITECTURES:
+            self.raft = raft_model(method, "auto")
+
+    def __call__(self, a: int, b: int) -> torch.Tensor:
+        if (a, b) not in self.cache:
+            src, dst = self.frames[a:a + 1], self.frames[b:b + 1]
+            if self.method == "chain":
+                flow = chain_flow(self.forward, self.backward, a, b)
+            elif self.method == "dis":
+                flow = dis_flow(src, dst)
+            else:
+                import comfy.model_management
+
+                self.raft.to(comfy.model_management.get_torch_device())
+                try:
+                    flow = raft_flow(self.raft, src, dst)
+                finally:
+                    self.raft.to(comfy.model_management.unet_offload_device())
+            self.cache[(a, b)] = flow.float().to(self.frames.device)
+        return self.cache[(a, b)]
+
+
+def render_keyframes(model, positive, negative, vae, frames, interval, settings: RerenderSettings, flow_method="dis",
+                     forward_flow=None, backward_flow=None):
+    """Render frames 0, K, 2K, ... of ``frames`` ``[F, H, W, 3]`` → (IMAGE ``[n, H, W, 3]`` on the
+    intermediate device, indices). ``forward_flow``/``backward_flow``: validated, on the frames'
+    grid (needed for ``flow_method="chain"``)."""
+    import comfy.model_management as mm
+    import comfy.utils
+
+    check_vae_multiple(frames, vae, "images")
+    if flow_method not in FLOW_METHODS.values():
+        raise ValueError(f"flow_method: expected one of {list(FLOW_METHODS)}, got {flow_method!r}")
+    keys = list(range(0, frames.shape[0], max(1, int(interval))))
+    flows = FlowBetween(frames, flow_method, forward_flow, backward_flow) if len(keys) > 1 else None
+    pbar = comfy.utils.ProgressBar(len(keys))
+    run = RerenderRun(model, vae, positive, negative, settings, frames.shape[0])
+    chw = frames.movedim(-1, 1)
+    results = []
+    for n, k in enumerate(keys):
+        mm.throw_exception_if_processing_interrupted()
+        image = chw[k:k + 1]
+        results.append(run.render_anchor(k, image) if n == 0 else run.render_keyframe(k, image, flows))
+        pbar.update(1)
+    out = torch.cat(results).movedim(1, -1).clamp(0, 1).to(mm.intermediate_device())
+    return out, keys
