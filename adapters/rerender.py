@@ -59,49 +59,69 @@ from ..flow.fusion import (
 from ..flow.propagate import chain_flow
 from ..flow.raft import RAFT_ARCHITECTURES, raft_flow
 from ..flow.warp import warp_backward
+from ..options import Options, check_choice, option
 from .conditioning import conditioning_for_frame
 from .model_patch import attention_keys_from_spec
 from .raft import raft_model
 
 log = logging.getLogger(__name__)
 
-FLOW_METHODS = {
-    "dis (direct between the two frames)": "dis",
-    "chain input flows": "chain",
-    "raft_large (direct, models/raft)": "raft_large",
-    "raft_small (direct, models/raft)": "raft_small",
-}
-FIDELITY_MODES = {
-    "code: x_r + (1 - M_E)*lambda*(x_r - x_rr), M_E over threshold, grown": "code",
-    "paper: x_r + M_E*lambda*(x_r - x_rr), M_E under threshold": "paper",
-}
+FLOW_METHODS = ("dis", "chain", "raft_large", "raft_small")
+FIDELITY_MODES = ("code", "paper")
 
 
 FlowFn = Callable[[int, int], torch.Tensor]  # (from_frame, to_frame) -> [1, H, W, 2] on from_frame's grid
 
 
+WINDOWS = ("cross_frame", "shape_fusion", "pixel_fusion", "adain")
+
+
 @dataclass
-class RerenderSettings:
-    steps: int = 20
-    cfg: float = 7.5
-    sampler_name: str = "euler"
+class RerenderConfig(Options):
+    """Rerender Keyframes' settings: the one place of their defaults and ranges. Windows are
+    ``(start, end)`` fractions of the steps; a window whose end is not after its start is off."""
+
+    keyframe_interval: int = option(10, min=1, max=10000)
+    steps: int = option(20, min=1, max=1000)
+    cfg: float = option(7.5, min=0.0, max=100.0, step=0.1)
+    sampler_name: str = "euler"  # checked against ComfyUI's samplers in from_inputs
     scheduler: str = "ddim_uniform"
-    seed: int = 0
-    x0_strength: float = 0.75
+    seed: int = option(0, min=0, max=0xFFFFFFFFFFFFFFFF)
+    x0_strength: float = option(0.75, min=0.0, max=1.0, step=0.01)
+    flow_method: str = option("dis", choices=FLOW_METHODS)
     cross_frame: tuple[float, float] = (0.0, 1.0)
     shape_fusion: tuple[float, float] = (0.0, 0.1)
     pixel_fusion: tuple[float, float] = (0.5, 0.8)
     adain: tuple[float, float] = (0.8, 1.0)
-    mask_strength: float = 0.5
-    inner_strength: float = 0.9
+    mask_strength: float = option(0.5, min=0.0, max=1.0, step=0.01)
+    inner_strength: float = option(0.9, min=0.0, max=1.0, step=0.01)
     smooth_boundary: bool = True
-    fidelity_threshold: float = 0.25
-    fidelity_strength: float = 1.0
-    fidelity_mode: str = "code"
+    fidelity_threshold: float = option(0.25, min=0.0, max=2.0, step=0.01)
+    fidelity_lambda: float = option(1.0, min=0.0, max=4.0, step=0.05)
+    fidelity_mode: str = option("code", choices=FIDELITY_MODES)
     warp_mode: str = "nearest"
     cross_frame_blocks: str = "decoder"
     include_current: bool = False
     store_dtype: torch.dtype | None = torch.float16  # cross-frame stores (None: keep the model's dtype)
+
+    @classmethod
+    def from_inputs(cls, **inputs) -> RerenderConfig:
+        """From the node's inputs: ``<window>_start``/``<window>_end`` pairs become the windows;
+        sampler and scheduler are checked against ComfyUI's lists."""
+        import comfy.samplers
+
+        for name in WINDOWS:
+            if f"{name}_start" in inputs or f"{name}_end" in inputs:
+                start = inputs.pop(f"{name}_start", cls.default(name)[0])
+                end = inputs.pop(f"{name}_end", cls.default(name)[1])
+                if start < 0 or end > 1:
+                    raise ValueError(f"{name}: the window is a fraction of the steps, 0..1 (got {start}..{end})")
+                inputs[name] = (float(start), float(end))
+        if "sampler_name" in inputs:
+            check_choice("sampler_name", inputs["sampler_name"], comfy.samplers.KSampler.SAMPLERS)
+        if "scheduler" in inputs:
+            check_choice("scheduler", inputs["scheduler"], comfy.samplers.KSampler.SCHEDULERS)
+        return super().from_inputs(**inputs)
 
     def start_step(self) -> int:
         """SDEdit start: ``int(steps·(1 − x0_strength))`` as the official code; ≥ 1 starts from noise."""
@@ -184,7 +204,7 @@ class Rendered:
 class RerenderRun:
     """Renders keyframes in order: :meth:`render_anchor` once, then :meth:`render_keyframe`."""
 
-    def __init__(self, model, vae, positive, negative, settings: RerenderSettings, frame_count: int,
+    def __init__(self, model, vae, positive, negative, settings: RerenderConfig, frame_count: int,
                  on_step: Callable[[], None] | None = None):
         import comfy.model_management as mm
         import comfy.samplers
@@ -356,7 +376,7 @@ class RerenderRun:
                                      anchor_ref["warped"], soft_occlusion(anchor_ref["occlusion"]))
                 known = inpaint_mask(previous_ref["occlusion"], anchor_ref["occlusion"], size)
                 target, _ = fidelity_encode(fused.clamp(0, 1), self.encode, self.decode, s.fidelity_threshold,
-                                            s.fidelity_strength, s.fidelity_mode)
+                                            s.fidelity_lambda, s.fidelity_mode)
                 target = self.latent_format.process_in(target * known)
                 flat = flat_region(known) if s.smooth_boundary else None
                 # pass 2 equals pass 1 up to the first inpainting step: resume from there
@@ -423,8 +443,8 @@ class FlowBetween:
         return self.cache[(a, b)]
 
 
-def render_keyframes(model, positive, negative, vae, frames, interval, settings: RerenderSettings, flow_method="dis",
-                     forward_flow=None, backward_flow=None):
+def render_keyframes(model, positive, negative, vae, frames, config: RerenderConfig, forward_flow=None,
+                     backward_flow=None):
     """Render frames 0, K, 2K, ... of ``frames`` ``[F, H, W, 3]`` → (IMAGE ``[n, H, W, 3]`` on the
     intermediate device, indices). ``forward_flow``/``backward_flow``: validated, on the frames'
     grid (needed for ``flow_method="chain"``)."""
@@ -432,12 +452,10 @@ def render_keyframes(model, positive, negative, vae, frames, interval, settings:
     import comfy.utils
 
     check_vae_multiple(frames, vae, "images")
-    if flow_method not in FLOW_METHODS.values():
-        raise ValueError(f"flow_method: expected one of {list(FLOW_METHODS)}, got {flow_method!r}")
-    keys = list(range(0, frames.shape[0], max(1, int(interval))))
-    flows = FlowBetween(frames, flow_method, forward_flow, backward_flow) if len(keys) > 1 else None
+    keys = list(range(0, frames.shape[0], max(1, int(config.keyframe_interval))))
+    flows = FlowBetween(frames, config.flow_method, forward_flow, backward_flow) if len(keys) > 1 else None
     pbar = comfy.utils.ProgressBar(len(keys))
-    run = RerenderRun(model, vae, positive, negative, settings, frames.shape[0])
+    run = RerenderRun(model, vae, positive, negative, config, frames.shape[0])
     chw = frames.movedim(-1, 1)
     results = []
     for n, k in enumerate(keys):

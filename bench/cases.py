@@ -214,11 +214,11 @@ def rerender_keyframe(ctx: Context, x0_strength: float = 1.0):
     ``python -m bench --frames 1 --steps 20 --cases rerender_keyframe,rerender_keyframe_img2img``
     (with fewer than 10 steps the pixel-fusion window, strictly inside 0.5..0.8, holds no step
     and pass 2 is skipped)."""
-    from comfyui_videoedit.adapters.rerender import FlowBetween, RerenderRun, RerenderSettings
+    from comfyui_videoedit.adapters.rerender import FlowBetween, RerenderConfig, RerenderRun
 
     _, _, h, w = ctx.latent.shape
     frames = _panning_frames(2, 8 * h, 8 * w)
-    settings = RerenderSettings(steps=ctx.steps, cfg=ctx.cfg, seed=ctx.seed, x0_strength=x0_strength)
+    settings = RerenderConfig(steps=ctx.steps, cfg=ctx.cfg, seed=ctx.seed, x0_strength=x0_strength)
     run = RerenderRun(ctx.model, _sd_vae(), ctx.positive, ctx.negative, settings, 2)
     chw = frames.movedim(-1, 1)
     with torch.inference_mode():

@@ -9,7 +9,7 @@ import time
 import torch
 from comfy_api.latest import io
 
-from ..adapters.flatten import LEVELS, MODES, flatten_model
+from ..adapters.flatten import FlattenOptions, flatten_model
 from ..adapters.source import source_branch_from
 from ..flow.trajectories import sample_trajectories
 from .common import OPTICAL_FLOW, VE_INVERSION, VE_TRAJECTORIES, check_flow
@@ -65,6 +65,7 @@ class SampleTrajectories(io.ComfyNode):
 class ApplyFLATTEN(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        spec = FlattenOptions.spec
         return io.Schema(
             node_id="VideoEdit_ApplyFLATTEN",
             display_name="Apply FLATTEN",
@@ -78,30 +79,31 @@ class ApplyFLATTEN(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model to patch (a clone is returned; the input is not changed)."),
                 VE_TRAJECTORIES.Input("trajectories", tooltip="From VideoEdit Sample Trajectories, for the latent "
                                                               "that will be sampled (same frames and size)."),
-                io.Combo.Input("mode", options=list(MODES), default=list(MODES)[0],
+                io.Combo.Input("mode", **spec("mode"),
                                tooltip="dense: every frame attends to all frames (the paper; cost grows with frames²). "
                                        "bounded: every frame attends to the anchor frames and its neighbours ±1, "
                                        "so time and memory grow linearly with frames; trajectory attention is the "
                                        "same in both."),
-                io.Combo.Input("levels", options=list(LEVELS), default=list(LEVELS)[0],
-                               tooltip="Resolutions that get the trajectory attention: the highest one the UNet "
-                                       "attends at (the paper), or all of them."),
-                io.Boolean.Input("old_qk", default=False,
+                io.Combo.Input("levels", **spec("levels"),
+                               tooltip="Resolutions that get the trajectory attention. highest: the highest one the "
+                                       "UNet attends at (the paper); all: every resolution."),
+                io.Boolean.Input("old_qk", **spec("old_qk"),
                                  tooltip="Trajectory attention with the layer's own (possibly injected) q and k and "
                                          "v = H, instead of q = k = v = H (the official --old_qk 1)."),
-                io.Int.Input("anchor_stride", default=4, min=1, max=4096,
+                io.Int.Input("anchor_stride", **spec("anchor_stride"),
                              tooltip="bounded mode: frames whose index is a multiple of this are anchors "
                                      "(1 with max_anchors 0 = every frame = dense)."),
-                io.Int.Input("max_anchors", default=4, min=0, max=4096,
+                io.Int.Input("max_anchors", **spec("max_anchors"),
                              tooltip="bounded mode: at most this many anchors, spread evenly over the strided "
                                      "ones, so the cost per frame stays fixed for long clips (0 = no limit)."),
-                io.Float.Input("inject_step", default=0.8, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("inject_step", **spec("inject_step"),
                                tooltip="With an inversion: fraction of the steps (from the start) during which the "
                                        "source's features replace the edit's (the official 40 of 50 steps)."),
-                io.String.Input("pnp_attn_blocks", default="output 4-9",
+                io.String.Input("pnp_attn_blocks", **spec("pnp_attn_blocks"),
                                 tooltip="With an inversion: self-attention layers whose q/k come from the source "
-                                        "(ComfyUI block ids; the official SD decoder layers 4-9)."),
-                io.String.Input("pnp_resnet_blocks", default="output 3, 4, 6",
+                                        "(ComfyUI block ids such as 'output 4-9' or 'input 1,2; output 9-11'; the "
+                                        "official SD decoder layers 4-9). 'none' disables."),
+                io.String.Input("pnp_resnet_blocks", **spec("pnp_resnet_blocks"),
                                 tooltip="With an inversion: ResBlocks whose residual branch comes from the source "
                                         "(output_blocks[3, 4, 6][0] as the official code). Empty disables."),
                 VE_INVERSION.Input("inversion", optional=True,
@@ -113,11 +115,9 @@ class ApplyFLATTEN(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, trajectories, mode, levels, old_qk, anchor_stride, max_anchors, inject_step,
-                pnp_attn_blocks, pnp_resnet_blocks, inversion=None) -> io.NodeOutput:
+    def execute(cls, model, trajectories, inversion=None, **options) -> io.NodeOutput:
         source = source_branch_from(inversion, model) if inversion is not None else None
-        return io.NodeOutput(flatten_model(model, trajectories, mode, levels, old_qk, anchor_stride, max_anchors,
-                                           source, inject_step, pnp_attn_blocks, pnp_resnet_blocks))
+        return io.NodeOutput(flatten_model(model, trajectories, source, **options))
 
 
 NODES = [SampleTrajectories, ApplyFLATTEN]

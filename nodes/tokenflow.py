@@ -6,7 +6,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..adapters.model_patch import attach_attn1, comfy_attention
-from ..adapters.tokenflow import BLENDS, NN_FEATURES, apply_tokenflow, sample_tokenflow
+from ..adapters.tokenflow import TokenFlowOptions, apply_tokenflow, sample_tokenflow
 from ..attention.extended_patch import ExtendedAttentionPatch
 from .common import VE_INVERSION, parse_int_list
 
@@ -41,31 +41,33 @@ class ApplyExtendedAttention(io.ComfyNode):
 
 
 def tokenflow_inputs():
+    spec = TokenFlowOptions.spec
     return [
-        io.Int.Input("window", default=8, min=1, max=256,
+        io.Int.Input("window", **spec("window"),
                      tooltip="TokenFlow batch_size: one random keyframe is drawn in every window of this many frames "
                              "at every step; propagation also runs in chunks of this size (memory)."),
-        io.Float.Input("pnp_attn_t", default=0.5, min=0.0, max=1.0, step=0.01,
+        io.Float.Input("pnp_attn_t", **spec("pnp_attn_t"),
                        tooltip="Fraction of the steps (from the start) during which the source's self-attention "
                                "q/k replace the edit's in the PnP layers (keyframe pass)."),
-        io.Float.Input("pnp_f_t", default=0.8, min=0.0, max=1.0, step=0.01,
+        io.Float.Input("pnp_f_t", **spec("pnp_f_t"),
                        tooltip="Fraction of the steps during which the source's ResBlock residual features replace "
                                "the edit's in the PnP ResBlocks."),
-        io.Int.Input("seed", default=1, min=0, max=2**31 - 1,
+        io.Int.Input("seed", **spec("seed"),
                      tooltip="Seed of the per-step random keyframe choice (the official default is 1)."),
-        io.Combo.Input("nn_feature", options=list(NN_FEATURES), default=list(NN_FEATURES)[0],
-                       tooltip="Source features the nearest-neighbour fields are computed on. The official code "
-                               "uses the self-attention input."),
-        io.Combo.Input("blend", options=list(BLENDS), default=list(BLENDS)[0],
-                       tooltip="How each frame blends its two keyframes: the released code's sigmoid of window "
-                               "distances (w in 0.62..0.73 on the own window), or the paper's linear weights "
-                               "between the previous and next keyframe."),
-        io.String.Input("pnp_attn_blocks", default="output 4-11",
-                        tooltip="Self-attention layers that get the source q/k (ComfyUI block ids; SD1.5/2.x "
-                                "decoder layers 4-11 as the official code). 'none' disables."),
-        io.String.Input("pnp_resnet_blocks", default="output 4",
-                        tooltip="ResBlocks whose residual branch gets the source's (output_blocks[4][0] as the "
-                                "official code). Empty disables."),
+        io.Combo.Input("nn_feature", **spec("nn_feature"),
+                       tooltip="Source features the nearest-neighbour fields are computed on. input: the "
+                               "self-attention input (the official code); output: the self-attention output."),
+        io.Combo.Input("blend", **spec("blend"),
+                       tooltip="How each frame blends its two keyframes. official: the released code's sigmoid of "
+                               "window distances over its own and the previous window (w in 0.62..0.73 on the own "
+                               "window); paper: linear weights between the previous and next keyframe."),
+        io.String.Input("pnp_attn_blocks", **spec("pnp_attn_blocks"),
+                        tooltip="Self-attention layers that get the source q/k (ComfyUI block ids such as "
+                                "'output 4-11' or 'input 1,2; output 9-11'; SD1.5/2.x decoder layers 4-11 as the "
+                                "official code). 'none' disables, 'all' takes every layer."),
+        io.String.Input("pnp_resnet_blocks", **spec("pnp_resnet_blocks"),
+                        tooltip="ResBlocks whose residual branch gets the source's, same block ids "
+                                "(output_blocks[4][0] as the official code). Empty or 'none' disables."),
     ]
 
 
@@ -90,10 +92,8 @@ class ApplyTokenFlow(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, inversion, window, pnp_attn_t, pnp_f_t, seed, nn_feature, blend,
-                pnp_attn_blocks, pnp_resnet_blocks) -> io.NodeOutput:
-        return io.NodeOutput(apply_tokenflow(model, inversion, window, pnp_attn_t, pnp_f_t, seed, nn_feature,
-                                             blend, pnp_attn_blocks, pnp_resnet_blocks))
+    def execute(cls, model, inversion, **options) -> io.NodeOutput:
+        return io.NodeOutput(apply_tokenflow(model, inversion, **options))
 
 
 class TokenFlowSampler(io.ComfyNode):
@@ -123,11 +123,8 @@ class TokenFlowSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, inversion, cfg, sampler_name, window, pnp_attn_t, pnp_f_t, seed,
-                nn_feature, blend, pnp_attn_blocks, pnp_resnet_blocks) -> io.NodeOutput:
-        return io.NodeOutput(sample_tokenflow(model, positive, negative, inversion, cfg, sampler_name, window,
-                                              pnp_attn_t, pnp_f_t, seed, nn_feature, blend, pnp_attn_blocks,
-                                              pnp_resnet_blocks))
+    def execute(cls, model, positive, negative, inversion, cfg, sampler_name, **options) -> io.NodeOutput:
+        return io.NodeOutput(sample_tokenflow(model, positive, negative, inversion, cfg, sampler_name, **options))
 
 
 NODES = [ApplyExtendedAttention, ApplyTokenFlow, TokenFlowSampler]

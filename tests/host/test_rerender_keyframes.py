@@ -35,7 +35,7 @@ def render(pack_nodes, model, pos, neg, vae, frames, stages, **kw):
 
     args = dict(model=model, positive=pos, negative=neg, vae=vae, images=frames, keyframe_interval=K, steps=STEPS,
                 cfg=CFG, sampler_name="euler", scheduler="ddim_uniform", seed=SEED, x0_strength=X0,
-                flow_method="dis (direct between the two frames)", mask_strength=0.5, inner_strength=0.9,
+                flow_method="dis", mask_strength=0.5, inner_strength=0.9,
                 smooth_boundary=True, fidelity_threshold=0.25, fidelity_lambda=1.0,
                 fidelity_mode=list(FIDELITY_MODES)[0],
                 cross_frame_blocks="decoder", **stages)
@@ -132,7 +132,7 @@ def test_every_stage_on_with_a_controlnet(host, pack_nodes, tiny_model, tiny_vae
     short = clip[:4]  # keyframes 0 and 3
     p, n = host.nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, tiny_controlnet(7), short, 1.0, 0.0, 1.0)
     images, indices = render(pack_nodes, tiny_model, p, n, tiny_vae, short, ON, x0_strength=1.0,
-                             flow_method="chain input flows", **_flows(short))
+                             flow_method="chain", **_flows(short))
     assert indices == "0, 3"
     assert images.shape == (2, SIZE, SIZE, 3) and torch.isfinite(images).all()
 
@@ -150,11 +150,11 @@ def _flows(frames):
 def _run(tiny_model, tiny_vae, conds, frames, store_dtype=torch.float16, **windows):
     """Keyframes 0 and 3 through the run object with only the given windows on and zero flows
     (nothing moves, nothing is occluded) → (run, final raw latents, decoded keyframes)."""
-    from comfyui_videoedit.adapters.rerender import FlowBetween, RerenderRun, RerenderSettings
+    from comfyui_videoedit.adapters.rerender import FlowBetween, RerenderConfig, RerenderRun
 
     off = dict(cross_frame=(0.0, 0.0), shape_fusion=(0.0, 0.0), pixel_fusion=(0.0, 0.0), adain=(0.0, 0.0))
     off.update(windows)
-    settings = RerenderSettings(steps=STEPS, cfg=CFG, seed=SEED, x0_strength=X0, store_dtype=store_dtype, **off)
+    settings = RerenderConfig(steps=STEPS, cfg=CFG, seed=SEED, x0_strength=X0, store_dtype=store_dtype, **off)
     run = RerenderRun(tiny_model, tiny_vae, conds[0], conds[1], settings, frames.shape[0])
     zero = torch.zeros(frames.shape[0] - 1, SIZE, SIZE, 2)
     flows = FlowBetween(frames, "chain", zero, zero)
@@ -213,7 +213,7 @@ def test_inputs_are_checked(host, pack_nodes, tiny_model, tiny_vae, conds, clip,
     with pytest.raises(ValueError, match="multiple of the VAE"):
         render(pack_nodes, tiny_model, pos, neg, tiny_vae, clip[:, :60], OFF)
     with pytest.raises(ValueError, match="forward_flow"):
-        render(pack_nodes, tiny_model, pos, neg, tiny_vae, clip, OFF, flow_method="chain input flows")
+        render(pack_nodes, tiny_model, pos, neg, tiny_vae, clip, OFF, flow_method="chain")
     p, n = host.nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, tiny_controlnet(), clip[:2], 1.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="hint holds 2 images"):
         render(pack_nodes, tiny_model, p, n, tiny_vae, clip, OFF)
