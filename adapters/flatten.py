@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..attention.flatten_patch import MODES as FLATTEN_MODES
 from ..attention.flatten_patch import FlattenAttention, FlattenConfig, FlattenRuntime, attention_levels
+from ..attention.keys import PNP_WRAPPER_KEY
 from ..attention.pnp import PnPSchedule, PnPWrapper
 from ..flow.trajectories import TrajectorySet
 from ..options import Options, option
@@ -20,7 +21,6 @@ from .model_patch import (
     self_attention_keys,
 )
 
-PNP_WRAPPER_KEY = "videoedit_pnp"
 _DEFAULT = FlattenConfig
 
 

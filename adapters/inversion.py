@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..attention.frames import FRAME_INDICES_KEY
+from ..attention.keys import FRAME_INDICES_KEY
 from ..inversion import ddim, identity, schedule
 from ..inversion.cache import CACHE_DIR_NAME, DiskCache, MemoryCache, cache_key
 from ..inversion.record import InversionRecord, record_from_tensors, record_tensors

@@ -9,14 +9,14 @@ from itertools import chain
 
 import torch
 
-from ..attention.frames import FRAME_INDICES_KEY
+from ..attention.keys import FRAME_INDICES_KEY, NULLTEXT_WRAPPER_KEY
+from ..attention.wrapper_args import apply_model_args
 from ..inversion import ddim, nulltext
 from ..inversion.record import InversionRecord
 from ..inversion.replay import source_context
 from .conditioning import cpu_conditioning, model_conds, sampler_transformer_options, slice_conditioning
 from .inversion import weights_id
 
-NULLTEXT_WRAPPER_KEY = "videoedit_nulltext"
 
 class _ApplyModel(torch.nn.Module):
     """Lets ``torch.func.functional_call`` substitute the UNet's parameters while still going
@@ -140,10 +140,10 @@ class NullTextSwap:
     def cache_key(self) -> str:
         return f"videoedit.nulltext({self.record.key}, {self.record.null_text_cfg})"
 
-    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
-                 *args, **kwargs):
-        to = transformer_options or {}
-        groups = to.get("cond_or_uncond") or []
+    def __call__(self, executor, *args, **kwargs):
+        call = apply_model_args(args, kwargs)
+        x, t, c_crossattn = call["x"], call["t"], call["c_crossattn"]
+        groups = call.transformer_options.get("cond_or_uncond") or []
         if c_crossattn is not None and 1 in groups:
             emb = self.record.null_text_at(t.flatten()[0]).to(c_crossattn.device, c_crossattn.dtype)
             if emb.shape[1] != c_crossattn.shape[1]:
@@ -153,7 +153,7 @@ class NullTextSwap:
             for g, kind in enumerate(groups):
                 if kind == 1:
                     c_crossattn[g * n:(g + 1) * n] = emb
-        return executor(x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs)
+        return call.call(executor, c_crossattn=c_crossattn)
 
 
 def apply_null_text(model, record: InversionRecord):

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attention.crossframe import CrossFrameAttention, CrossFrameStore, SigmaSchedule, sigma_key
+from ..attention.modes import CrossFrameMode, X0Mode
 from ..flow.consistency import occlusion_mask
 from ..flow.dis import dis_flow
 from ..flow.fusion import (
@@ -172,13 +173,13 @@ class X0Hook:
     def __call__(self, args):
         run = self.run
         den = args["denoised"]
-        if run.x0_mode == "off":
+        if run.x0_mode == X0Mode.OFF:
             return den
         sigma = float(args["sigma"].flatten()[0])
         step = run.schedule.step_of(sigma)
-        if run.x0_mode == "record_anchor":
+        if run.x0_mode == X0Mode.RECORD_ANCHOR:
             run.anchor_x0[sigma_key(sigma)] = den.detach().clone()
-        elif run.x0_mode == "fuse":
+        elif run.x0_mode == X0Mode.FUSE:
             reference = run.anchor_x0.get(sigma_key(sigma))
             s = run.settings
             if reference is not None:
@@ -226,7 +227,7 @@ class RerenderRun:
         self.model.set_model_sampler_post_cfg_function(X0Hook(self))
         self.model_sampling = model.get_model_object("model_sampling")
         self.latent_format = model.get_model_object("latent_format")
-        self.x0_mode = "off"
+        self.x0_mode = X0Mode.OFF
         self.anchor_x0: dict = {}
         self.x0_by_step: dict = {}
         self.shape_keep: torch.Tensor | None = None
@@ -334,13 +335,13 @@ class RerenderRun:
         """Frame 0 of the sequence: plain sampling that records the cross-frame and x0 stores."""
         conds = self._conds(index)
         latent, noise = self._initial(image)
-        self.store.begin("record_anchor")
-        self.x0_mode, self.anchor_x0, self.x0_by_step = "record_anchor", {}, {}
+        self.store.begin(CrossFrameMode.RECORD_ANCHOR)
+        self.x0_mode, self.anchor_x0, self.x0_by_step = X0Mode.RECORD_ANCHOR, {}, {}
         try:
             out = self._sample(latent, noise, conds, self.start, None)
         finally:
-            self.store.begin("off")
-            self.x0_mode = "off"
+            self.store.begin(CrossFrameMode.OFF)
+            self.x0_mode = X0Mode.OFF
         self.final_latents[index] = out
         result = self.decode(out)
         self.anchor = self.previous = Rendered(index, image, result)
@@ -362,8 +363,8 @@ class RerenderRun:
         self.shape_keep = shape_fusion_mask(anchor_ref["occlusion"], size) if shape_on else None
         self.flow_to_anchor = anchor_ref["flow"]
         pixel_on = bool(self.mask_steps)
-        self.store.begin("attend", record=True)
-        self.x0_mode, self.x0_by_step = "fuse", {}
+        self.store.begin(CrossFrameMode.ATTEND, record=True)
+        self.x0_mode, self.x0_by_step = X0Mode.FUSE, {}
         try:
             direct_latent, mid = self._pass(latent, noise, conds)
             if not pixel_on:
@@ -387,8 +388,8 @@ class RerenderRun:
                 self.final_latents[index] = final_latent
                 result = self.decode(final_latent)
         finally:
-            self.store.begin("off")
-            self.x0_mode = "off"
+            self.store.begin(CrossFrameMode.OFF)
+            self.x0_mode = X0Mode.OFF
             self.shape_keep = self.flow_to_anchor = None
         self.store.commit_previous()
         self.previous = Rendered(index, image, result)

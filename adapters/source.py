@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..attention import capture as capture_mod
-from ..attention.frames import FRAME_INDICES_KEY
+from ..attention.keys import FRAME_INDICES_KEY
 from ..inversion.record import InversionRecord
 from ..inversion.replay import SourceReplay, source_context
 from .conditioning import model_conds, sampler_transformer_options

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..attention.keys import TOKENFLOW_WRAPPER_KEY
 from ..attention.tokenflow_patch import (
     TokenFlowAttention,
     TokenFlowConfig,
@@ -26,7 +27,6 @@ from .model_patch import (
 )
 from .source import source_branch_from
 
-WRAPPER_KEY = "videoedit_tokenflow"
 _DEFAULT = TokenFlowConfig
 
 
@@ -72,7 +72,7 @@ def tokenflow_model(model, source, settings: TokenFlowOptions | None = None, **o
     runtime = TokenFlowRuntime(config, source, model.get_model_object("model_sampling"), comfy_attention)
     m = attach_attn1(model, lambda key, prev: TokenFlowAttention(runtime, key, prev), self_attention_keys(model))
     m.set_model_attn1_patch(TokenFlowInputCapture(runtime))
-    m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, TokenFlowWrapper(runtime))
+    m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, TOKENFLOW_WRAPPER_KEY, TokenFlowWrapper(runtime))
     return m
 
 

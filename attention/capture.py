@@ -35,10 +35,10 @@ from typing import Any
 import torch
 
 from .extended import AttnFn
+from .keys import CAPTURE_KEY
 from .resnet_hooks import residual_hooks
 from .unet_blocks import BlockKey, key_of
 
-CAPTURE_KEY = "ve_capture"
 LayerKey = BlockKey
 ALL = "all"
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import torch
 
-# Set by the pack itself when it runs the UNet on a subset of the frames (inversion chunks,
-# null-text, feature capture): the global indices of the frames in that call.
-FRAME_INDICES_KEY = "ve_frame_indices"
+from .keys import FRAME_INDICES_KEY
 
 
 def frame_window(transformer_options: dict):

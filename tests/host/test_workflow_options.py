@@ -9,7 +9,6 @@ import pytest
 
 from ve_testkit.workflows import WORKFLOWS, api_workflows, load_api
 
-
 FILE_LISTS = {"video", "raft_weights"}  # combos that list files on disk, not option ids
 
 
