@@ -12,7 +12,7 @@ For editing methods (TokenFlow, FLATTEN, P2P), the public pieces are:
   ``null_text_at(sigma)``, ``check_weights(id)``, ``check_schedule(sigmas)``, ``with_features(...)``;
 - ``replay.SourceReplay`` (build it with ``adapters.source.source_replay(model, record)``) —
   ``step_index``, ``num_steps``, ``latent(sigma, frames)`` (VE), ``unet_input(sigma, frames)`` (VP),
-  ``unet_conditioning(n, like, frames=None) -> (context, y)``; ``replay.FRAME_INDICES_KEY`` is the
+  ``unet_conditioning(n, like, frames=None) -> (context, y)``; ``attention.keys.FRAME_INDICES_KEY`` is the
   ``transformer_options`` key listing the global frames of a UNet call during inversion/capture;
 - ``attention.capture`` — ``CaptureSpec``, ``adapters.source.install_capture`` / ``install_feature_capture``,
   ``capture_pass(run, transformer_options, spec, diffusion_model)`` inside a DIFFUSION_MODEL
