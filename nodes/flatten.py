@@ -14,13 +14,14 @@ from ..attention.patching import attach_attn1, self_attention_keys
 from ..attention.pnp import PnPSchedule, PnPWrapper
 from ..attention.resnet_hooks import resblock_of
 from ..attention.unet_blocks import parse_block_list
-from ..flow.trajectories import TrajectorySet, sample_trajectories
+from ..flow.trajectories import FLOW_RESIZE, TrajectorySet, sample_trajectories
 from .common import OPTICAL_FLOW, VE_INVERSION, VE_TRAJECTORIES, comfy_attention
 
 log = logging.getLogger(__name__)
 PNP_WRAPPER_KEY = "videoedit_pnp"
 LEVELS = {"highest (paper)": "highest", "all": "all"}
 MODES = {"dense (paper)": "dense", "bounded (anchor frames)": "bounded"}
+TRAJECTORY_FLOW_RESIZE = "official"  # default of Sample Trajectories' flow_resize (flow/trajectories.py)
 
 
 def _check_flow_and_latent(flow, latent) -> tuple[torch.Tensor, int, int, int]:
@@ -60,15 +61,21 @@ class SampleTrajectories(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              tooltip="Seed of the choice among cells that flow onto the same cell (deterministic; "
                                      "the official code's choice is unseeded)."),
+                io.Combo.Input("flow_resize", options=list(FLOW_RESIZE), default=TRAJECTORY_FLOW_RESIZE,
+                               tooltip="How the flow is brought to each latent grid before rounding. official: "
+                                       "nearest (each cell moves with the pixel at its top-left corner, as the "
+                                       "official code); antialiased: with the mean motion of the pixels it covers."),
             ],
             outputs=[VE_TRAJECTORIES.Output(display_name="trajectories")],
         )
 
     @classmethod
-    def execute(cls, flow, latent, seed) -> io.NodeOutput:
+    def execute(cls, flow, latent, seed, flow_resize=TRAJECTORY_FLOW_RESIZE) -> io.NodeOutput:
+        if flow_resize not in FLOW_RESIZE:
+            raise ValueError(f"flow_resize: expected one of {list(FLOW_RESIZE)}, got {flow_resize!r}")
         flow, _, h, w = _check_flow_and_latent(flow, latent)
         start = time.perf_counter()
-        trajectories = sample_trajectories(flow, (h, w), seed=seed)
+        trajectories = sample_trajectories(flow, (h, w), seed=seed, flow_resize=flow_resize)
         log.info("FLATTEN trajectories for %s sampled in %.3f s", trajectories.describe(), time.perf_counter() - start)
         return io.NodeOutput(trajectories)
 

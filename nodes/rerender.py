@@ -9,8 +9,10 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
+from ..attention.crossframe import STORE_PRECISIONS
 from ..flow.dis import dis_flow
-from ..flow.fusion import adain, fidelity_encode
+from ..flow.fusion import ADAIN_FORMULAS, LATENT_FLOW_RESIZE, adain, fidelity_encode
+from ..flow.keyframes import KEYFRAME_LAYOUTS, keyframe_indices, updates_previous_style
 from ..flow.propagate import BLEND_MODES, COLOUR_SPACES, chain_flow, propagate_keyframes
 from ..flow.raft import RAFT_ARCHITECTURES, raft_flow
 from ..flow.raft_checkpoint import RaftCache
@@ -29,6 +31,14 @@ FIDELITY_MODES = {
     "paper: x_r + M_E*lambda*(x_r - x_rr), M_E under threshold": "paper",
 }
 _RAFT = RaftCache()
+LATENT_ADAIN_FORMULA = "exact"  # the node matches the moments; Rerender Keyframes uses the official formula
+_STORE_DEFAULT = next(k for k, v in STORE_PRECISIONS.items() if v == RerenderSettings.store_dtype)
+
+
+def _choice(name: str, value: str, options) -> str:
+    if value not in options:
+        raise ValueError(f"{name}: expected one of {list(options)}, got {value!r}")
+    return value
 
 
 def _frames(images: torch.Tensor, name: str = "images") -> torch.Tensor:
@@ -163,6 +173,25 @@ class RerenderKeyframes(io.ComfyNode):
                                         "blocks, official) or a list such as 'output 6-11' (loose_cfattn). Memory: the "
                                         "anchor's and previous keyframe's layer inputs are kept per step and branch in "
                                         "fp16 off the GPU, about 0.55 GB each for SD1.5 at 512², 20 steps, CFG."),
+                io.Int.Input("style_update_freq", default=RerenderSettings.style_update_freq, min=1, max=10000,
+                             tooltip="The cross-frame attention's 'previous keyframe' moves on at a keyframe only "
+                                     "when its distance in frames from the first keyframe after the anchor is a "
+                                     "multiple of this (official default 10: with K = 10 every keyframe). The "
+                                     "pixel-aware fusion always uses the last rendered keyframe."),
+                io.Combo.Input("keyframe_layout", options=list(KEYFRAME_LAYOUTS),
+                               default=RerenderSettings.keyframe_layout,
+                               tooltip="even: frames 0, K, 2K, ... (evenly spaced, the anchor is one of them). "
+                                       "official: the anchor 0, then 1, 1+K, 1+2K, ... as the official code, whose "
+                                       "output video starts at frame 1."),
+                io.Combo.Input("latent_flow_resize", options=list(LATENT_FLOW_RESIZE),
+                               default=RerenderSettings.latent_flow_resize,
+                               tooltip="How the flow to the anchor is brought to the latent grid for shape-aware "
+                                       "fusion. official: plain bilinear (the 2x2 pixels at each cell's centre); "
+                                       "antialiased: the mean motion of all the pixels a cell covers."),
+                io.Combo.Input("cross_frame_store", options=list(STORE_PRECISIONS), default=_STORE_DEFAULT,
+                               tooltip="Precision of the stored anchor/previous attention inputs. fp16: half the "
+                                       "memory of an fp32 model's store, ~1e-3 relative change of the attention "
+                                       "output; model: the model's own dtype, as the official code."),
                 OPTICAL_FLOW.Input("forward_flow", optional=True,
                                    tooltip="Adjacent forward flow of the clip (for 'chain input flows')."),
                 OPTICAL_FLOW.Input("backward_flow", optional=True,
@@ -176,7 +205,9 @@ class RerenderKeyframes(io.ComfyNode):
                 seed, x0_strength, flow_method, cross_frame_start, cross_frame_end, shape_fusion_start,
                 shape_fusion_end, pixel_fusion_start, pixel_fusion_end, adain_start, adain_end, mask_strength,
                 inner_strength, smooth_boundary, fidelity_threshold, fidelity_lambda, fidelity_mode,
-                cross_frame_blocks, forward_flow=None, backward_flow=None) -> io.NodeOutput:
+                cross_frame_blocks, style_update_freq=RerenderSettings.style_update_freq,
+                keyframe_layout=RerenderSettings.keyframe_layout, latent_flow_resize=RerenderSettings.latent_flow_resize,
+                cross_frame_store=_STORE_DEFAULT, forward_flow=None, backward_flow=None) -> io.NodeOutput:
         frames = _frames(images)
         settings = RerenderSettings(
             steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, seed=seed, x0_strength=x0_strength,
@@ -186,7 +217,10 @@ class RerenderKeyframes(io.ComfyNode):
             adain=_window("adain", adain_start, adain_end), mask_strength=mask_strength,
             inner_strength=inner_strength, smooth_boundary=smooth_boundary, fidelity_threshold=fidelity_threshold,
             fidelity_strength=fidelity_lambda, fidelity_mode=FIDELITY_MODES.get(fidelity_mode, fidelity_mode),
-            cross_frame_blocks=cross_frame_blocks)
+            cross_frame_blocks=cross_frame_blocks, style_update_freq=int(style_update_freq),
+            keyframe_layout=_choice("keyframe_layout", keyframe_layout, KEYFRAME_LAYOUTS),
+            latent_flow_resize=_choice("latent_flow_resize", latent_flow_resize, LATENT_FLOW_RESIZE),
+            store_dtype=STORE_PRECISIONS[_choice("cross_frame_store", cross_frame_store, STORE_PRECISIONS)])
         method = FLOW_METHODS.get(flow_method, flow_method)
         result, keys = render_keyframes(model, positive, negative, vae, frames, keyframe_interval, settings, method,
                                         forward_flow, backward_flow)
@@ -195,11 +229,14 @@ class RerenderKeyframes(io.ComfyNode):
 
 def render_keyframes(model, positive, negative, vae, frames, interval, settings: RerenderSettings, flow_method="dis",
                      forward_flow=None, backward_flow=None):
-    """Render frames 0, K, 2K, ... → (IMAGE [n, H, W, 3] on the intermediate device, indices)."""
+    """Render the keyframes (``settings.keyframe_layout``: 0, K, 2K, ... or the official 0, 1,
+    1 + K, ...) → (IMAGE [n, H, W, 3] on the intermediate device, indices)."""
     check_vae_multiple(frames, vae, "images")
     if flow_method not in FLOW_METHODS.values():
         raise ValueError(f"flow_method: expected one of {list(FLOW_METHODS)}, got {flow_method!r}")
-    keys = list(range(0, frames.shape[0], max(1, int(interval))))
+    if settings.style_update_freq < 1:
+        raise ValueError(f"style_update_freq: must be at least 1, got {settings.style_update_freq}")
+    keys = keyframe_indices(frames.shape[0], max(1, int(interval)), settings.keyframe_layout)
     flows = FlowBetween(frames, flow_method, forward_flow, backward_flow) if len(keys) > 1 else None
     pbar = comfy.utils.ProgressBar(len(keys))
     run = RerenderRun(model, vae, positive, negative, settings, frames.shape[0])
@@ -208,7 +245,11 @@ def render_keyframes(model, positive, negative, vae, frames, interval, settings:
     for n, k in enumerate(keys):
         mm.throw_exception_if_processing_interrupted()
         image = chw[k:k + 1]
-        results.append(run.render_anchor(k, image) if n == 0 else run.render_keyframe(k, image, flows))
+        if n == 0:
+            results.append(run.render_anchor(k, image))
+        else:
+            update = updates_previous_style(keys, n, settings.style_update_freq)
+            results.append(run.render_keyframe(k, image, flows, update_style=update))
         pbar.update(1)
     out = torch.cat(results).movedim(1, -1).clamp(0, 1).to(mm.intermediate_device())
     return out, keys
@@ -331,12 +372,17 @@ class LatentAdaIN(io.ComfyNode):
                 io.Latent.Input("reference", tooltip="Reference latent: one for all, or one per latent."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Blend between the input (0) and the fully matched latent (1)."),
+                io.Combo.Input("formula", options=list(ADAIN_FORMULAS), default=LATENT_ADAIN_FORMULA,
+                               tooltip="exact: the output's channel mean/std equal the reference's (biased std on "
+                                       "both sides). official: Rerender's update_x0, instance_norm(x)·σ + μ with the "
+                                       "reference's unbiased std and eps 1e-5 (std larger by about 1/(2·h·w))."),
             ],
             outputs=[io.Latent.Output()],
         )
 
     @classmethod
-    def execute(cls, latent, reference, strength) -> io.NodeOutput:
+    def execute(cls, latent, reference, strength, formula=LATENT_ADAIN_FORMULA) -> io.NodeOutput:
+        _choice("formula", formula, ADAIN_FORMULAS)
         x, ref = latent["samples"], reference["samples"]
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or getattr(x, "is_nested", False):
             raise ValueError(f"latent: expected an image latent [B,C,h,w], got {tuple(getattr(x, 'shape', ()))}")
@@ -345,7 +391,7 @@ class LatentAdaIN(io.ComfyNode):
                              f"{x.shape[1]} channels, got {tuple(ref.shape)}")
         if ref.shape[0] not in (1, x.shape[0]):
             raise ValueError(f"reference: holds {ref.shape[0]} latents; give one, or one per latent ({x.shape[0]})")
-        matched = adain(x, ref.to(x.device))
+        matched = adain(x, ref.to(x.device), formula)
         out = latent.copy()
         out["samples"] = torch.lerp(x, matched, float(strength)) if strength < 1.0 else matched
         return io.NodeOutput(out)

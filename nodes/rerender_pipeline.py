@@ -84,7 +84,11 @@ class RerenderSettings:
     warp_mode: str = "nearest"
     cross_frame_blocks: str = "decoder"
     include_current: bool = False
-    store_dtype: torch.dtype | None = torch.float16  # cross-frame stores (None: keep the model's dtype)
+    store_dtype: torch.dtype | None = torch.float16  # cross-frame stores (None: keep the model's dtype, official)
+    style_update_freq: int = 10  # official: the previous-keyframe store moves on every this many frames
+    keyframe_layout: str = "even"  # flow/keyframes.py: "even" 0, K, 2K, ...; "official" 0, 1, 1 + K, ...
+    latent_flow_resize: str = "official"  # flow → latent grid for shape fusion: "official" | "antialiased"
+    adain_formula: str = "official"  # "official" (unbiased reference std, eps 1e-5) | "exact"
 
     def start_step(self) -> int:
         """SDEdit start: ``int(steps·(1 − x0_strength))`` as the official code; ≥ 1 starts from noise."""
@@ -200,9 +204,9 @@ class X0Hook:
             if reference is not None:
                 reference = reference.to(den)
                 if run.schedule.in_window(step, s.adain):
-                    den = adain(den, reference)
+                    den = adain(den, reference, s.adain_formula)
                 if run.shape_keep is not None and run.schedule.in_window(step, s.shape_fusion):
-                    warped = warp_latent(reference, run.flow_to_anchor, s.warp_mode)
+                    warped = warp_latent(reference, run.flow_to_anchor, s.warp_mode, s.latent_flow_resize)
                     den = shape_fusion(den, warped, run.shape_keep)
         run.x0_by_step[step] = den
         return den
@@ -362,10 +366,14 @@ class RerenderRun:
         self.anchor = self.previous = Rendered(index, image, result)
         return result
 
-    def render_keyframe(self, index: int, image: torch.Tensor, flow: FlowFn) -> torch.Tensor:
+    def render_keyframe(self, index: int, image: torch.Tensor, flow: FlowFn, update_style: bool = True) -> torch.Tensor:
         """A later keyframe: pass 1 (cross-frame attention, shape fusion, AdaIN) → pixel-aware
         fusion with the warped previous and anchor results → fidelity-oriented encoding →
-        pass 2 with blended-latent inpainting in the mask window."""
+        pass 2 with blended-latent inpainting in the mask window.
+
+        ``update_style`` (``flow.keyframes.updates_previous_style``): whether this keyframe's
+        attention inputs become the cross-frame "previous keyframe" afterwards (the official
+        ``updatestyle`` task); the pixel-aware fusion's previous keyframe always moves on."""
         if self.anchor is None:
             raise RuntimeError("render_anchor must run before render_keyframe")
         s = self.settings
@@ -378,7 +386,7 @@ class RerenderRun:
         self.shape_keep = shape_fusion_mask(anchor_ref["occlusion"], size) if shape_on else None
         self.flow_to_anchor = anchor_ref["flow"]
         pixel_on = bool(self.mask_steps)
-        self.store.begin("attend", record=True)
+        self.store.begin("attend", record=update_style)
         self.x0_mode, self.x0_by_step = "fuse", {}
         try:
             direct_latent, mid = self._pass(latent, noise, conds)
@@ -406,7 +414,8 @@ class RerenderRun:
             self.store.begin("off")
             self.x0_mode = "off"
             self.shape_keep = self.flow_to_anchor = None
-        self.store.commit_previous()
+        if update_style:
+            self.store.commit_previous()
         self.previous = Rendered(index, image, result)
         return result
 
