@@ -112,8 +112,8 @@ class RerenderKeyframes(io.ComfyNode):
             node_id="VideoEdit_RerenderKeyframes",
             display_name="Rerender Keyframes (Rerender-A-Video)",
             category="VideoEdit/rerender",
-            description="Rerender-A-Video key-frame translation. Frames 0, K, 2K, ... are rendered in order; frame 0 is "
-                        "the anchor. Later keyframes get cross-frame attention to the anchor and previous keyframe, "
+            description="Rerender-A-Video key-frame translation. Frames 0, K, 2K, ... (keyframe_layout official: 0, 1, "
+                        "1+K, 1+2K, ...) are rendered in order; frame 0 is the anchor. Later keyframes get cross-frame attention to the anchor and previous keyframe, "
                         "shape-aware fusion of the anchor's warped x0 (early steps), AdaIN to the anchor's x0 "
                         "statistics (late steps) and pixel-aware fusion: a first pass is decoded, overlaid with the "
                         "warped previous/anchor keyframes, re-encoded with the fidelity-oriented encoder and used as "
