@@ -127,7 +127,8 @@ class RerenderKeyframes(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="VAE for encoding frames and for the pixel-aware fusion round trips."),
                 io.Image.Input("images", tooltip="The source clip [F,H,W,3]; H and W multiples of the VAE's 8."),
                 io.Int.Input("keyframe_interval", default=10, min=1, max=10000,
-                             tooltip="K: frames 0, K, 2K, ... are rendered (the official code uses 10; 5-20 recommended)."),
+                             tooltip="K: frames 0, K, 2K, ... are rendered (keyframe_layout official: 0, 1, 1+K, "
+                                     "...; the official code uses 10; 5-20 recommended)."),
                 io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps (the official code: 20)."),
                 io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, tooltip="Classifier-free guidance scale."),
                 io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
