@@ -41,11 +41,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention.crossframe import CrossFrameAttention, CrossFrameStore, SigmaSchedule, sigma_key
+from ..attention.crossframe import STORE_PRECISIONS, CrossFrameAttention, CrossFrameStore, SigmaSchedule, sigma_key
 from ..attention.modes import CrossFrameMode, X0Mode
 from ..flow.consistency import occlusion_mask
 from ..flow.dis import dis_flow
 from ..flow.fusion import (
+    ADAIN_FORMULAS,
+    LATENT_FLOW_RESIZE,
     adain,
     blended_latent_step,
     fidelity_encode,
@@ -57,6 +59,7 @@ from ..flow.fusion import (
     soft_occlusion,
     warp_latent,
 )
+from ..flow.keyframes import KEYFRAME_LAYOUTS, keyframe_indices, updates_previous_style
 from ..flow.propagate import chain_flow
 from ..flow.raft import RAFT_ARCHITECTURES, raft_flow
 from ..flow.warp import warp_backward
@@ -75,6 +78,7 @@ FlowFn = Callable[[int, int], torch.Tensor]  # (from_frame, to_frame) -> [1, H, 
 
 
 WINDOWS = ("cross_frame", "shape_fusion", "pixel_fusion", "adain")
+CROSS_FRAME_STORE_DEFAULT = "fp16"  # the cross_frame_store id of RerenderConfig.store_dtype's default
 
 
 @dataclass
@@ -103,7 +107,17 @@ class RerenderConfig(Options):
     warp_mode: str = "nearest"
     cross_frame_blocks: str = "decoder"
     include_current: bool = False
-    store_dtype: torch.dtype | None = torch.float16  # cross-frame stores (None: keep the model's dtype)
+    # cross-frame stores (None: keep the model's dtype, official); the node's cross_frame_store input
+    # ("fp16" | "model", attention/crossframe.py::STORE_PRECISIONS) sets it
+    store_dtype: torch.dtype | None = torch.float16
+    # official: the previous-keyframe store moves on every this many frames (flow/keyframes.py)
+    style_update_freq: int = option(10, min=1, max=10000)
+    # "even" 0, K, 2K, ...; "official" 0, 1, 1 + K, ... (flow/keyframes.py)
+    keyframe_layout: str = option("even", choices=KEYFRAME_LAYOUTS)
+    # flow → latent grid for shape fusion: "official" (bilinear) | "antialiased"
+    latent_flow_resize: str = option("official", choices=LATENT_FLOW_RESIZE)
+    # "official" (unbiased reference std, eps 1e-5) | "exact" (flow/fusion.py::adain)
+    adain_formula: str = option("official", choices=ADAIN_FORMULAS)
 
     @classmethod
     def from_inputs(cls, **inputs) -> RerenderConfig:
@@ -122,6 +136,9 @@ class RerenderConfig(Options):
             check_choice("sampler_name", inputs["sampler_name"], comfy.samplers.KSampler.SAMPLERS)
         if "scheduler" in inputs:
             check_choice("scheduler", inputs["scheduler"], comfy.samplers.KSampler.SCHEDULERS)
+        if "cross_frame_store" in inputs:
+            store = check_choice("cross_frame_store", inputs.pop("cross_frame_store"), STORE_PRECISIONS)
+            inputs["store_dtype"] = STORE_PRECISIONS[store]
         return super().from_inputs(**inputs)
 
     def start_step(self) -> int:
@@ -185,9 +202,9 @@ class X0Hook:
             if reference is not None:
                 reference = reference.to(den)
                 if run.schedule.in_window(step, s.adain):
-                    den = adain(den, reference)
+                    den = adain(den, reference, s.adain_formula)
                 if run.shape_keep is not None and run.schedule.in_window(step, s.shape_fusion):
-                    warped = warp_latent(reference, run.flow_to_anchor, s.warp_mode)
+                    warped = warp_latent(reference, run.flow_to_anchor, s.warp_mode, s.latent_flow_resize)
                     den = shape_fusion(den, warped, run.shape_keep)
         run.x0_by_step[step] = den
         return den
@@ -347,10 +364,14 @@ class RerenderRun:
         self.anchor = self.previous = Rendered(index, image, result)
         return result
 
-    def render_keyframe(self, index: int, image: torch.Tensor, flow: FlowFn) -> torch.Tensor:
+    def render_keyframe(self, index: int, image: torch.Tensor, flow: FlowFn, update_style: bool = True) -> torch.Tensor:
         """A later keyframe: pass 1 (cross-frame attention, shape fusion, AdaIN) → pixel-aware
         fusion with the warped previous and anchor results → fidelity-oriented encoding →
-        pass 2 with blended-latent inpainting in the mask window."""
+        pass 2 with blended-latent inpainting in the mask window.
+
+        ``update_style`` (``flow.keyframes.updates_previous_style``): whether this keyframe's
+        attention inputs become the cross-frame "previous keyframe" afterwards (the official
+        ``updatestyle`` task); the pixel-aware fusion's previous keyframe always moves on."""
         if self.anchor is None:
             raise RuntimeError("render_anchor must run before render_keyframe")
         s = self.settings
@@ -363,7 +384,7 @@ class RerenderRun:
         self.shape_keep = shape_fusion_mask(anchor_ref["occlusion"], size) if shape_on else None
         self.flow_to_anchor = anchor_ref["flow"]
         pixel_on = bool(self.mask_steps)
-        self.store.begin(CrossFrameMode.ATTEND, record=True)
+        self.store.begin(CrossFrameMode.ATTEND, record=update_style)
         self.x0_mode, self.x0_by_step = X0Mode.FUSE, {}
         try:
             direct_latent, mid = self._pass(latent, noise, conds)
@@ -391,7 +412,8 @@ class RerenderRun:
             self.store.begin(CrossFrameMode.OFF)
             self.x0_mode = X0Mode.OFF
             self.shape_keep = self.flow_to_anchor = None
-        self.store.commit_previous()
+        if update_style:
+            self.store.commit_previous()
         self.previous = Rendered(index, image, result)
         return result
 
@@ -446,14 +468,15 @@ class FlowBetween:
 
 def render_keyframes(model, positive, negative, vae, frames, config: RerenderConfig, forward_flow=None,
                      backward_flow=None):
-    """Render frames 0, K, 2K, ... of ``frames`` ``[F, H, W, 3]`` → (IMAGE ``[n, H, W, 3]`` on the
-    intermediate device, indices). ``forward_flow``/``backward_flow``: validated, on the frames'
+    """Render the keyframes of ``frames`` ``[F, H, W, 3]`` (``config.keyframe_layout``: 0, K, 2K,
+    ... or the official 0, 1, 1 + K, ...) → (IMAGE ``[n, H, W, 3]`` on the intermediate device,
+    indices). ``forward_flow``/``backward_flow``: validated, on the frames'
     grid (needed for ``flow_method="chain"``)."""
     import comfy.model_management as mm
     import comfy.utils
 
     check_vae_multiple(frames, vae, "images")
-    keys = list(range(0, frames.shape[0], max(1, int(config.keyframe_interval))))
+    keys = keyframe_indices(frames.shape[0], max(1, int(config.keyframe_interval)), config.keyframe_layout)
     flows = FlowBetween(frames, config.flow_method, forward_flow, backward_flow) if len(keys) > 1 else None
     pbar = comfy.utils.ProgressBar(len(keys))
     run = RerenderRun(model, vae, positive, negative, config, frames.shape[0])
@@ -462,7 +485,11 @@ def render_keyframes(model, positive, negative, vae, frames, config: RerenderCon
     for n, k in enumerate(keys):
         mm.throw_exception_if_processing_interrupted()
         image = chw[k:k + 1]
-        results.append(run.render_anchor(k, image) if n == 0 else run.render_keyframe(k, image, flows))
+        if n == 0:
+            results.append(run.render_anchor(k, image))
+        else:
+            update = updates_previous_style(keys, n, config.style_update_freq)
+            results.append(run.render_keyframe(k, image, flows, update_style=update))
         pbar.update(1)
     out = torch.cat(results).movedim(1, -1).clamp(0, 1).to(mm.intermediate_device())
     return out, keys

@@ -34,6 +34,11 @@ from .unet_blocks import BlockKey, key_of
 log = logging.getLogger(__name__)
 
 MODES = tuple(m.value for m in CrossFrameMode)
+# Precision of the stored attention inputs: "model" keeps the dtype the UNet runs in (the
+# official code stores the tensors as they are); "fp16" halves an fp32 model's store, which
+# moves a cross-frame attention output by about 1e-3 of its scale (README, "Differences from
+# the official code") and changes nothing for an fp16 model.
+STORE_PRECISIONS = {"fp16": torch.float16, "model": None}
 
 
 def sigma_key(sigma: float) -> str:

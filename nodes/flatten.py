@@ -11,10 +11,12 @@ from comfy_api.latest import io
 
 from ..adapters.flatten import FlattenOptions, flatten_model
 from ..adapters.source import source_branch_from
-from ..flow.trajectories import sample_trajectories
+from ..flow.trajectories import FLOW_RESIZE, sample_trajectories
+from ..options import check_choice
 from .common import OPTICAL_FLOW, VE_INVERSION, VE_TRAJECTORIES, check_flow
 
 log = logging.getLogger(__name__)
+TRAJECTORY_FLOW_RESIZE = "official"  # default of Sample Trajectories' flow_resize (flow/trajectories.py)
 
 
 def _check_flow_and_latent(flow, latent) -> tuple[torch.Tensor, int, int, int]:
@@ -49,15 +51,20 @@ class SampleTrajectories(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              tooltip="Seed of the choice among cells that flow onto the same cell (deterministic; "
                                      "the official code's choice is unseeded)."),
+                io.Combo.Input("flow_resize", options=list(FLOW_RESIZE), default=TRAJECTORY_FLOW_RESIZE,
+                               tooltip="How the flow is brought to each latent grid before rounding. official: "
+                                       "nearest (each cell moves with the pixel at its top-left corner, as the "
+                                       "official code); antialiased: with the mean motion of the pixels it covers."),
             ],
             outputs=[VE_TRAJECTORIES.Output(display_name="trajectories")],
         )
 
     @classmethod
-    def execute(cls, flow, latent, seed) -> io.NodeOutput:
+    def execute(cls, flow, latent, seed, flow_resize=TRAJECTORY_FLOW_RESIZE) -> io.NodeOutput:
+        check_choice("flow_resize", flow_resize, FLOW_RESIZE)
         flow, _, h, w = _check_flow_and_latent(flow, latent)
         start = time.perf_counter()
-        trajectories = sample_trajectories(flow, (h, w), seed=seed)
+        trajectories = sample_trajectories(flow, (h, w), seed=seed, flow_resize=flow_resize)
         log.info("FLATTEN trajectories for %s sampled in %.3f s", trajectories.describe(), time.perf_counter() - start)
         return io.NodeOutput(trajectories)
 

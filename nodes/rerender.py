@@ -10,6 +10,7 @@ import torch
 from comfy_api.latest import io
 
 from ..adapters.rerender import (
+    CROSS_FRAME_STORE_DEFAULT,
     FIDELITY_MODES,
     RerenderConfig,
     check_vae_multiple,
@@ -17,10 +18,13 @@ from ..adapters.rerender import (
     vae_decode_chw,
     vae_encode_chw,
 )
-from ..flow.fusion import adain, fidelity_encode
+from ..attention.crossframe import STORE_PRECISIONS
+from ..flow.fusion import ADAIN_FORMULAS, adain, fidelity_encode
 from ..flow.propagate import BLEND_MODES, COLOUR_SPACES, propagate_keyframes
 from ..options import check_choice
 from .common import OPTICAL_FLOW, check_flow, check_image, parse_int_list
+
+LATENT_ADAIN_FORMULA = "exact"  # the node matches the moments; Rerender Keyframes uses the official formula
 
 
 def _frames(images, name: str = "images") -> torch.Tensor:
@@ -51,8 +55,8 @@ class RerenderKeyframes(io.ComfyNode):
             node_id="VideoEdit_RerenderKeyframes",
             display_name="Rerender Keyframes (Rerender-A-Video)",
             category="VideoEdit/rerender",
-            description="Rerender-A-Video key-frame translation. Frames 0, K, 2K, ... are rendered in order; frame 0 is "
-                        "the anchor. Later keyframes get cross-frame attention to the anchor and previous keyframe, "
+            description="Rerender-A-Video key-frame translation. Frames 0, K, 2K, ... (keyframe_layout official: 0, 1, "
+                        "1+K, 1+2K, ...) are rendered in order; frame 0 is the anchor. Later keyframes get cross-frame attention to the anchor and previous keyframe, "
                         "shape-aware fusion of the anchor's warped x0 (early steps), AdaIN to the anchor's x0 "
                         "statistics (late steps) and pixel-aware fusion: a first pass is decoded, overlaid with the "
                         "warped previous/anchor keyframes, re-encoded with the fidelity-oriented encoder and used as "
@@ -66,7 +70,8 @@ class RerenderKeyframes(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="VAE for encoding frames and for the pixel-aware fusion round trips."),
                 io.Image.Input("images", tooltip="The source clip [F,H,W,3]; H and W multiples of the VAE's 8."),
                 io.Int.Input("keyframe_interval", **spec("keyframe_interval"),
-                             tooltip="K: frames 0, K, 2K, ... are rendered (the official code uses 10; 5-20 recommended)."),
+                             tooltip="K: frames 0, K, 2K, ... are rendered (keyframe_layout official: 0, 1, 1+K, "
+                                     "...; the official code uses 10; 5-20 recommended)."),
                 io.Int.Input("steps", **spec("steps"), tooltip="Sampling steps (the official code: 20)."),
                 io.Float.Input("cfg", **spec("cfg"), tooltip="Classifier-free guidance scale."),
                 io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), **spec("sampler_name"),
@@ -115,6 +120,23 @@ class RerenderKeyframes(io.ComfyNode):
                                         "blocks, official) or a list such as 'output 6-11' (loose_cfattn). Memory: the "
                                         "anchor's and previous keyframe's layer inputs are kept per step and branch in "
                                         "fp16 off the GPU, about 0.55 GB each for SD1.5 at 512², 20 steps, CFG."),
+                io.Int.Input("style_update_freq", **spec("style_update_freq"),
+                             tooltip="The cross-frame attention's 'previous keyframe' moves on at a keyframe only "
+                                     "when its distance in frames from the first keyframe after the anchor is a "
+                                     "multiple of this (official default 10: with K = 10 every keyframe). The "
+                                     "pixel-aware fusion always uses the last rendered keyframe."),
+                io.Combo.Input("keyframe_layout", **spec("keyframe_layout"),
+                               tooltip="even: frames 0, K, 2K, ... (evenly spaced, the anchor is one of them). "
+                                       "official: the anchor 0, then 1, 1+K, 1+2K, ... as the official code, whose "
+                                       "output video starts at frame 1."),
+                io.Combo.Input("latent_flow_resize", **spec("latent_flow_resize"),
+                               tooltip="How the flow to the anchor is brought to the latent grid for shape-aware "
+                                       "fusion. official: plain bilinear (the 2x2 pixels at each cell's centre); "
+                                       "antialiased: the mean motion of all the pixels a cell covers."),
+                io.Combo.Input("cross_frame_store", options=list(STORE_PRECISIONS), default=CROSS_FRAME_STORE_DEFAULT,
+                               tooltip="Precision of the stored anchor/previous attention inputs. fp16: half the "
+                                       "memory of an fp32 model's store, ~1e-3 relative change of the attention "
+                                       "output; model: the model's own dtype, as the official code."),
                 OPTICAL_FLOW.Input("forward_flow", optional=True,
                                    tooltip="Adjacent forward flow of the clip (for 'chain input flows')."),
                 OPTICAL_FLOW.Input("backward_flow", optional=True,
@@ -254,12 +276,17 @@ class LatentAdaIN(io.ComfyNode):
                 io.Latent.Input("reference", tooltip="Reference latent: one for all, or one per latent."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Blend between the input (0) and the fully matched latent (1)."),
+                io.Combo.Input("formula", options=list(ADAIN_FORMULAS), default=LATENT_ADAIN_FORMULA,
+                               tooltip="exact: the output's channel mean/std equal the reference's (biased std on "
+                                       "both sides). official: Rerender's update_x0, instance_norm(x)·σ + μ with the "
+                                       "reference's unbiased std and eps 1e-5 (std larger by about 1/(2·h·w))."),
             ],
             outputs=[io.Latent.Output()],
         )
 
     @classmethod
-    def execute(cls, latent, reference, strength) -> io.NodeOutput:
+    def execute(cls, latent, reference, strength, formula=LATENT_ADAIN_FORMULA) -> io.NodeOutput:
+        check_choice("formula", formula, ADAIN_FORMULAS)
         x, ref = latent["samples"], reference["samples"]
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or getattr(x, "is_nested", False):
             raise ValueError(f"latent: expected an image latent [B,C,h,w], got {tuple(getattr(x, 'shape', ()))}")
@@ -268,7 +295,7 @@ class LatentAdaIN(io.ComfyNode):
                              f"{x.shape[1]} channels, got {tuple(ref.shape)}")
         if ref.shape[0] not in (1, x.shape[0]):
             raise ValueError(f"reference: holds {ref.shape[0]} latents; give one, or one per latent ({x.shape[0]})")
-        matched = adain(x, ref.to(x.device))
+        matched = adain(x, ref.to(x.device), formula)
         out = latent.copy()
         out["samples"] = torch.lerp(x, matched, float(strength)) if strength < 1.0 else matched
         return io.NodeOutput(out)
