@@ -255,15 +255,17 @@ class QualityReport:
         h = self.headline()
         title = f"Edit quality{' — ' + self.label if self.label else ''}: {self.frames} frames, {self.width}×{self.height}"
         lines = [title]
-        ratio = h["warp_error"] / h["warp_error_source"] if h["warp_error_source"] > 0 else math.nan
+        # a ratio to a floor of (almost) zero says nothing: only given above 1e-6 (0.001 ×10⁻³)
+        ratio = (f" ({h['warp_error'] / h['warp_error_source']:.2f}× the floor)"
+                 if h["warp_error_source"] > 1e-6 else "")
         cover = float(self.coverage.mean()) * 100 if self.coverage.numel() else math.nan
-        lines.append(f"warp error (MSE ×1e-3, along the source's flow, non-occluded pixels): edit "
-                     f"{h['warp_error'] * 1e3:.3f}, source floor {h['warp_error_source'] * 1e3:.3f}"
-                     f" ({ratio:.2f}× the floor); {cover:.0f}% of pixels compared; flow: {self.flow_note}")
+        lines.append(f"warp error (MSE ×10⁻³ along the source's flow, non-occluded pixels; lower = steadier): edit "
+                     f"{h['warp_error'] * 1e3:.3f}, source floor {h['warp_error_source'] * 1e3:.3f}{ratio}; "
+                     f"{cover:.0f}% of pixels compared; flow: {self.flow_note}")
         if self.warp_edit.numel() and not torch.isnan(self.warp_edit).all():
             worst = int(torch.nan_to_num(self.warp_edit, nan=-1.0).argmax())
             lines.append(f"  worst pair: frames {worst}→{worst + 1} ({float(self.warp_edit[worst]) * 1e3:.3f})")
-        lines.append(f"SSIM to the source: luminance {h['ssim_luma']:.3f}, edges {h['ssim_edges']:.3f}")
+        lines.append(f"SSIM to the source (1 = structure kept): luminance {h['ssim_luma']:.3f}, edges {h['ssim_edges']:.3f}")
         for name, pair in (("inside the mask", self.ssim_inside), ("outside the mask", self.ssim_outside)):
             if pair is not None:
                 luma, edges = (QualityReport._nanmean(x) for x in pair)

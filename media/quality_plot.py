@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import torch
 
@@ -12,7 +14,7 @@ EDIT_COLOUR, SOURCE_COLOUR = "#d62728", "#1f77b4"
 
 
 def _axis_note(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=10, color="0.35", wrap=True)
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.35")
     ax.set_yticks([])
 
 
@@ -36,9 +38,9 @@ def plot_report(report: QualityReport, width_px: int = 720, height_px: int = 640
     ax = axes[0]
     ax.plot(pairs, report.warp_edit.numpy() * 1e3, "-o", ms=3, color=EDIT_COLOUR, label="edit")
     ax.plot(pairs, report.warp_source.numpy() * 1e3, "--", color=SOURCE_COLOUR, label="source (floor)")
-    ax.set_ylabel("warp error\nMSE ×1e-3")
+    ax.set_ylabel("warp error ↓\nMSE ×10⁻³")
     ax.set_ylim(bottom=0)
-    ax.legend(loc="upper right", fontsize=9)
+    ax.legend(loc="best", fontsize=8, framealpha=0.8)
 
     ax = axes[1]
     ax.plot(frames, report.ssim_luma.numpy(), "-o", ms=3, color="#2ca02c", label="luminance")
@@ -46,9 +48,9 @@ def plot_report(report: QualityReport, width_px: int = 720, height_px: int = 640
     if report.ssim_inside is not None and report.ssim_outside is not None:
         ax.plot(frames, report.ssim_inside[0].numpy(), ":", color="#2ca02c", label="luminance in mask")
         ax.plot(frames, report.ssim_outside[0].numpy(), "-.", color="#2ca02c", label="luminance outside")
-    ax.set_ylabel("SSIM to\nsource")
+    ax.set_ylabel("SSIM to\nsource ↑")
     ax.set_ylim(min(0.0, float(np.nanmin(report.ssim_edges.numpy())) - 0.05), 1.02)
-    ax.legend(loc="lower right", fontsize=9, ncol=2)
+    ax.legend(loc="best", fontsize=8, ncol=2, framealpha=0.8)
 
     ax = axes[2]
     if report.clip_consistency is not None:
@@ -57,11 +59,11 @@ def plot_report(report: QualityReport, width_px: int = 720, height_px: int = 640
                 label="consistency, source")
         if report.clip_text is not None:
             ax.plot(frames, report.clip_text.numpy(), "-s", ms=3, color="#ff7f0e", label="text alignment, edit")
-        ax.set_ylabel("CLIP\ncosine")
-        ax.legend(loc="lower right", fontsize=9)
+        ax.set_ylabel("CLIP\ncosine ↑")
+        ax.legend(loc="best", fontsize=8, framealpha=0.8)
     else:
-        why = "; ".join(f"{k}: {v}" for k, v in report.skipped.items() if k.startswith("CLIP"))
-        _axis_note(ax, "CLIP scores skipped" + (f"\n{why[:160]}" if why else ""))
+        why = [textwrap.fill(f"{k}: {v}", 80) for k, v in report.skipped.items() if k.startswith("CLIP")]
+        _axis_note(ax, "\n".join(["CLIP scores skipped", *why]))
         ax.set_ylabel("CLIP")
     ax.set_xlabel("frame")
     ax.set_xlim(-0.3, max(report.frames - 0.7, 0.7))
