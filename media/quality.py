@@ -77,8 +77,9 @@ def warp_errors(clips: Sequence[torch.Tensor], forward: torch.Tensor, weight: to
         one ``[F-1]`` float64 tensor per clip (NaN for a pair with no weight).
 
     >>> frozen = torch.rand(1, 8, 8, 3).repeat(3, 1, 1, 1)  # a still clip, zero flow
-    >>> [e.tolist() for e in warp_errors([frozen], torch.zeros(2, 8, 8, 2), torch.ones(2, 8, 8))]
-    [[0.0, 0.0]]
+    >>> (err,) = warp_errors([frozen], torch.zeros(2, 8, 8, 2), torch.ones(2, 8, 8))
+    >>> [round(e, 6) for e in err.tolist()]
+    [0.0, 0.0]
     """
     count = clips[0].shape[0]
     for c in clips:
@@ -88,12 +89,13 @@ def warp_errors(clips: Sequence[torch.Tensor], forward: torch.Tensor, weight: to
         raise ValueError(f"flow {tuple(forward.shape)} / weight {tuple(weight.shape)} do not fit clips of "
                          f"{tuple(clips[0].shape)}")
     widths = [c.shape[-1] for c in clips]
-    frames = torch.cat([c.float() for c in clips], dim=-1).permute(0, 3, 1, 2)  # [F, ΣC, H, W]
     sums = [[] for _ in clips]
     for i in range(0, count - 1, chunk):
         j = min(i + chunk, count - 1)
-        warped = warp_backward(frames[i + 1:j + 1], forward[i:j].float())
-        sq = (frames[i:j] - warped).square()
+        # frames i..j of every clip, channels side by side: [j - i + 1, ΣC, H, W] (one chunk at a time)
+        frames = torch.cat([c[i:j + 1].float() for c in clips], dim=-1).permute(0, 3, 1, 2)
+        warped = warp_backward(frames[1:], forward[i:j].float())
+        sq = (frames[:-1] - warped).square()
         w = weight[i:j].float()
         total = w.sum(dim=(1, 2)).double()
         for k, part in enumerate(sq.split(widths, dim=1)):
