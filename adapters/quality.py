@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..media.quality import ClipEmbeddings
+from ..media.quality import ClipEmbeddings, QualityReport, edit_quality
+from ..media.quality_plot import plot_report
 
 FRAME_CONSISTENCY = "CLIP frame consistency"
 TEXT_ALIGNMENT = "CLIP text alignment"
@@ -121,3 +122,14 @@ def clip_embeddings(source: torch.Tensor, edited: torch.Tensor, clip_vision=None
         return result
     result.text = text_embedding(clip, tower, prompt)
     return result
+
+
+def evaluate_edit(source: torch.Tensor, edited: torch.Tensor, forward: torch.Tensor | None,
+                  backward: torch.Tensor | None, mask: torch.Tensor | None, clip_vision, clip, prompt: str,
+                  label: str, flow_scale: float,
+                  on_step: Callable[[], None] | None = None) -> tuple[QualityReport, torch.Tensor]:
+    """The Edit Quality node's work on checked inputs: CLIP embeddings (where the models allow),
+    every metric, and the plot IMAGE ``[1, H, W, 3]``."""
+    embeds = clip_embeddings(source, edited, clip_vision, clip, prompt, on_batch=on_step)
+    report = edit_quality(source, edited, forward, backward, mask, embeds, flow_scale, label, on_step=on_step)
+    return report, plot_report(report)

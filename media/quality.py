@@ -32,6 +32,7 @@ from ..flow.dis import dis_flow
 from ..flow.estimate import bidirectional_flow
 from ..flow.warp import warp_backward
 
+DEFAULT_FLOW_SCALE = 0.5  # DIS at half size when no flows are given: ≈4× faster, same flow for edit and source
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5  # kornia.metrics.ssim's window: sampled Gaussian, σ 1.5 whatever the size
 _CHUNK = 8  # frame pairs per warp call: bounds the temporary sampling grids
@@ -312,7 +313,7 @@ def edit_quality(
     backward: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     clip: ClipEmbeddings | None = None,
-    flow_scale: float = 0.5,
+    flow_scale: float = DEFAULT_FLOW_SCALE,
     label: str = "",
     on_step: Callable[[], None] | None = None,
 ) -> QualityReport:

@@ -1,6 +1,6 @@
 """Edit-quality metrics node: warp error along the source's flow, structure SSIM, CLIP scores,
 a per-frame plot. The maths is in ``media/quality.py``, the plot in ``media/quality_plot.py``,
-the CLIP glue in ``adapters/quality.py``."""
+the CLIP glue and the run in ``adapters/quality.py``; this file validates and reports."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
-from ..adapters.quality import clip_embeddings
-from ..media.quality import check_mask, edit_quality
-from ..media.quality_plot import plot_report
+from ..adapters.quality import evaluate_edit
+from ..media.quality import DEFAULT_FLOW_SCALE, check_mask
 from .common import OPTICAL_FLOW
 
-DEFAULT_FLOW_SCALE = 0.5
 HEADLINE = ("warp_error", "warp_error_source", "ssim_luma", "ssim_edges", "clip_consistency", "clip_text")
 _STAGES = 4  # progress ticks of edit_quality besides the flow batches
 
@@ -115,6 +113,8 @@ class EditQuality(io.ComfyNode):
         if not 0.1 <= flow_scale <= 1.0:
             raise ValueError(f"flow_scale: must be in 0.1..1, got {flow_scale}")
         count, height, width = src.shape[:3]
+        if mask is not None and not isinstance(mask, torch.Tensor):
+            raise ValueError(f"mask: expected a MASK tensor, got {type(mask).__name__}")
         region = check_mask(mask.to(mm.intermediate_device()), count, height, width) if mask is not None else None
         flow_batches = 0 if forward is not None else -(-(count - 1) // 4)
         clip_batches = 0 if clip_vision is None else 2 * -(-count // 16)
@@ -124,9 +124,9 @@ class EditQuality(io.ComfyNode):
             pbar.update(1)
             mm.throw_exception_if_processing_interrupted()
 
-        embeds = clip_embeddings(src, edit, clip_vision, clip, prompt or "", on_batch=tick)
-        report = edit_quality(src, edit, forward, backward, region, embeds, flow_scale, label.strip(), on_step=tick)
-        text, plot, numbers = report.text(), plot_report(report), report.headline()
+        report, plot = evaluate_edit(src, edit, forward, backward, region, clip_vision, clip, prompt or "",
+                                     (label or "").strip(), flow_scale, on_step=tick)
+        text, numbers = report.text(), report.headline()
         preview = ui.PreviewImage(plot, cls=cls).as_dict()
         return io.NodeOutput(text, plot, *(numbers[k] for k in HEADLINE),  ui={**preview, **ui.PreviewText(text).as_dict()})
 
