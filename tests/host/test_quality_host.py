@@ -55,9 +55,8 @@ def test_frame_consistency_equals_a_naive_loop_over_clip_vision_embeddings(node,
 
 def test_text_alignment_is_given_only_when_the_text_tower_shares_the_image_space(node, tiny_vision, tiny_clip,
                                                                                  inference_mode):
-    from ve_testkit.models import build_tiny_clip_vision, build_tiny_projected_clip
-
     from comfyui_videoedit.adapters.quality import shared_text_tower, text_embedding
+    from ve_testkit.models import build_tiny_clip_vision, build_tiny_projected_clip
 
     source = _clip()
     prompt = "a watercolor painting"
@@ -125,3 +124,18 @@ def test_a_flow_pair_must_come_whole_and_fit_the_source(node, inference_mode):
         _run(node, source, source, forward_flow=flow)
     with pytest.raises(ValueError, match="forward_flow is 3 pairs"):
         _run(node, source, source, forward_flow=flow[:3], backward_flow=flow[:3])
+
+
+def test_an_interrupt_stops_the_run_and_the_next_run_is_whole(node, inference_mode):
+    import comfy.model_management as mm
+
+    source = _clip()
+    first = _run(node, source, source * 0.5)
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            _run(node, source, source * 0.5)
+    finally:
+        mm.interrupt_current_processing(False)
+    again = _run(node, source, source * 0.5)
+    assert again[0] == first[0] and again.args[2:6] == first.args[2:6]  # the four numbers without CLIP
