@@ -27,16 +27,18 @@ def _frames(images, name: str) -> torch.Tensor:
 def check_inputs(source: torch.Tensor, edited: torch.Tensor, forward_flow, backward_flow):
     """Validate the pairs that must agree; returns the flows as float32 tensors (or Nones)."""
     if source.shape[0] != edited.shape[0]:
-        raise ValueError(f"source has {source.shape[0]} frames but edited has {edited.shape[0]}: connect the edit of "
+        raise ValueError(f"edited: {edited.shape[0]} frames but source has {source.shape[0]}; connect the edit of "
                          "this very clip (same frame selection)")
     if source.shape[0] < 2:
         raise ValueError(f"source: the metrics compare consecutive frames, need at least 2, got {source.shape[0]}")
     if source.shape[1:3] != edited.shape[1:3]:
-        raise ValueError(f"source is {source.shape[2]}×{source.shape[1]} but edited is {edited.shape[2]}×"
-                         f"{edited.shape[1]} (w×h): resize one of them (e.g. the source to the decoded size)")
+        raise ValueError(f"edited: frames are {edited.shape[2]}×{edited.shape[1]} (w×h) but source frames are "
+                         f"{source.shape[2]}×{source.shape[1]}; resize one of them (e.g. the source to the decoded "
+                         "size)")
     if (forward_flow is None) != (backward_flow is None):
-        raise ValueError("forward_flow / backward_flow: connect both outputs of one Estimate Optical Flow node, or "
-                         "neither (DIS flow is then computed here)")
+        missing = "backward_flow" if backward_flow is None else "forward_flow"
+        raise ValueError(f"{missing}: not connected while the other flow is; connect both outputs of one Estimate "
+                         "Optical Flow node, or neither (DIS flow is then computed here)")
     if forward_flow is None:
         return None, None
     flows = []
@@ -44,8 +46,8 @@ def check_inputs(source: torch.Tensor, edited: torch.Tensor, forward_flow, backw
         if not isinstance(flow, torch.Tensor) or flow.ndim != 4 or flow.shape[-1] != 2:
             raise ValueError(f"{name}: expected OPTICAL_FLOW [F-1,H,W,2] from Estimate Optical Flow")
         if flow.shape[0] != source.shape[0] - 1 or flow.shape[1:3] != source.shape[1:3]:
-            raise ValueError(f"{name} is {flow.shape[0]} pairs of {flow.shape[2]}×{flow.shape[1]} but source is "
-                             f"{source.shape[0]} frames of {source.shape[2]}×{source.shape[1]}: estimate the flow "
+            raise ValueError(f"{name}: {flow.shape[0]} pairs of {flow.shape[2]}×{flow.shape[1]} but source is "
+                             f"{source.shape[0]} frames of {source.shape[2]}×{source.shape[1]}; estimate the flow "
                              "on the source clip itself")
         flows.append(flow.to(mm.intermediate_device(), torch.float32))
     return flows[0], flows[1]

@@ -108,8 +108,8 @@ def test_given_flows_and_a_mask_are_used(node, pack_nodes, inference_mode):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda s: s[:-1], "source has 5 frames but edited has 4"),
-    (lambda s: s[:, :40], "source is 56×48 but edited is 56×40"),
+    (lambda s: s[:-1], "edited: 4 frames but source has 5"),
+    (lambda s: s[:, :40], r"edited: frames are 56×40 \(w×h\) but source frames are 56×48"),
 ])
 def test_mismatched_clips_are_refused_naming_both_inputs(node, change, message, inference_mode):
     source = _clip()
@@ -120,9 +120,9 @@ def test_mismatched_clips_are_refused_naming_both_inputs(node, change, message, 
 def test_a_flow_pair_must_come_whole_and_fit_the_source(node, inference_mode):
     source = _clip()
     flow = torch.zeros(4, 48, 56, 2)
-    with pytest.raises(ValueError, match="connect both outputs"):
+    with pytest.raises(ValueError, match="backward_flow: not connected while the other flow is"):
         _run(node, source, source, forward_flow=flow)
-    with pytest.raises(ValueError, match="forward_flow is 3 pairs"):
+    with pytest.raises(ValueError, match="forward_flow: 3 pairs of 56×48 but source is 5 frames"):
         _run(node, source, source, forward_flow=flow[:3], backward_flow=flow[:3])
 
 
