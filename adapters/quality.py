@@ -4,12 +4,12 @@ the reason when it does not).
 
 When do a vision and a text model share a space? Only when both towers were trained together
 (CLIP / OpenCLIP) and both keep their projection into the joint space. ComfyUI marks the text
-towers whose projected pooled output it uses (``return_projected_pooled`` by default, e.g.
-SDXL's clip_g); SD1.x/SD2.x checkpoints ship their text encoder *without* the trained
+towers whose projected pooled output it uses (``return_projected_pooled`` by default: SDXL's
+clip_g, SD2's clip_h); SD1.x checkpoints ship their CLIP-L text encoder *without* the trained
 projection, and ComfyUI then uses the unprojected pooled output — a cosine against image
 embeddings would be meaningless there, so the report says so instead. The projection widths
 must also agree (CLIP-L 768, OpenCLIP-H 1024, bigG 1280); equal widths are taken to mean the
-same family (ViT-L vision with CLIP-L text, bigG vision with clip_g), which no file records.
+same family (ViT-H vision with SD2's clip_h, bigG vision with clip_g), which no file records.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def shared_text_tower(clip_vision, clip) -> tuple[str | None, str]:
             reasons.append(f"{name} has no text projection")
             continue
         if not _projects(tower):
-            reasons.append(f"{name} is used without its text projection (SD1.x/SD2.x checkpoints do not ship it), "
+            reasons.append(f"{name} is used without its text projection (SD1.x checkpoints do not ship it), "
                            "so its embeddings are not in the image space")
             continue
         if int(proj.weight.shape[0]) != width:
@@ -87,7 +87,7 @@ def shared_text_tower(clip_vision, clip) -> tuple[str | None, str]:
     if not reasons:
         return None, "the CLIP model has no CLIP text tower"
     return None, "; ".join(reasons) + ". Use a text encoder with a trained projection of the vision model's family " \
-        "(e.g. SDXL's clip_g with clip_vision_g)"
+        "(e.g. SDXL's clip_g with clip_vision_g, SD2's clip_h with a CLIP ViT-H vision model)"
 
 
 def text_embedding(clip, tower_name: str, prompt: str) -> torch.Tensor:
