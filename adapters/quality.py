@@ -23,10 +23,11 @@ from ..media.quality_plot import plot_report
 
 FRAME_CONSISTENCY = "CLIP frame consistency"
 TEXT_ALIGNMENT = "CLIP text alignment"
+CLIP_BATCH = 16  # frames per CLIP vision call
 _TOWERS = ("clip_g", "clip_l", "clip_h")  # text towers of ComfyUI's CLIP wrappers (SD1, SD2, SDXL, SD3)
 
 
-def image_embeddings(clip_vision, frames: torch.Tensor, batch: int = 16,
+def image_embeddings(clip_vision, frames: torch.Tensor, batch: int = CLIP_BATCH,
                      on_batch: Callable[[], None] | None = None) -> torch.Tensor:
     """Projected image embeddings ``[F, D]`` float32 (CPU) of IMAGE frames ``[F, H, W, C]``
     (ComfyUI's own preprocessing: centre crop to the model's input size, CLIP normalisation)."""

@@ -35,7 +35,14 @@ from ..flow.warp import warp_backward
 DEFAULT_FLOW_SCALE = 0.5  # DIS at half size when no flows are given: ≈4× faster, same flow for edit and source
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5  # kornia.metrics.ssim's window: sampled Gaussian, σ 1.5 whatever the size
-_CHUNK = 8  # frame pairs per warp call: bounds the temporary sampling grids
+_CHUNK = 8  # frames (or pairs) per step: bounds the sampling grids and the SSIM maps held at once
+_FLOW_BATCH = 4  # frame pairs per DIS call
+
+
+def progress_steps(frames: int, flows_given: bool) -> int:
+    """How many times :func:`edit_quality` calls ``on_step`` for a clip of ``frames`` frames."""
+    flow = 0 if flows_given else -(-(frames - 1) // _FLOW_BATCH)
+    return flow + -(-(frames - 1) // _CHUNK) + -(-frames // _CHUNK)
 
 
 def reliable_pixels(forward: torch.Tensor, backward: torch.Tensor, chunk: int = _CHUNK) -> torch.Tensor:
@@ -325,7 +332,8 @@ def edit_quality(
             ``flow_scale`` of the frame size.
         mask: ``[F, H, W]`` in 0..1 (see :func:`check_mask`) or None.
         clip: embeddings for the CLIP scores, or None (skipped).
-        on_step: called between stages and flow batches (progress, interruption).
+        on_step: called after each flow batch and chunk of frames (progress, interruption), as
+            many times as :func:`progress_steps` says.
 
     Returns:
         the :class:`QualityReport`.
@@ -334,28 +342,41 @@ def edit_quality(
     count, height, width = source.shape[:3]
     skipped: dict[str, str] = {}
     if forward is None:
-        forward, backward = bidirectional_flow(source[..., :3], dis_flow, batch_size=4, scale=flow_scale,
+        forward, backward = bidirectional_flow(source[..., :3], dis_flow, batch_size=_FLOW_BATCH, scale=flow_scale,
                                                on_batch=lambda _: step())
         flow_note = f"DIS on the source at scale {flow_scale:g} (no flows given)"
     else:
         flow_note = "given"
-    weight = reliable_pixels(forward, backward)
-    step()
-    warp_edit, warp_source = warp_errors([edited[..., :3], source[..., :3]], forward, weight)
-    step()
-    luma_s, luma_e = luminance(source), luminance(edited)
-    luma_map = ssim_maps(luma_s, luma_e)
-    step()
-    edge_map = ssim_maps(edge_magnitude(luma_s), edge_magnitude(luma_e))
-    step()
+    # chunks of frames, reduced to per-frame numbers at once: memory is bounded by the chunk
+    warp_edit, warp_source, coverage = [], [], []
+    for i in range(0, count - 1, _CHUNK):
+        j = min(i + _CHUNK, count - 1)
+        weight = reliable_pixels(forward[i:j], backward[i:j])
+        errs = warp_errors([edited[i:j + 1, ..., :3], source[i:j + 1, ..., :3]], forward[i:j], weight)
+        warp_edit.append(errs[0])
+        warp_source.append(errs[1])
+        coverage.append(weight.double().mean(dim=(1, 2)))
+        step()
+    luma, edges, inside, outside = [], [], [], []
+    for i in range(0, count, _CHUNK):
+        luma_s, luma_e = luminance(source[i:i + _CHUNK]), luminance(edited[i:i + _CHUNK])
+        luma_map = ssim_maps(luma_s, luma_e)
+        edge_map = ssim_maps(edge_magnitude(luma_s), edge_magnitude(luma_e))
+        luma.append(masked_mean(luma_map))
+        edges.append(masked_mean(edge_map))
+        if mask is not None:
+            m = mask[i:i + _CHUNK]
+            inside.append((masked_mean(luma_map, m), masked_mean(edge_map, m)))
+            outside.append((masked_mean(luma_map, 1.0 - m), masked_mean(edge_map, 1.0 - m)))
+        step()
     report = QualityReport(
         label=label, frames=count, height=height, width=width, flow_note=flow_note,
-        warp_edit=warp_edit, warp_source=warp_source, coverage=weight.double().mean(dim=(1, 2)),
-        ssim_luma=masked_mean(luma_map), ssim_edges=masked_mean(edge_map), skipped=skipped,
+        warp_edit=torch.cat(warp_edit), warp_source=torch.cat(warp_source), coverage=torch.cat(coverage),
+        ssim_luma=torch.cat(luma), ssim_edges=torch.cat(edges), skipped=skipped,
     )
     if mask is not None:
-        report.ssim_inside = (masked_mean(luma_map, mask), masked_mean(edge_map, mask))
-        report.ssim_outside = (masked_mean(luma_map, 1.0 - mask), masked_mean(edge_map, 1.0 - mask))
+        report.ssim_inside = tuple(torch.cat(parts) for parts in zip(*inside))
+        report.ssim_outside = tuple(torch.cat(parts) for parts in zip(*outside))
     clip = clip or ClipEmbeddings(skipped={"CLIP scores": "no CLIP embeddings were given"})
     if clip.edited is not None and clip.source is not None:
         report.clip_consistency = consecutive_cosine(clip.edited)

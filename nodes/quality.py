@@ -9,12 +9,11 @@ import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
-from ..adapters.quality import evaluate_edit
-from ..media.quality import DEFAULT_FLOW_SCALE, check_mask
+from ..adapters.quality import CLIP_BATCH, evaluate_edit
+from ..media.quality import DEFAULT_FLOW_SCALE, check_mask, progress_steps
 from .common import OPTICAL_FLOW
 
 HEADLINE = ("warp_error", "warp_error_source", "ssim_luma", "ssim_edges", "clip_consistency", "clip_text")
-_STAGES = 4  # progress ticks of edit_quality besides the flow batches
 
 
 def _frames(images, name: str) -> torch.Tensor:
@@ -118,9 +117,8 @@ class EditQuality(io.ComfyNode):
         if mask is not None and not isinstance(mask, torch.Tensor):
             raise ValueError(f"mask: expected a MASK tensor, got {type(mask).__name__}")
         region = check_mask(mask.to(mm.intermediate_device()), count, height, width) if mask is not None else None
-        flow_batches = 0 if forward is not None else -(-(count - 1) // 4)
-        clip_batches = 0 if clip_vision is None else 2 * -(-count // 16)
-        pbar = comfy.utils.ProgressBar(flow_batches + _STAGES + clip_batches)
+        clip_batches = 0 if clip_vision is None else 2 * -(-count // CLIP_BATCH)
+        pbar = comfy.utils.ProgressBar(progress_steps(count, forward is not None) + clip_batches)
 
         def tick() -> None:
             pbar.update(1)

@@ -139,3 +139,25 @@ def test_masks_are_broadcast_and_resized_or_refused():
     assert check_mask(torch.ones(3, 16, 16), 3, 16, 16).shape == (3, 16, 16)
     with pytest.raises(ValueError, match="mask"):
         check_mask(torch.ones(2, 16, 16), 3, 16, 16)
+
+
+def test_chunked_report_equals_whole_clip_computation_and_counts_its_steps():
+    from comfyui_videoedit.media.quality import masked_mean, progress_steps, reliable_pixels, ssim_maps
+
+    source, edited, forward, backward = _clip_pair(count=11, height=24, width=32)  # > one chunk of 8
+    edited = (edited + 0.02 * torch.randn(edited.shape, generator=torch.Generator().manual_seed(4))).clamp(0, 1)
+    mask = (torch.rand(11, 24, 32, generator=torch.Generator().manual_seed(5)) > 0.5).float()
+    steps = []
+    report = edit_quality(source, edited, forward, backward, mask=mask, on_step=lambda: steps.append(1))
+    assert len(steps) == progress_steps(11, flows_given=True) == 2 + 2
+
+    weight = reliable_pixels(forward, backward)
+    whole = warp_errors([edited, source], forward, weight, chunk=100)
+    assert torch.allclose(report.warp_edit, whole[0]) and torch.allclose(report.warp_source, whole[1])
+    luma_map = ssim_maps(luminance(source), luminance(edited))
+    assert torch.allclose(report.ssim_luma, masked_mean(luma_map))
+    assert torch.allclose(report.ssim_inside[0], masked_mean(luma_map, mask), equal_nan=True)
+
+    steps.clear()
+    edit_quality(source, edited, on_step=lambda: steps.append(1))
+    assert len(steps) == progress_steps(11, flows_given=False) == 3 + 2 + 2
