@@ -294,3 +294,34 @@ CASES.update({
 })
 BASELINE.update({"rerender_keyframe_img2img": "plain_img2img"})
 WARMED_BY_SETUP.update({"rerender_keyframe", "rerender_keyframe_img2img"})  # the anchor is rendered in setup
+
+
+# -- Edit quality -------------------------------------------------------------------------------
+def edit_quality_512(ctx: Context, frames: int = 24):
+    """The whole Edit Quality report of ``frames`` frames at 512² with no flows given (DIS on the
+    source at the node's default scale 0.5, occlusion masks, warp errors of edit and source,
+    luminance and edge SSIM, report text, plot); no CLIP model. Target: under 5 s of CPU time
+    on the 2-core development machine. The ratio to plain_cfg is only for scale. Self-contained:
+    a smooth random texture panning 3 px per frame as the source, a flickering inverted copy
+    as the edit."""
+    from comfyui_videoedit.media.quality import edit_quality
+    from comfyui_videoedit.media.quality_plot import plot_report
+
+    g = torch.Generator().manual_seed(7)
+    size, step = 512, 3
+    tex = torch.nn.functional.interpolate(torch.rand(1, 3, 40, 40 + frames // 4, generator=g),
+                                          size=(size, size + step * frames), mode="bicubic").clamp(0, 1)[0]
+    source = torch.stack([tex[:, :, step * k:step * k + size] for k in range(frames)]).permute(0, 2, 3, 1)
+    source = source.contiguous()
+    flicker = 0.03 * torch.randn(frames, 1, 1, 1, generator=g)
+    edited = ((1.0 - source) * 0.9 + 0.05 + flicker).clamp(0, 1)
+
+    def runner():
+        with torch.inference_mode():
+            report = edit_quality(source, edited)
+            return report.text(), plot_report(report)
+
+    return runner
+
+
+CASES["edit_quality_512_f24"] = edit_quality_512

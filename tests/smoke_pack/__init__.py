@@ -43,9 +43,26 @@ class TinyCheckpoint(io.ComfyNode):
         return io.NodeOutput(m.build_tiny_model(seed), m.build_tiny_clip(seed + 1), m.build_tiny_vae(seed + 2))
 
 
+class TinyCLIPVision(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VETest_TinyCLIPVision",
+            display_name="Tiny random CLIP vision (smoke tests)",
+            category="VideoEdit/testing",
+            description="Random-weight CLIP vision model built from ComfyUI's ClipVisionModel. Smoke runs only.",
+            inputs=[io.Int.Input("seed", default=3, min=0, max=2**31 - 1, tooltip="weight init seed")],
+            outputs=[io.ClipVision.Output()],
+        )
+
+    @classmethod
+    def execute(cls, seed) -> io.NodeOutput:
+        return io.NodeOutput(_models().build_tiny_clip_vision(seed))
+
+
 class SmokeExtension(ComfyExtension):
     async def get_node_list(self):
-        return [TinyCheckpoint]
+        return [TinyCheckpoint, TinyCLIPVision]
 
 
 async def comfy_entrypoint():

@@ -20,6 +20,10 @@ TINY_UNET_CONFIG = {
 }
 TINY_CLIP_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
                     "num_hidden_layers": 2, "projection_dim": 32}
+TINY_CLIP_VISION_CONFIG = {"attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "quick_gelu", "hidden_size": 32,
+                           "image_size": 28, "intermediate_size": 64, "layer_norm_eps": 1e-5,
+                           "model_type": "clip_vision_model", "num_attention_heads": 2, "num_channels": 3,
+                           "num_hidden_layers": 2, "patch_size": 7, "projection_dim": 32}
 TINY_VAE_CONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
                    "ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [],
                    "dropout": 0.0}
@@ -76,6 +80,48 @@ def build_tiny_clip(seed: int = 1):
     )
     init_random_(clip.cond_stage_model, seed)
     return clip
+
+
+def build_tiny_projected_clip(seed: int = 1):
+    """Like :func:`build_tiny_clip`, but the text tower is used *with* its projection (ComfyUI's
+    plain ``SDClipModel``, as for towers whose files carry a trained projection, e.g. SDXL's
+    clip_g): its pooled output lives in the same 32-d space as :func:`build_tiny_clip_vision`."""
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+
+    clip = comfy.sd.CLIP(
+        target=comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel),
+        model_options={"clip_l_model_config": dict(TINY_CLIP_CONFIG), "clip_l_class": comfy.sd1_clip.SDClipModel,
+                       "dtype": torch.float32},
+    )
+    init_random_(clip.cond_stage_model, seed)
+    return clip
+
+
+def build_tiny_clip_vision(seed: int = 3, projection_dim: int = 32):
+    """A random-weight CLIP_VISION from ComfyUI's own ``ClipVisionModel`` (ViT, 2 layers, width
+    32, 28 px input in 7 px patches, projection to ``projection_dim``), float32."""
+    import json
+    import os
+    import tempfile
+
+    import comfy.clip_vision
+
+    config = dict(TINY_CLIP_VISION_CONFIG, projection_dim=projection_dim)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(config, f)
+    try:
+        vision = comfy.clip_vision.ClipVisionModel(f.name)
+    finally:
+        os.unlink(f.name)
+    vision.model.to(torch.float32)
+    vision.dtype = torch.float32
+    g = torch.Generator().manual_seed(seed)
+    init_random_(vision.model, seed)
+    with torch.no_grad():  # init_random_ leaves plain Parameters (class embedding) as torch.empty
+        vision.model.vision_model.embeddings.class_embedding.copy_(torch.randn(config["hidden_size"], generator=g))
+    return vision
 
 
 def build_tiny_vae(seed: int = 2):
