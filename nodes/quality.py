@@ -94,14 +94,18 @@ class EditQuality(io.ComfyNode):
                                "flow either way)."),
             ],
             outputs=[
-                io.String.Output(display_name="report"),
-                io.Image.Output(display_name="plot"),
-                io.Float.Output(display_name="warp_error"),
-                io.Float.Output(display_name="warp_error_source"),
-                io.Float.Output(display_name="ssim_luma"),
-                io.Float.Output(display_name="ssim_edges"),
-                io.Float.Output(display_name="clip_consistency"),
-                io.Float.Output(display_name="clip_text"),
+                io.String.Output(display_name="report", tooltip="The text report (also shown on the node), "
+                                 "naming every skipped metric and why."),
+                io.Image.Output(display_name="plot", tooltip="Per-frame curves of the metrics (720×640)."),
+                io.Float.Output(display_name="warp_error", tooltip="Mean warp error of the edit (MSE in 0..1 "
+                                "units; lower = steadier)."),
+                io.Float.Output(display_name="warp_error_source", tooltip="The same for the source: the floor."),
+                io.Float.Output(display_name="ssim_luma", tooltip="Mean luminance SSIM to the source (1 = same)."),
+                io.Float.Output(display_name="ssim_edges", tooltip="Mean edge-map SSIM to the source."),
+                io.Float.Output(display_name="clip_consistency", tooltip="Mean CLIP cosine of consecutive edited "
+                                "frames; NaN without clip_vision."),
+                io.Float.Output(display_name="clip_text", tooltip="Mean CLIP image–prompt cosine of the edit; NaN "
+                                "when skipped (see the report)."),
             ],
             is_output_node=True,
         )
