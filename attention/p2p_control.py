@@ -132,3 +132,39 @@ def edit_cross_attention(base: torch.Tensor, tgt: torch.Tensor, edit: P2PEdit, a
     a = alpha_t.to(b.device, dt)
     new = a * e + (1 - a) * t
     return new.reshape(tgt.shape).to(tgt.dtype)
+
+
+EDIT_MODES = ("auto", "replace", "refine")
+
+
+@dataclass(frozen=True)
+class P2PEditSpec:
+    """Settings of the Video-P2P Edit node (the single source of their defaults).
+
+    ``mode``: ``auto`` (word swap when the word counts match, else refine), ``replace`` or
+    ``refine``. ``reweight``: ``'word:scale, ...'`` on target words. ``blend_source`` /
+    ``blend_target``: local-blend words of each prompt (both or neither). ``subtract``: words
+    whose region is kept from the source (looked up in both prompts).
+    """
+
+    source_prompt: str = ""
+    target_prompt: str = ""
+    mode: str = "auto"
+    reweight: str = ""
+    blend_source: str = ""
+    blend_target: str = ""
+    subtract: str = ""
+
+    @classmethod
+    def from_inputs(cls, **inputs) -> P2PEditSpec:
+        spec = cls(**inputs)
+        if spec.mode not in EDIT_MODES:
+            raise ValueError(f"mode: '{spec.mode}' is not one of {list(EDIT_MODES)}")
+        for name in ("source_prompt", "target_prompt"):
+            if not getattr(spec, name).strip():
+                raise ValueError(f"{name}: the prompt is empty; Prompt-to-Prompt needs the words of both prompts")
+        if bool(spec.blend_source.strip()) != bool(spec.blend_target.strip()):
+            missing = "blend_target" if spec.blend_source.strip() else "blend_source"
+            raise ValueError(f"{missing}: empty while the other blend input is set; name the edited object in both "
+                             "prompts (e.g. 'bike' and 'motorcycle'), or leave both empty for no local blend")
+        return spec

@@ -346,6 +346,10 @@ class P2PWrapper:
         pnp = to.get(PNP_KEY)
         if pnp is not None and getattr(pnp, "mode", None) == "capture":  # FLATTEN's own source pass
             return executor(x, timesteps, context, y, control, to, **kw)
+        if pnp is not None:
+            raise ValueError("VideoEdit P2P: the model carries FLATTEN's feature injection (Apply FLATTEN given an "
+                             "inversion), whose injected rows cannot share a UNet call with P2P's source rows; "
+                             "apply FLATTEN without the inversion under P2P")
         kinds = list(to.get("cond_or_uncond") or [0])
         n = x.shape[0] // len(kinds)
         frames = call_frame_indices(to, n)
