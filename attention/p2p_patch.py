@@ -57,6 +57,8 @@ from .tokenflow_patch import TokenFlowWrapper
 log = logging.getLogger(__name__)
 PHASE_KEY = "ve_p2p"
 BRANCHES = ("src", "tgt", "src_sub", "tgt_sub")
+# probability tensors built per chunk of frames in a cross-attention layer stay under this
+MAP_BUDGET_BYTES = 256 * 2**20
 
 
 class SourceMode(str, Enum):
@@ -193,8 +195,11 @@ class P2PCall:
         s = self.source_rows
         return [slice(s + g * self.n, s + (g + 1) * self.n) for g, kind in enumerate(self.kinds) if kind == 0]
 
-    def add_map(self, branch: str, value: torch.Tensor) -> None:
-        self.maps[branch] = self.maps[branch] + value if branch in self.maps else value
+    def add_map(self, branch: str, value: torch.Tensor, part: slice, n: int) -> None:
+        """Add ``value`` ``[f, h, w]`` (frames ``part`` of the call's ``n``) to this call's sum."""
+        if branch not in self.maps:
+            self.maps[branch] = torch.zeros((n, *value.shape[1:]), dtype=torch.float32, device=value.device)
+        self.maps[branch][part] += value.float()
 
 
 class P2PRuntime:
@@ -270,23 +275,30 @@ class P2PCrossAttention:
         if not (call.edit_on and targets) and not blend_layer:
             return kernel(q, k, v, heads)
         out = kernel(q, k, v, heads).clone()
-        base = attention_probs(q[src], k[src], heads)
-        out[src] = attend(base, v[src]).to(out.dtype)
         weights = _blend_branches(rt.edit) if blend_layer else {}
-        for name in ("src", "src_sub"):
-            if name in weights:
-                call.add_map(name, word_map_sum(base, weights[name]).reshape(-1, *hw))
         run = rt.run
-        for i, rows in enumerate(targets):
-            tgt = attention_probs(q[rows], k[rows], heads)
-            if run is not None:
-                run.note_probs(base, tgt)
-            new = edit_cross_attention(base, tgt, rt.edit, call.alpha) if call.edit_on else tgt
-            out[rows] = attend(new, v[rows]).to(out.dtype)
-            if i == 0:  # the blend mask follows the first conditional chunk (the edited maps, as P2P stores them)
-                for name in ("tgt", "tgt_sub"):
-                    if name in weights:
-                        call.add_map(name, word_map_sum(new, weights[name]).reshape(-1, *hw))
+        # frames in chunks: the probability tensors ([f, heads, N, T] per branch) stay bounded
+        per_frame = heads * q.shape[1] * k.shape[1] * 4 * (2 + len(targets))
+        step = max(1, MAP_BUDGET_BYTES // max(per_frame, 1))
+        for lo in range(0, call.n, step):
+            part = slice(lo, min(lo + step, call.n))
+            rows_src = slice(src.start + part.start, src.start + part.stop)
+            base = attention_probs(q[rows_src], k[rows_src], heads)
+            out[rows_src] = attend(base, v[rows_src]).to(out.dtype)
+            for name in ("src", "src_sub"):
+                if name in weights:
+                    call.add_map(name, word_map_sum(base, weights[name]).reshape(-1, *hw), part, call.n)
+            for i, t_rows in enumerate(targets):
+                rows = slice(t_rows.start + part.start, t_rows.start + part.stop)
+                tgt = attention_probs(q[rows], k[rows], heads)
+                if run is not None:
+                    run.note_probs(base, tgt)
+                new = edit_cross_attention(base, tgt, rt.edit, call.alpha) if call.edit_on else tgt
+                out[rows] = attend(new, v[rows]).to(out.dtype)
+                if i == 0:  # the blend mask follows the first conditional chunk (edited maps, as P2P stores them)
+                    for name in ("tgt", "tgt_sub"):
+                        if name in weights:
+                            call.add_map(name, word_map_sum(new, weights[name]).reshape(-1, *hw), part, call.n)
         return out
 
 

@@ -296,3 +296,65 @@ CASES.update({
 })
 BASELINE.update({"rerender_keyframe_img2img": "plain_img2img"})
 WARMED_BY_SETUP.update({"rerender_keyframe", "rerender_keyframe_img2img"})  # the anchor is rendered in setup
+
+
+# -- Video-P2P -----------------------------------------------------------------------------------
+class P2PBenchSource(RandomSource):
+    """``RandomSource`` with what P2P also reads: the frame count, the latent shape and the
+    source branch's unconditional context (joint mode: the negative, as without null-text)."""
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self.num_frames = ctx.latent.shape[0]
+        self.latent_shape = tuple(ctx.latent.shape[1:])
+        self.uncond = ctx.negative[0][0]
+
+    def uncond_conditioning(self, step: int, n: int, like: torch.Tensor, frames=None):
+        return self.uncond.to(like.device, like.dtype).expand(n, -1, -1), None
+
+
+def p2p_bench_edit():
+    """A word swap with local blend and reweighting on written-out token ids (speed does not
+    depend on the tokenizer): 'a man riding a bike' → 'a man riding a motorcycle'."""
+    from comfyui_videoedit.attention.p2p_control import P2PEdit, one_hot
+    from comfyui_videoedit.attention.p2p_tokens import prompt_tokens, replace_mapper
+
+    src = prompt_tokens("a man riding a bike", "a man riding a bike".split(), [[320], [786], [6765], [320], [3701]],
+                        "source_prompt")
+    tgt = prompt_tokens("a man riding a motorcycle", "a man riding a motorcycle".split(),
+                        [[320], [786], [6765], [320], [10297, 9985]], "target_prompt")
+    eq = torch.ones(77)
+    eq[tgt.positions("motorcycle")] = 2.0
+    return P2PEdit(src, tgt, "replace", replace_mapper(src, tgt), torch.zeros(77), eq,
+                   blend_src=one_hot(src.positions("bike"), 77), blend_tgt=one_hot(tgt.positions("motorcycle"), 77))
+
+
+def p2p(ctx: Context, source_mode: str = "replay", frames: int | None = None, stats: dict | None = None):
+    """Video-P2P (word swap, local blend, reweight, first-frame attention, official step
+    fractions) with a stand-in source branch, sampled as plain_cfg samples. ``stats`` (a dict)
+    receives the run's map memory: the largest probability tensors one cross-attention layer
+    built (``peak_map_bytes``) and what the run kept between calls (``stored_map_bytes``)."""
+    from comfyui_videoedit.adapters.p2p import p2p_model
+    from comfyui_videoedit.attention.p2p_patch import P2PConfig
+
+    sub = ctx if frames is None else Context(ctx.model, ctx.positive, ctx.negative,
+                                              _frames(ctx.latent, frames), ctx.steps, ctx.cfg)
+    model, runtime = p2p_model(ctx.model, p2p_bench_edit(), P2PBenchSource(sub),
+                               P2PConfig.from_inputs(source_mode=source_mode, blend_start=0.0))
+
+    def runner():
+        out = _sample(sub, model, ctx.cfg)
+        if stats is not None:
+            stats.update(runtime.last_stats)
+        return out
+
+    return runner
+
+
+CASES.update({
+    "p2p_replay": p2p,
+    "p2p_joint": lambda ctx: p2p(ctx, "joint"),
+    "p2p_replay_f32": lambda ctx: p2p(ctx, frames=32),
+})
+BASELINE.update({"p2p_replay_f32": "p2p_replay"})  # growth from the run's frame count (8)
+SHARES_SHAPES.add("p2p_replay_f32")

@@ -264,3 +264,15 @@ def test_p2p_composes_with_flatten(host, tiny_model, tiny_clip, setup, inference
     plain = _sample(_apply(tiny_model, edit, setup["record"]), target, setup["neg"], setup["x_T"], setup["sigmas"], 4.0)
     assert not torch.equal(a, plain)  # FLATTEN's attention is still there
     assert repr(flat.model_options) == before
+
+
+def test_cross_attention_in_frame_chunks_equals_one_chunk(host, tiny_model, tiny_clip, setup, monkeypatch,
+                                                         inference_mode):
+    import comfyui_videoedit.attention.p2p_patch as patch
+
+    edit, target = _edit(tiny_clip, blend_source="bike", blend_target="motorcycle", reweight="motorcycle:3")
+    args = (target, setup["neg"], setup["x_T"], setup["sigmas"], 4.0)
+    whole = _sample(_apply(tiny_model, edit, setup["record"], blend_threshold=0.5), *args)
+    monkeypatch.setattr(patch, "MAP_BUDGET_BYTES", 1)  # one frame per chunk
+    chunked = _sample(_apply(tiny_model, edit, setup["record"], blend_threshold=0.5), *args)
+    assert (whole - chunked).abs().max() <= 1e-5 * whole.abs().max(), (whole - chunked).abs().max()
