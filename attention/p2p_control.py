@@ -86,11 +86,11 @@ def one_hot(positions, length: int) -> torch.Tensor | None:
 
 def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d))``: q ``[B, N, H*d]``, k ``[B, T, H*d]`` → ``[B, H, N, T]``
-    (ComfyUI's kernels never return probabilities; P2P needs them)."""
+    float32 (ComfyUI's kernels never return probabilities; P2P needs them)."""
     b, n, c = q.shape
     d = c // heads
-    qh = q.reshape(b, n, heads, d).transpose(1, 2)
-    kh = k.reshape(b, k.shape[1], heads, d).transpose(1, 2)
+    qh = q.float().reshape(b, n, heads, d).transpose(1, 2)  # float32: fp16 scores can overflow
+    kh = k.float().reshape(b, k.shape[1], heads, d).transpose(1, 2)
     scores = torch.matmul(qh, kh.transpose(-1, -2)) * (1.0 / math.sqrt(d))
     return scores.softmax(dim=-1)
 

@@ -235,9 +235,11 @@ class P2PRuntime:
         return RunState(cfg, self.source.num_frames, self.source.latent_shape)
 
     def current_run(self) -> RunState:
-        if self.run is None:  # sampled without a guider's outer_sample (unusual): one run per call chain
-            log.debug("VideoEdit P2P: no OUTER_SAMPLE run; starting one")
-            self.run = self.new_run(1.0)
+        """The sampling run's state; outside a guider's ``outer_sample`` (unusual) a throwaway one,
+        so nothing outlives the call (replay works, joint mode then reports its missing state)."""
+        if self.run is None:
+            log.debug("VideoEdit P2P: UNet call outside a sampling run")
+            return self.new_run(1.0)
         return self.run
 
 

@@ -205,6 +205,7 @@ def _interrupting(model, k):
     return m, calls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["replay", "joint"])
 def test_an_interrupt_at_any_unet_call_leaves_the_next_run_bit_identical(host, tiny_model, tiny_clip, setup, mode,
                                                                         inference_mode):
@@ -246,6 +247,7 @@ def test_batched_source_rows_cost_one_call_per_step(host, tiny_model, tiny_clip,
         assert sizes == [rows * FRAMES] * STEPS, (mode, sizes)
 
 
+@pytest.mark.slow
 def test_p2p_composes_with_flatten(host, tiny_model, tiny_clip, setup, inference_mode):
     from comfyui_videoedit.nodes.flatten import ApplyFLATTEN, SampleTrajectories
 
