@@ -127,3 +127,25 @@ def test_manual_attention_equals_sdpa():
         q.view(2, 5, heads, 4).transpose(1, 2), k.view(2, 7, heads, 4).transpose(1, 2),
         v.view(2, 7, heads, 4).transpose(1, 2)).transpose(1, 2).reshape(2, 5, 8)
     assert torch.allclose(attend(attention_probs(q, k, heads), v), ref, atol=1e-6)
+
+
+def test_settings_validate_their_combos_and_ranges_naming_the_input():
+    import pytest
+
+    from comfyui_videoedit.attention.p2p_control import P2PEditSpec
+    from comfyui_videoedit.attention.p2p_patch import P2PConfig
+
+    assert P2PConfig.from_inputs() == P2PConfig()
+    assert P2PConfig().cross_replace_steps == "0.2" and P2PConfig().self_replace_steps == 0.5
+    for kw, msg in [(dict(source_mode="both"), "source_mode: 'both'"),
+                    (dict(frame_attention="all"), "frame_attention: 'all'"),
+                    (dict(blend_threshold=1.5), "blend_threshold"),
+                    (dict(cross_replace_steps="x"), "cross_replace_steps")]:
+        with pytest.raises(ValueError, match=msg):
+            P2PConfig.from_inputs(**kw)
+    ok = dict(source_prompt="a cat", target_prompt="a dog")
+    assert P2PEditSpec.from_inputs(**ok).mode == "auto"
+    for kw, msg in [(dict(mode="swap"), "mode: 'swap'"), (dict(target_prompt=" "), "target_prompt: the prompt is empty"),
+                    (dict(blend_target="dog"), "blend_source: empty")]:
+        with pytest.raises(ValueError, match=msg):
+            P2PEditSpec.from_inputs(**{**ok, **kw})
