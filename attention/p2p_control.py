@@ -127,10 +127,12 @@ def edit_cross_attention(base: torch.Tensor, tgt: torch.Tensor, edit: P2PEdit, a
     b = _over_tokens(base.to(dt), length)
     t = _over_tokens(tgt.to(dt), length)
     mapper = edit.mapper.to(b.device, dt)
-    remix = torch.einsum("...w,nw->...n", b, mapper)
-    e = (remix + t * edit.keep.to(b.device, dt)) * edit.equalizer.to(b.device, dt)
-    a = alpha_t.to(b.device, dt)
-    new = a * e + (1 - a) * t
+    e = torch.einsum("...w,nw->...n", b, mapper)  # the one new map-sized tensor; the rest is in place
+    keep = edit.keep.to(b.device, dt)
+    if bool(keep.any()):
+        e.addcmul_(t, keep)
+    e.mul_(edit.equalizer.to(b.device, dt))
+    new = e.sub_(t).mul_(alpha_t.to(b.device, dt)).add_(t)  # alpha * e + (1 - alpha) * t
     return new.reshape(tgt.shape).to(tgt.dtype)
 
 

@@ -276,7 +276,7 @@ class P2PCrossAttention:
             and q.shape[1] == hw[0] * hw[1]
         if not (call.edit_on and targets) and not blend_layer:
             return kernel(q, k, v, heads)
-        out = kernel(q, k, v, heads).clone()
+        out = self._rest(q, k, v, heads, kernel, [src, *targets])
         weights = _blend_branches(rt.edit) if blend_layer else {}
         run = rt.run
         # frames in chunks: the probability tensors ([f, heads, N, T] per branch) stay bounded
@@ -301,6 +301,21 @@ class P2PCrossAttention:
                     for name in ("tgt", "tgt_sub"):
                         if name in weights:
                             call.add_map(name, word_map_sum(new, weights[name]).reshape(-1, *hw), part, call.n)
+        return out
+
+
+    def _rest(self, q, k, v, heads, kernel, edited: list[slice]) -> torch.Tensor:
+        """The layer's output with the rows P2P does not compute itself filled by the kernel
+        (only those rows, unless another patch owns the layer and needs the whole batch)."""
+        if self.previous is not None:
+            return kernel(q, k, v, heads)  # a fresh tensor: P2P's rows are written into it
+        keep = torch.ones(q.shape[0], dtype=torch.bool)
+        for rows in edited:
+            keep[rows] = False
+        out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
+        if keep.any():
+            idx = keep.nonzero().flatten().to(q.device)
+            out[idx] = kernel(q[idx], k[idx], v[idx], heads)
         return out
 
 

@@ -357,3 +357,37 @@ CASES.update({
     "p2p_replay_f32": lambda ctx: p2p(ctx, frames=32),
 })
 BASELINE.update({"p2p_replay_f32": "p2p_replay"})  # growth from the run's frame count (8); its own warm-up
+
+
+def p2p_map_layer(ctx: Context, frames: int = 8, stats: dict | None = None):
+    """One SD1.5 64² cross-attention layer at 512² (4096 queries, 77 tokens, 8 heads of 40)
+    under P2P with local blend, replay layout (source cond rows + uncond + cond rows of
+    ``frames`` frames): the memory P2P's maps take where they are largest. ``stats`` receives
+    the bytes of the largest probability chunk and of the per-frame blend sums the step keeps.
+    Its ratio to plain_cfg is only for scale."""
+    from comfyui_videoedit.attention.p2p_patch import P2PCall, P2PConfig, P2PCrossAttention, P2PRuntime, RunState
+
+    rt = P2PRuntime(P2PConfig(), p2p_bench_edit(), None, None, None)  # the layer reads only the edit and the run
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3 * frames, 4096, 320, generator=g)
+    k, v = torch.randn(3 * frames, 77, 320, generator=g), torch.randn(3 * frames, 77, 320, generator=g)
+    extra = {"n_heads": 8, "activations_shape": [3 * frames, 320, 16, 16], "original_shape": [3 * frames, 4, 64, 64]}
+    extra_64 = dict(extra, activations_shape=[3 * frames, 320, 64, 64])
+    q16 = torch.randn(3 * frames, 256, 320, generator=g)
+
+    def runner():
+        rt.run = RunState(7.5, frames, (4, 64, 64))
+        call = P2PCall(step=0, n=frames, frames=torch.arange(frames), source_kinds=[0], kinds=[1, 0],
+                       alpha=torch.ones(77), edit_on=True, self_on=True)
+        layer = P2PCrossAttention(rt)
+        layer(q, k, v, {**extra_64, "ve_p2p": call})  # the largest maps (64², edited, not kept)
+        layer(q16, k, v, {**extra, "ve_p2p": call})  # a blend layer: its word sums are kept
+        if stats is not None:
+            stats.update(peak_map_bytes=rt.run.peak_map_bytes,
+                         kept_bytes=sum(t.numel() * t.element_size() for t in call.maps.values()))
+        rt.run = None
+
+    return runner
+
+
+CASES.update({"p2p_map_layer_f8": p2p_map_layer, "p2p_map_layer_f32": lambda ctx: p2p_map_layer(ctx, 32)})
