@@ -22,11 +22,16 @@ def comfy_attention(q, k, v, heads):
     return optimized_attention(q, k, v, heads)
 
 
-def existing_attn1_replace(model, key: BlockKey) -> Callable | None:
-    """The attn1 replace patch the model already carries at ``key`` (3-tuple, or the 2-tuple
-    form ComfyUI also looks up), if any."""
-    replace = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+def existing_replace(model, key: BlockKey, kind: str = "attn1") -> Callable | None:
+    """The ``kind`` (attn1 / attn2) replace patch the model already carries at ``key`` (3-tuple,
+    or the 2-tuple form ComfyUI also looks up), if any."""
+    replace = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
     return replace.get(key) or replace.get(key[:2])
+
+
+def existing_attn1_replace(model, key: BlockKey) -> Callable | None:
+    """The self-attention replace patch the model already carries at ``key``, if any."""
+    return existing_replace(model, key, "attn1")
 
 
 def self_attention_keys(model) -> list[BlockKey]:

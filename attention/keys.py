@@ -18,6 +18,9 @@ PNP_KEY = "ve_pnp"
 TOKENFLOW_PHASE_KEY = "ve_tokenflow"
 """``tokenflow_patch.Phase``: which TokenFlow pass a UNet call is (keyframes / propagation)."""
 
+P2P_CALL_KEY = "ve_p2p"
+"""``p2p_patch.P2PCall``: the current Video-P2P call (step, rows, which controls are on)."""
+
 # Keys the pack *reads* that ComfyUI or other packs set: "cond_or_uncond", "sigmas",
 # "sample_sigmas", "context_window" (core context windows), "ad_params" (AnimateDiff-Evolved),
 # and in patches' extra_options "block", "block_index", "n_heads", "activations_shape",
@@ -28,3 +31,4 @@ TOKENFLOW_PHASE_KEY = "ve_tokenflow"
 TOKENFLOW_WRAPPER_KEY = "videoedit_tokenflow"
 PNP_WRAPPER_KEY = "videoedit_pnp"
 NULLTEXT_WRAPPER_KEY = "videoedit_nulltext"
+P2P_WRAPPER_KEY = "videoedit_p2p"

@@ -324,4 +324,98 @@ def edit_quality_512(ctx: Context, frames: int = 24):
     return runner
 
 
+# -- Video-P2P -----------------------------------------------------------------------------------
+class P2PBenchSource(RandomSource):
+    """``RandomSource`` with what P2P also reads: the frame count, the latent shape and the
+    source branch's unconditional context (joint mode: the negative, as without null-text)."""
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self.num_frames = ctx.latent.shape[0]
+        self.latent_shape = tuple(ctx.latent.shape[1:])
+        self.uncond = ctx.negative[0][0]
+
+    def uncond_conditioning(self, step: int, n: int, like: torch.Tensor, frames=None):
+        return self.uncond.to(like.device, like.dtype).expand(n, -1, -1), None
+
+
+def p2p_bench_edit():
+    """A word swap with local blend and reweighting on written-out token ids (speed does not
+    depend on the tokenizer): 'a man riding a bike' → 'a man riding a motorcycle'."""
+    from comfyui_videoedit.attention.p2p_control import P2PEdit, one_hot
+    from comfyui_videoedit.attention.p2p_tokens import prompt_tokens, replace_mapper
+
+    src = prompt_tokens("a man riding a bike", "a man riding a bike".split(), [[320], [786], [6765], [320], [3701]],
+                        "source_prompt")
+    tgt = prompt_tokens("a man riding a motorcycle", "a man riding a motorcycle".split(),
+                        [[320], [786], [6765], [320], [10297, 9985]], "target_prompt")
+    eq = torch.ones(77)
+    eq[tgt.positions("motorcycle")] = 2.0
+    return P2PEdit(src, tgt, "replace", replace_mapper(src, tgt), torch.zeros(77), eq,
+                   blend_src=one_hot(src.positions("bike"), 77), blend_tgt=one_hot(tgt.positions("motorcycle"), 77))
+
+
+def p2p(ctx: Context, source_mode: str = "replay", frames: int | None = None, stats: dict | None = None):
+    """Video-P2P (word swap, local blend, reweight, first-frame attention, official step
+    fractions) with a stand-in source branch, sampled as plain_cfg samples. ``stats`` (a dict)
+    receives the run's map memory: the largest probability tensors one cross-attention layer
+    built (``peak_map_bytes``) and what the run kept between calls (``stored_map_bytes``)."""
+    from comfyui_videoedit.adapters.p2p import p2p_model
+    from comfyui_videoedit.attention.p2p_patch import P2PConfig
+
+    sub = ctx if frames is None else Context(ctx.model, ctx.positive, ctx.negative,
+                                              _frames(ctx.latent, frames), ctx.steps, ctx.cfg)
+    model, runtime = p2p_model(ctx.model, p2p_bench_edit(), P2PBenchSource(sub),
+                               P2PConfig.from_inputs(source_mode=source_mode, blend_start=0.0))
+
+    def runner():
+        out = _sample(sub, model, ctx.cfg)
+        if stats is not None:
+            stats.update(runtime.last_stats)
+        return out
+
+    return runner
+
+
 CASES["edit_quality_512_f24"] = edit_quality_512
+
+CASES.update({
+    "p2p_replay": p2p,
+    "p2p_joint": lambda ctx: p2p(ctx, "joint"),
+    "p2p_replay_f32": lambda ctx: p2p(ctx, frames=32),
+})
+BASELINE.update({"p2p_replay_f32": "p2p_replay"})  # growth from the run's frame count (8); its own warm-up
+
+
+def p2p_map_layer(ctx: Context, frames: int = 8, stats: dict | None = None):
+    """One SD1.5 64² cross-attention layer at 512² (4096 queries, 77 tokens, 8 heads of 40)
+    under P2P with local blend, replay layout (source cond rows + uncond + cond rows of
+    ``frames`` frames): the memory P2P's maps take where they are largest. ``stats`` receives
+    the bytes of the largest probability chunk and of the per-frame blend sums the step keeps.
+    Its ratio to plain_cfg is only for scale."""
+    from comfyui_videoedit.attention.p2p_patch import P2PCall, P2PConfig, P2PCrossAttention, P2PRuntime, RunState
+
+    rt = P2PRuntime(P2PConfig(), p2p_bench_edit(), None, None, None)  # the layer reads only the edit and the run
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3 * frames, 4096, 320, generator=g)
+    k, v = torch.randn(3 * frames, 77, 320, generator=g), torch.randn(3 * frames, 77, 320, generator=g)
+    extra = {"n_heads": 8, "activations_shape": [3 * frames, 320, 16, 16], "original_shape": [3 * frames, 4, 64, 64]}
+    extra_64 = dict(extra, activations_shape=[3 * frames, 320, 64, 64])
+    q16 = torch.randn(3 * frames, 256, 320, generator=g)
+
+    def runner():
+        rt.run = RunState(7.5, frames, (4, 64, 64))
+        call = P2PCall(step=0, n=frames, frames=torch.arange(frames), source_kinds=[0], kinds=[1, 0],
+                       alpha=torch.ones(77), edit_on=True, self_on=True)
+        layer = P2PCrossAttention(rt)
+        layer(q, k, v, {**extra_64, "ve_p2p": call})  # the largest maps (64², edited, not kept)
+        layer(q16, k, v, {**extra, "ve_p2p": call})  # a blend layer: its word sums are kept
+        if stats is not None:
+            stats.update(peak_map_bytes=rt.run.peak_map_bytes,
+                         kept_bytes=sum(t.numel() * t.element_size() for t in call.maps.values()))
+        rt.run = None
+
+    return runner
+
+
+CASES.update({"p2p_map_layer_f8": p2p_map_layer, "p2p_map_layer_f32": lambda ctx: p2p_map_layer(ctx, 32)})
