@@ -169,8 +169,9 @@ def _flatten_flow(frames: int, h: int, w: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(per_cell, scale_factor=8, mode="nearest").permute(0, 2, 3, 1)
 
 
-def flatten(ctx: Context, mode: str = "dense", frames: int | None = None):
-    """FLATTEN on every self-attention layer (trajectory attention at the highest resolution)."""
+def flatten(ctx: Context, mode: str = "dense", frames: int | None = None, attn_fn=None):
+    """FLATTEN on every self-attention layer (trajectory attention at the highest resolution);
+    ``attn_fn`` replaces the spatio-temporal kernel the node picks."""
     from comfyui_videoedit.flow.trajectories import sample_trajectories
     from comfyui_videoedit.nodes.flatten import flatten_model
 
@@ -178,6 +179,9 @@ def flatten(ctx: Context, mode: str = "dense", frames: int | None = None):
     f, _, h, w = sub.latent.shape
     trajectories = sample_trajectories(_flatten_flow(f, h, w), (h, w))
     model = flatten_model(ctx.model, trajectories, mode=mode)
+    if attn_fn is not None:
+        for patch in model.model_options["transformer_options"]["patches_replace"]["attn1"].values():
+            patch.runtime.attn_fn = attn_fn  # one runtime, shared by every layer's patch
     return lambda: _sample(sub, model, ctx.cfg)
 
 
@@ -191,7 +195,16 @@ def flatten_trajectory_sampling(ctx: Context, frames: int = 32):
     return lambda: sample_trajectories(flow, (h, w))
 
 
+def flatten_comfy_kernel(ctx: Context):
+    """FLATTEN dense with ComfyUI's own kernel for the spatio-temporal part as well (on CPU its
+    sub-quadratic fallback), to show what the fused SDPA kernel gains."""
+    from comfyui_videoedit.nodes.common import comfy_attention
+
+    return flatten(ctx, attn_fn=comfy_attention())
+
+
 register("flatten_dense", flatten, model=fm.flatten)
+register("flatten_dense_comfy_kernel", flatten_comfy_kernel, model=fm.flatten)
 register("flatten_bounded", functools.partial(flatten, mode="bounded"),
          model=functools.partial(fm.flatten, mode="bounded"))
 # growth from the run's frame count (8): linear in frames

@@ -15,7 +15,7 @@ from ..attention.pnp import PnPSchedule, PnPWrapper
 from ..attention.resnet_hooks import resblock_of
 from ..attention.unet_blocks import parse_block_list
 from ..flow.trajectories import TrajectorySet, sample_trajectories
-from .common import OPTICAL_FLOW, VE_INVERSION, VE_TRAJECTORIES, comfy_attention
+from .common import OPTICAL_FLOW, VE_INVERSION, VE_TRAJECTORIES, comfy_long_attention
 
 log = logging.getLogger(__name__)
 PNP_WRAPPER_KEY = "videoedit_pnp"
@@ -91,7 +91,7 @@ def flatten_model(model, trajectories, mode="dense", levels="highest", old_qk=Fa
     flow_keys = set(keys) if levels == "all" else {k for k in keys if level_of[k] == top}
     config = FlattenConfig(mode=MODES.get(mode, mode), old_qk=bool(old_qk), anchor_stride=int(anchor_stride),
                            max_anchors=int(max_anchors))
-    runtime = FlattenRuntime(trajectories, config, comfy_attention())
+    runtime = FlattenRuntime(trajectories, config, comfy_long_attention())
     m = attach_attn1(model, lambda key, prev: FlattenAttention(runtime, key, key in flow_keys, prev), keys)
     if source is not None:
         from comfy.patcher_extension import WrappersMP
