@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-unit test-host test-server demo bench lint clean-host
+.PHONY: setup test test-unit test-host test-server demo bench bench-gpu lint clean-host
 
 setup:
 	@bash scripts/setup_host.sh
@@ -25,6 +25,11 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench $(BENCH_ARGS)
+
+# one GPU: every method + plain baselines, fp16, 512², 16 frames, 3 of 50 steps timed and
+# extrapolated, peak VRAM (python -m bench --gpu; flags in BENCH_ARGS override the preset)
+bench-gpu: setup
+	$(PY) -m bench --gpu --model $(BENCH_ARGS)
 
 lint: setup
 	$(PY) -m ruff check .

@@ -16,7 +16,7 @@ from ..options import Options, option
 from .model_patch import (
     attach_attn1,
     attention_keys_from_spec,
-    comfy_attention,
+    comfy_long_attention,
     resblock_keys_from_spec,
     self_attention_keys,
 )
@@ -54,7 +54,7 @@ def flatten_model(model, trajectories, source=None, settings: FlattenOptions | N
     level_of = attention_levels(model.get_model_object("diffusion_model"))
     top = min(level_of[k] for k in keys)
     flow_keys = set(keys) if s.levels == "all" else {k for k in keys if level_of[k] == top}
-    runtime = FlattenRuntime(trajectories, s.config(), comfy_attention)
+    runtime = FlattenRuntime(trajectories, s.config(), comfy_long_attention())
     m = attach_attn1(model, lambda key, prev: FlattenAttention(runtime, key, key in flow_keys, prev), keys)
     if source is not None:
         from comfy.patcher_extension import WrappersMP

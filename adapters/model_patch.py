@@ -22,6 +22,26 @@ def comfy_attention(q, k, v, heads):
     return optimized_attention(q, k, v, heads)
 
 
+def comfy_long_attention():
+    """The kernel for attention over the keys of many frames (FLATTEN's spatio-temporal part):
+    ComfyUI's own, unless that is one of its generic fallbacks chosen by default (sub-quadratic
+    or split attention: what a CPU gets, a Python loop over chunks), then PyTorch's fused SDPA,
+    which is memory-bounded as well (flash kernel on CPU, flash/memory-efficient on CUDA) and
+    about 3x faster there at 8 frames x 1024 tokens (bench). A user's explicit
+    --use-split/quad-cross-attention and every specialised kernel (xformers, sage, flash,
+    pytorch) are kept."""
+    import comfy.ldm.modules.attention as attention
+    from comfy.cli_args import args
+
+    from ..attention.extended import sdpa_attention
+
+    explicit = getattr(args, "use_split_cross_attention", False) or getattr(args, "use_quad_cross_attention", False)
+    fallbacks = {getattr(attention, name, None) for name in ("attention_sub_quad", "attention_split")}
+    if not explicit and attention.optimized_attention in fallbacks:
+        return sdpa_attention
+    return comfy_attention
+
+
 def existing_replace(model, key: BlockKey, kind: str = "attn1") -> Callable | None:
     """The ``kind`` (attn1 / attn2) replace patch the model already carries at ``key`` (3-tuple,
     or the 2-tuple form ComfyUI also looks up), if any."""

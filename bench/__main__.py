@@ -1,7 +1,14 @@
-"""``python -m bench [--device cpu|cuda] [--frames 8] [--size 256] [--steps 2] [--cases a,b]``
+"""``python -m bench [--device cpu|cuda] [--frames 8] [--size 256] [--steps 2] [--repeats 3]
+[--cases a,b] [--noise] [--model]``
 
-Prints a table (time per sampling step, peak memory, ratio to the case's baseline measured
-in the same run) and writes ``bench/results/latest.json``."""
+Prints a table per case: seconds per sampling step (median of ``--repeats`` timed runs after a
+warm-up; wall and process CPU time), peak memory, and the ratio to the case's baseline measured
+in the same run with its spread (min–max over the repeats); ratios come from CPU time on CPU
+and from synchronised wall time on CUDA. ``--noise`` keeps one core busy with a second process
+for the whole run. ``--model`` adds the physical-limit model (FLOPs from the UNet's own shapes,
+and the FLOPs counted in each case's warm-up run) and the quotient measured / modelled.
+``--gpu`` is the one-command GPU table (``make bench-gpu``). Writes ``bench/results/latest.json``.
+"""
 
 from __future__ import annotations
 
@@ -13,100 +20,181 @@ from pathlib import Path
 
 import torch
 
-from .cases import BASELINE, CASES, SHARES_SHAPES, WARMED_BY_SETUP, Context
-from .memory import PeakMemory
-from .setup import build_sd15, random_conditioning, start_host
+from .cases import BASELINE, CASES, FULL_SCHEDULE, MODELS, SHARES_SHAPES, WARMED_BY_SETUP, Context
+from .timing import busy_core, measure, ratio_with_spread
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# the GPU table: every method and the plain baselines (Rerender's CPU-only propagation/flow cases
+# and the trajectory-sampling scale case are left out: they do not touch the GPU)
+GPU_CASES = ("plain_cfg,plain_cfg1,extended_attention,tokenflow,tokenflow_separate_source,flatten_dense,"
+             "flatten_bounded,inversion,plain_img2img,rerender_keyframe_img2img")
 
 
-def measure(runner, device, repeats: int, warm_up: bool = True) -> tuple[float, int]:
-    """Best wall time over ``repeats`` runs and the peak memory above the level at the start
-    of a run (time and memory taken in the same runs), after one warm-up run: on CPU the
-    first call at a new batch size pays for oneDNN kernel generation (seconds), which would
-    otherwise be charged to whichever case first uses that size. Cases that only scale their
-    baseline's frame count reuse its shapes (``cases.SHARES_SHAPES``), and cases whose untimed
-    setup already ran the same shapes (``cases.WARMED_BY_SETUP``, e.g. a Rerender keyframe after
-    its anchor), skip it."""
-    if warm_up:
-        runner()
-    times, peak = [], 0
-    for _ in range(max(repeats, 1)):
-        with PeakMemory(device) as mem:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            runner()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - t0)
-        peak = max(peak, mem.peak_bytes)
-    return min(times), peak
-
-
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m bench")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--size", type=int, default=256, help="pixel size; the latent is size/8")
-    p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--cfg", type=float, default=7.5)
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--cases", default=",".join(CASES))
-    p.add_argument("--out", default=str(RESULTS / "latest.json"))
-    a = p.parse_args(argv)
-
-    start_host(a.device)
-    import comfy.model_management as mm
-
-    device = mm.get_torch_device()
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    torch.manual_seed(0)
-    model = build_sd15(dtype)
-    pos, neg = random_conditioning(1), random_conditioning(2)
-    h = a.size // 8
-    latent = torch.randn(a.frames, 4, h, h, generator=torch.Generator().manual_seed(3))
-    ctx = Context(model=model, positive=pos, negative=neg, latent=latent, steps=a.steps, cfg=a.cfg)
-
-    names = [n for n in a.cases.split(",") if n]
-    unknown = [n for n in names if n not in CASES]
-    if unknown:
-        p.error(f"unknown cases {unknown}; known: {sorted(CASES)}")
-    # each case's baseline (transitively) runs first, in the same process
+def _order(names: list[str]) -> list[str]:
+    """``names`` with each case's baseline (transitively) before it; plain_cfg first."""
     needed, todo = [], ["plain_cfg", *names]
     while todo:
         name = todo.pop(0)
         base = BASELINE.get(name)
         if base and base not in needed and base not in todo:
-            todo.insert(0, name)
-            todo.insert(0, base)
+            todo[:0] = [base, name]
             continue
         if name not in needed:
             needed.append(name)
-    names = needed
-    rows = {}
-    for name in names:
-        runner = CASES[name](ctx)
-        warm = not (name in SHARES_SHAPES and BASELINE.get(name) in rows) and name not in WARMED_BY_SETUP
-        secs, peak = measure(runner, device, a.repeats, warm_up=warm)
-        rows[name] = {"seconds": secs, "step_seconds": secs / a.steps, "peak_mb": peak / 2**20}
-        print(f"  measured {name}: {secs:.2f}s, peak {peak / 2**20:.0f} MB", flush=True)
+    return needed
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--size", type=int, default=256, help="pixel size; the latent is size/8")
+    p.add_argument("--steps", type=int, default=2, help="steps of the sampling schedule")
+    p.add_argument("--timed-steps", type=int, default=0,
+                   help="run only this many steps of the schedule and extrapolate (0 = all)")
+    p.add_argument("--cfg", type=float, default=7.5)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per case after the warm-up (median)")
+    p.add_argument("--cases", default="")
+    p.add_argument("--unet", default="sd15", choices=["sd15", "tiny"],
+                   help="tiny: the test UNet, only to check the script itself quickly")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp16", "fp32"], help="auto: fp16 on CUDA")
+    p.add_argument("--noise", action="store_true", help="keep one core busy with a second process while timing")
+    p.add_argument("--model", action="store_true", help="add the FLOP model and the counted FLOPs")
+    p.add_argument("--gpu", action="store_true",
+                   help="the GPU table: cuda, fp16, 512², 16 frames, 3 of 50 steps, 1 repeat, every method")
+    p.add_argument("--out", default=str(RESULTS / "latest.json"))
+    a = p.parse_args(argv)
+    if a.gpu:  # explicit flags still win over the preset where given
+        given = set(argv if argv is not None else __import__("sys").argv[1:])
+        preset = {"--device": ("device", "cuda"), "--size": ("size", 512), "--frames": ("frames", 16),
+                  "--steps": ("steps", 50), "--timed-steps": ("timed_steps", 3), "--repeats": ("repeats", 1),
+                  "--cases": ("cases", GPU_CASES)}
+        for flag, (attr, value) in preset.items():
+            if not any(g == flag or g.startswith(flag + "=") for g in given):
+                setattr(a, attr, value)
+    if not a.cases:
+        a.cases = ",".join(CASES)
+    names = [n for n in a.cases.split(",") if n]
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        p.error(f"unknown cases {unknown}; known: {sorted(CASES)}")
+    if a.size % 8 or a.size < 64:
+        p.error(f"--size must be a multiple of 8 and at least 64, got {a.size}")
+    if a.frames < 1 or a.steps < 1 or a.repeats < 1:
+        p.error("--frames, --steps and --repeats must be at least 1")
+    a.names = _order(names)
+    return a
+
+
+def main(argv=None) -> dict:
+    a = parse_args(argv)
+    from .setup import build_sd15, random_conditioning, start_host
+
+    t_start = time.perf_counter()
+    start_host(a.device)
+    import comfy.model_management as mm
+
+    device = mm.get_torch_device()
+    if a.device == "cuda" and device.type != "cuda":
+        raise SystemExit("--device cuda: ComfyUI found no CUDA device")
+    dtype = {"fp16": torch.float16, "fp32": torch.float32}.get(
+        a.dtype, torch.float16 if device.type == "cuda" else torch.float32)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model = build_sd15(dtype, device=device if device.type == "cuda" else None, unet=a.unet)
+    build_s = time.perf_counter() - t0
+    dim = model.get_model_object("diffusion_model").input_blocks[1][1].transformer_blocks[0].attn2.to_k.in_features
+    pos, neg = random_conditioning(1, dim=dim), random_conditioning(2, dim=dim)
+    h = a.size // 8
+    latent = torch.randn(a.frames, 4, h, h, generator=torch.Generator().manual_seed(3))
+    ctx = Context(model=model, positive=pos, negative=neg, latent=latent, steps=a.steps, cfg=a.cfg,
+                  timed_steps=a.timed_steps or None)
+
+    shapes = None
+    if a.model:
+        from .flops import unet_shapes
+
+        shapes = unet_shapes(model.get_model_object("diffusion_model"), (h, h), context_dim=dim)
+
+    kind = device.type
+    rows: dict[str, dict] = {}
+    with busy_core(a.noise):
+        for name in a.names:
+            runner = CASES[name](ctx)
+            counted = {}
+            warm_up_fn = None
+            if a.model:
+                from .flops import counted_flops
+
+                def warm_up_fn(r, counted=counted):
+                    counted["flops"] = counted_flops(r)
+            # with --model every case runs its (counted) warm-up
+            warm = a.model or not ((name in SHARES_SHAPES and BASELINE.get(name) in rows) or name in WARMED_BY_SETUP)
+            tm = measure(runner, device, a.repeats, warm_up=warm, warm_up_fn=warm_up_fn)
+            steps = ctx.steps if name in FULL_SCHEDULE else ctx.run_steps
+            row = {"wall": tm.wall, "cpu": tm.cpu, "steps_run": steps, "peak_mb": tm.peak_bytes / 2**20,
+                   "peak_total_mb": tm.peak_total_bytes / 2**20 if tm.peak_total_bytes else None,
+                   "step_seconds": tm.median(kind) / steps, "step_wall": sorted(tm.wall)[len(tm.wall) // 2] / steps,
+                   "step_cpu": sorted(tm.cpu)[len(tm.cpu) // 2] / steps}
+            if "flops" in counted:
+                row["counted_flops_per_step"] = counted["flops"] / steps
+            if shapes is not None and name in MODELS:  # models are linear in ctx.steps
+                row["model_flops_per_step"] = MODELS[name](shapes, ctx) / ctx.steps
+            rows[name] = row
+            print(f"  measured {name}: wall {tm.wall}, cpu {tm.cpu}, peak {row['peak_mb']:.0f} MB", flush=True)
+
     for name, row in rows.items():
         base = BASELINE.get(name, "plain_cfg")
         row["baseline"] = base
-        row["ratio"] = row["seconds"] / rows[base]["seconds"] if base in rows else None
-        base_mem = rows[base]["peak_mb"] if base in rows else 0
-        row["mem_ratio"] = row["peak_mb"] / base_mem if base_mem > 0 else None
+        row["ratio"] = row["ratio_lo"] = row["ratio_hi"] = row["wall_ratio"] = None
+        if base in rows and name != base:
+            b = rows[base]
+            scale = b["steps_run"] / row["steps_run"]
+            metric = "wall" if kind == "cuda" else "cpu"
+            r, lo, hi = ratio_with_spread(row[metric], b[metric])
+            row["ratio"], row["ratio_lo"], row["ratio_hi"] = r * scale, lo * scale, hi * scale
+            row["wall_ratio"] = ratio_with_spread(row["wall"], b["wall"])[0] * scale
+            if b["peak_mb"] > 0:
+                row["mem_ratio"] = row["peak_mb"] / b["peak_mb"]
+            for key in ("model_flops_per_step", "counted_flops_per_step"):
+                if key in row and key in b:
+                    row[key.replace("_flops_per_step", "_ratio")] = row[key] / b[key]
+            modelled = row.get("model_ratio") or row.get("counted_ratio")
+            if modelled:
+                row["quotient"] = row["ratio"] / modelled
 
-    print(f"\nSD1.5 UNet (random weights), {a.frames} frames at {a.size}² (latent {h}²), {a.steps} steps, "
-          f"device {device}, {torch.get_num_threads()} threads")
-    print(f"{'case':<28}{'step s':>10}{'peak MB':>10}{'time x':>8}{'mem x':>8}  vs")
+    total_s = time.perf_counter() - t_start
+    gpu = torch.cuda.get_device_name(device) if kind == "cuda" else platform.processor() or platform.machine()
+    print(f"\n{'tiny test' if a.unet == 'tiny' else 'SD1.5'} UNet (random weights, {str(dtype)[6:]}), {a.frames} frames "
+          f"at {a.size}² (latent {h}²), {a.steps}-step schedule"
+          + (f", {ctx.run_steps} steps timed" if ctx.timed_steps else "")
+          + f", device {device} ({gpu}), {torch.get_num_threads()} threads, {a.repeats} repeats"
+          + (", one core kept busy (--noise)" if a.noise else "")
+          + f"; ratios from {'synchronised wall' if kind == 'cuda' else 'process CPU'} time")
+    if shapes is not None:
+        print(shapes.summary())
+    head = f"{'case':<28}{'wall s/st':>10}{'cpu s/st':>10}{'peak MB':>9}{'ratio':>7}{'spread':>13}{'wall x':>8}"
+    if kind == "cuda":
+        head += f"{'VRAM MB':>9}{'50 st s':>9}"
+    if a.model:
+        head += f"{'model':>7}{'count':>7}{'meas/mod':>9}"
+    print(head + "  vs")
     for name, row in rows.items():
-        ratio = f"{row['ratio']:.2f}" if row["ratio"] is not None else "-"
-        mem = f"{row['mem_ratio']:.2f}" if row["mem_ratio"] is not None else "-"
-        print(f"{name:<28}{row['step_seconds']:>10.3f}{row['peak_mb']:>10.0f}{ratio:>8}{mem:>8}  {row['baseline']}")
-    result = {"settings": vars(a), "device": str(device), "host": platform.node(), "torch": torch.__version__,
-              "cases": rows}
+        def f2(v):
+            return f"{v:.2f}" if v is not None else "-"
+        spread = f"{row['ratio_lo']:.2f}-{row['ratio_hi']:.2f}" if row["ratio"] is not None else "-"
+        line = (f"{name:<28}{row['step_wall']:>10.3f}{row['step_cpu']:>10.3f}{row['peak_mb']:>9.0f}"
+                f"{f2(row['ratio']):>7}{spread:>13}{f2(row['wall_ratio']):>8}")
+        if kind == "cuda":
+            line += f"{row['peak_total_mb'] or 0:>9.0f}{row['step_seconds'] * a.steps:>9.1f}"
+        if a.model:
+            line += f"{f2(row.get('model_ratio')):>7}{f2(row.get('counted_ratio')):>7}{f2(row.get('quotient')):>9}"
+        print(line + f"  {row['baseline']}")
+    print(f"whole run {total_s:.0f} s (model construction {build_s:.1f} s)")
+    settings = {k: v for k, v in vars(a).items() if k != "names"}
+    result = {"settings": settings, "device": str(device), "device_name": gpu, "host": platform.node(),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "total_seconds": total_s,
+              "build_seconds": build_s, "unet": shapes.summary() if shapes is not None else None, "cases": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
     print(f"\nwritten {a.out}")

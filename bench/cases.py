@@ -1,13 +1,18 @@
 """Benchmark cases. Each case is ``fn(ctx) -> runner`` where ``runner()`` does the timed work
 once; ``ctx`` carries the model, conditioning, latent and settings shared by every case so
-that ratios compare like with like. Methods add their cases here as they land."""
+that ratios compare like with like. Methods add their cases here as they land, either with
+:func:`register` or by filling the tables below directly (``CASES``, ``BASELINE``, ...).
+Ratios are per sampling step, so a case and its baseline may run different step counts."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from . import model as fm
 
 
 @dataclass
@@ -20,6 +25,21 @@ class Context:
     cfg: float
     seed: int = 0
     extra: dict = field(default_factory=dict)
+    # run only the first ``timed_steps`` steps of the ``steps``-step schedule (the GPU table
+    # times a few steps of a 50-step schedule and extrapolates); None = the whole schedule
+    timed_steps: int | None = None
+
+    @property
+    def run_steps(self) -> int:
+        """Sampling steps one runner of a :func:`_sample`-based case performs."""
+        return min(self.timed_steps, self.steps) if self.timed_steps else self.steps
+
+    def with_frames(self, frames: int | None) -> Context:
+        """The same settings on ``frames`` frames (the latent repeated; None = unchanged)."""
+        if frames is None:
+            return self
+        return Context(self.model, self.positive, self.negative, _frames(self.latent, frames), self.steps, self.cfg,
+                       self.seed, self.extra, self.timed_steps)
 
 
 def _sample(ctx: Context, model, cfg: float, latent: torch.Tensor | None = None, sigmas=None):
@@ -27,8 +47,9 @@ def _sample(ctx: Context, model, cfg: float, latent: torch.Tensor | None = None,
 
     latent = ctx.latent if latent is None else latent
     noise = comfy.sample.prepare_noise(latent, ctx.seed)
+    last = ctx.timed_steps if ctx.timed_steps and ctx.timed_steps < ctx.steps else None
     return comfy.sample.sample(model, noise, ctx.steps, cfg, "euler", "ddim_uniform", ctx.positive, ctx.negative,
-                               latent, sigmas=sigmas, disable_pbar=True, seed=ctx.seed)
+                               latent, sigmas=sigmas, last_step=last, disable_pbar=True, seed=ctx.seed)
 
 
 def plain_cfg(ctx: Context):
@@ -45,12 +66,36 @@ CASES = {
     "plain_cfg": plain_cfg,
     "plain_cfg1": plain_cfg1,
 }
-# name of the case each ratio is taken against
+# name of the case each ratio is taken against (default plain_cfg)
 BASELINE = {"plain_cfg1": "plain_cfg"}
 # cases that run their baseline's method on more frames (same chunk shapes): no warm-up needed
 SHARES_SHAPES: set[str] = set()
 # cases whose setup already ran the same UNet/VAE shapes (untimed): no warm-up needed either
 WARMED_BY_SETUP: set[str] = set()
+# cases that always run their whole ``ctx.steps`` schedule (not ``ctx.timed_steps``)
+FULL_SCHEDULE: set[str] = set()
+# physical-limit model of a case: ``fn(shapes, ctx) -> FLOPs of one run`` (bench.model); cases
+# without one are modelled by the FLOPs counted in their warm-up run
+MODELS: dict[str, Callable] = {
+    "plain_cfg": fm.plain,
+    "plain_cfg1": lambda shapes, ctx: fm.plain(shapes, ctx, rows_per_frame=1),
+}
+
+
+def register(name: str, fn: Callable, baseline: str | None = None, model: Callable | None = None, *,
+             shares_shapes: bool = False, warmed_by_setup: bool = False, full_schedule: bool = False) -> Callable:
+    """Add a case: ``fn(ctx) -> runner``; ``baseline`` its ratio's denominator (default
+    plain_cfg); ``model(shapes, ctx) -> FLOPs`` its physical limit (bench.model). Returns ``fn``."""
+    CASES[name] = fn
+    if baseline:
+        BASELINE[name] = baseline
+    if model is not None:
+        MODELS[name] = model
+    for flag, table in ((shares_shapes, SHARES_SHAPES), (warmed_by_setup, WARMED_BY_SETUP),
+                        (full_schedule, FULL_SCHEDULE)):
+        if flag:
+            table.add(name)
+    return fn
 
 
 class RandomSource:
@@ -94,8 +139,7 @@ def tokenflow(ctx: Context, frames: int | None = None, share_batch: bool = True)
     the source rows in UNet calls of their own (smaller calls, more of them)."""
     from comfyui_videoedit.adapters.tokenflow import tokenflow_model
 
-    sub = ctx if frames is None else Context(ctx.model, ctx.positive, ctx.negative,
-                                              _frames(ctx.latent, frames), ctx.steps, ctx.cfg)
+    sub = ctx.with_frames(frames)
     model = tokenflow_model(ctx.model, RandomSource(sub), window=8, share_batch=share_batch)
     return lambda: _sample(sub, model, ctx.cfg)
 
@@ -105,16 +149,13 @@ def _frames(latent: torch.Tensor, n: int) -> torch.Tensor:
     return latent.repeat(reps, 1, 1, 1)[:n].contiguous()
 
 
-CASES.update({
-    "extended_attention": extended_attention_all,
-    "tokenflow": tokenflow,
-    "tokenflow_separate_source": lambda ctx: tokenflow(ctx, share_batch=False),
-    "tokenflow_f16": lambda ctx: tokenflow(ctx, 16),
-    "tokenflow_f32": lambda ctx: tokenflow(ctx, 32),
-})
+register("extended_attention", extended_attention_all, model=fm.extended_attention)
+register("tokenflow", tokenflow, model=fm.tokenflow)
+register("tokenflow_separate_source", lambda ctx: tokenflow(ctx, share_batch=False), model=fm.tokenflow)
 # growth with frames is read against the run's own frame count (8 by default)
-BASELINE.update({"tokenflow_f16": "tokenflow", "tokenflow_f32": "tokenflow"})
-SHARES_SHAPES.update({"tokenflow_f16", "tokenflow_f32"})
+for _n in (16, 32):
+    register(f"tokenflow_f{_n}", functools.partial(tokenflow, frames=_n), "tokenflow",
+             functools.partial(fm.tokenflow, frames=_n), shares_shapes=True)
 
 
 # -- FLATTEN -------------------------------------------------------------------------------------
@@ -127,16 +168,19 @@ def _flatten_flow(frames: int, h: int, w: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(per_cell, scale_factor=8, mode="nearest").permute(0, 2, 3, 1)
 
 
-def flatten(ctx: Context, mode: str = "dense", frames: int | None = None):
-    """FLATTEN on every self-attention layer (trajectory attention at the highest resolution)."""
+def flatten(ctx: Context, mode: str = "dense", frames: int | None = None, attn_fn=None):
+    """FLATTEN on every self-attention layer (trajectory attention at the highest resolution);
+    ``attn_fn`` replaces the spatio-temporal kernel the node picks."""
     from comfyui_videoedit.adapters.flatten import flatten_model
     from comfyui_videoedit.flow.trajectories import sample_trajectories
 
-    sub = ctx if frames is None else Context(ctx.model, ctx.positive, ctx.negative,
-                                              _frames(ctx.latent, frames), ctx.steps, ctx.cfg)
+    sub = ctx.with_frames(frames)
     f, _, h, w = sub.latent.shape
     trajectories = sample_trajectories(_flatten_flow(f, h, w), (h, w))
     model = flatten_model(ctx.model, trajectories, mode=mode)
+    if attn_fn is not None:
+        for patch in model.model_options["transformer_options"]["patches_replace"]["attn1"].values():
+            patch.runtime.attn_fn = attn_fn  # one runtime, shared by every layer's patch
     return lambda: _sample(sub, model, ctx.cfg)
 
 
@@ -150,14 +194,23 @@ def flatten_trajectory_sampling(ctx: Context, frames: int = 32):
     return lambda: sample_trajectories(flow, (h, w))
 
 
-CASES.update({
-    "flatten_dense": flatten,
-    "flatten_bounded": lambda ctx: flatten(ctx, "bounded"),
-    "flatten_bounded_f32": lambda ctx: flatten(ctx, "bounded", 32),
-    "flatten_trajectories_f32": flatten_trajectory_sampling,
-})
-BASELINE.update({"flatten_bounded_f32": "flatten_bounded"})  # growth from the run's frame count (8)
-SHARES_SHAPES.add("flatten_bounded_f32")
+def flatten_comfy_kernel(ctx: Context):
+    """FLATTEN dense with ComfyUI's own kernel for the spatio-temporal part as well (on CPU its
+    sub-quadratic fallback), to show what the fused SDPA kernel gains."""
+    from comfyui_videoedit.adapters.model_patch import comfy_attention
+
+    return flatten(ctx, attn_fn=comfy_attention)
+
+
+register("flatten_dense", flatten, model=fm.flatten)
+register("flatten_dense_comfy_kernel", flatten_comfy_kernel, model=fm.flatten)
+register("flatten_bounded", functools.partial(flatten, mode="bounded"),
+         model=functools.partial(fm.flatten, mode="bounded"))
+# growth from the run's frame count (8): linear in frames
+for _n in (16, 32):
+    register(f"flatten_bounded_f{_n}", functools.partial(flatten, mode="bounded", frames=_n), "flatten_bounded",
+             functools.partial(fm.flatten, mode="bounded", frames=_n), shares_shapes=True)
+register("flatten_trajectories_f32", flatten_trajectory_sampling, full_schedule=True)
 
 
 def inversion(ctx: Context):
@@ -168,8 +221,7 @@ def inversion(ctx: Context):
                                 frame_batch_size=ctx.latent.shape[0], cache_mode="off")
 
 
-CASES["inversion"] = inversion
-BASELINE["inversion"] = "plain_cfg1"
+register("inversion", inversion, "plain_cfg1", fm.inversion, full_schedule=True)
 
 
 # -- Rerender-A-Video ----------------------------------------------------------------------------
@@ -294,6 +346,8 @@ CASES.update({
 })
 BASELINE.update({"rerender_keyframe_img2img": "plain_img2img"})
 WARMED_BY_SETUP.update({"rerender_keyframe", "rerender_keyframe_img2img"})  # the anchor is rendered in setup
+FULL_SCHEDULE.update({"rerender_keyframe", "plain_img2img", "rerender_keyframe_img2img", "rerender_propagate_512_f21",
+                      "rerender_propagate_512_f21_linear", "rerender_flow_dis_512_f21"})
 
 
 # -- Edit quality -------------------------------------------------------------------------------
@@ -363,8 +417,7 @@ def p2p(ctx: Context, source_mode: str = "replay", frames: int | None = None, st
     from comfyui_videoedit.adapters.p2p import p2p_model
     from comfyui_videoedit.attention.p2p_patch import P2PConfig
 
-    sub = ctx if frames is None else Context(ctx.model, ctx.positive, ctx.negative,
-                                              _frames(ctx.latent, frames), ctx.steps, ctx.cfg)
+    sub = ctx.with_frames(frames)
     model, runtime = p2p_model(ctx.model, p2p_bench_edit(), P2PBenchSource(sub),
                                P2PConfig.from_inputs(source_mode=source_mode, blend_start=0.0))
 
@@ -377,14 +430,14 @@ def p2p(ctx: Context, source_mode: str = "replay", frames: int | None = None, st
     return runner
 
 
-CASES["edit_quality_512_f24"] = edit_quality_512
+register("edit_quality_512_f24", edit_quality_512, full_schedule=True)
 
-CASES.update({
-    "p2p_replay": p2p,
-    "p2p_joint": lambda ctx: p2p(ctx, "joint"),
-    "p2p_replay_f32": lambda ctx: p2p(ctx, frames=32),
-})
-BASELINE.update({"p2p_replay_f32": "p2p_replay"})  # growth from the run's frame count (8); its own warm-up
+register("p2p_replay", p2p, model=fm.p2p)
+register("p2p_joint", functools.partial(p2p, source_mode="joint"),
+         model=lambda shapes, ctx: fm.plain(shapes, ctx, rows_per_frame=4))  # source and target each with CFG
+# growth from the run's frame count (8); its own warm-up
+register("p2p_replay_f32", functools.partial(p2p, frames=32), "p2p_replay",
+         model=lambda shapes, ctx: fm.plain(shapes, ctx, rows_per_frame=3, frames=32))
 
 
 def p2p_map_layer(ctx: Context, frames: int = 8, stats: dict | None = None):
@@ -418,4 +471,5 @@ def p2p_map_layer(ctx: Context, frames: int = 8, stats: dict | None = None):
     return runner
 
 
-CASES.update({"p2p_map_layer_f8": p2p_map_layer, "p2p_map_layer_f32": lambda ctx: p2p_map_layer(ctx, 32)})
+register("p2p_map_layer_f8", p2p_map_layer, full_schedule=True)
+register("p2p_map_layer_f32", functools.partial(p2p_map_layer, frames=32), full_schedule=True)

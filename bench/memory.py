@@ -21,6 +21,7 @@ class PeakMemory:
         self.device = torch.device(device)
         self.interval = interval
         self.peak_bytes = 0
+        self.total_peak_bytes = 0  # CUDA: the allocator's whole peak (weights included)
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
@@ -44,7 +45,8 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
+            self.total_peak_bytes = torch.cuda.max_memory_allocated(self.device)
+            self.peak_bytes = self.total_peak_bytes - self._base
             return
         self._stop.set()
         self._thread.join()
