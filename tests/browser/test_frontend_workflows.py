@@ -32,6 +32,7 @@ def _load(frontend, path):
         state = frontend.load(json.loads(path.read_text()), path.name)
         state["seconds"] = time.perf_counter() - t0
         frontend.screenshot(SCREENSHOTS / f"{path.stem}.png")
+        state["dialogs"] = frontend.open_dialogs()
         state["page_errors"] = frontend.page_errors[errors_before:]
         state["console_errors"] = frontend.console_errors[console_before:]
         _LOADED[path.stem] = state
@@ -60,6 +61,7 @@ def test_workflow_loads_in_the_frontend(frontend, object_info, path):
     assert not missing, f"node types the frontend does not know: {missing}"
     assert not state["page_errors"], state["page_errors"]
     assert not state["console_errors"], state["console_errors"]
+    assert not state["dialogs"], f"dialogs left open over the screenshot: {state['dialogs']}"
 
     wf = json.loads(path.read_text())
     assert len(state["nodes"]) == len(wf["nodes"])

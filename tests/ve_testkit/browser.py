@@ -175,10 +175,27 @@ class Frontend:
         self.page.keyboard.press("Escape")  # no dialog left over from the previous load
         return self.page.evaluate(LOAD_AND_INSPECT, [workflow, name])
 
+    def open_dialogs(self) -> list[str]:
+        """Header text of every dialog on screen (templates, missing nodes, errors)."""
+        return self.page.evaluate("""() => Array.from(document.querySelectorAll('.p-dialog'))
+            .filter((d) => d.offsetParent !== null)
+            .map((d) => (d.innerText || 'dialog').trim().split('\\n')[0].slice(0, 120))""")
+
+    def close_dialogs(self) -> None:
+        """Escape, then the close button of any dialog still open (the template browser ignores
+        Escape)."""
+        self.page.keyboard.press("Escape")
+        self.page.evaluate("""() => document.querySelectorAll('.p-dialog').forEach((d) => {
+            if (d.offsetParent === null) return;
+            const icon = d.querySelector('button .pi-times, button .icon-\\[lucide--x\\]');
+            const b = d.querySelector('.p-dialog-close-button') || (icon && icon.closest('button'));
+            if (b) b.click();
+        })""")
+        self.page.wait_for_timeout(300)
+
     def screenshot(self, path: Path) -> Path:
         """Close dialogs, fit the graph to the view, save a PNG of the part the graph covers."""
-        for _ in range(2):
-            self.page.keyboard.press("Escape")
+        self.close_dialogs()
         self.page.evaluate(FIT_VIEW)
         self.page.wait_for_timeout(600)
         clip = self.page.evaluate(GRAPH_CLIP)
