@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+BYPASS = 4  # LiteGraph node mode: bypassed (drawn purple; inputs passed through to outputs of their type)
 UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload")
 
 
@@ -94,11 +95,20 @@ def _node_parts(node: dict, info: dict) -> tuple[list, list, list, list[str]]:
 
 def api_to_ui(prompt: dict, object_info: dict, titles: dict | None = None, name: str | None = None) -> dict:
     """API prompt → UI workflow (version 0.4): nodes in groups by stage, left to right, a Note per
-    group (``workflow_layout``, ``workflow_notes``; ``name`` selects the workflow's own spec)."""
+    group (``workflow_layout``, ``workflow_notes``; ``name`` selects the workflow's own spec, which
+    may add bypassed UI-only nodes, e.g. an optional ControlNet, wired in with ``rewire``)."""
     from workflow_layout import NOTE_TYPES, STAGE_TITLES, assign_stages, lay_out, node_size
-    from workflow_notes import overrides, stage_notes
+    from workflow_notes import bypassed, overrides, stage_notes
 
-    titles = titles or {}
+    titles = dict(titles or {})
+    extra, rewire = bypassed(name) if name else ({}, {})
+    if extra:
+        prompt = copy.deepcopy(prompt)
+        for nid, changes in rewire.items():
+            prompt[nid]["inputs"].update(changes)
+        for nid, node in extra.items():
+            prompt[nid] = {"class_type": node["class_type"], "inputs": dict(node["inputs"])}
+            titles[nid] = node.get("title")
     parts, sizes = {}, {}
     for nid, node in prompt.items():
         info = object_info[node["class_type"]]
@@ -120,7 +130,8 @@ def api_to_ui(prompt: dict, object_info: dict, titles: dict | None = None, name:
                    for i, (otype, oname) in enumerate(zip(info["output"], info.get("output_name", info["output"])))]
         box = layout.boxes[nid]
         ui_node = {"id": int(nid), "type": node["class_type"], "pos": [box.x, box.y], "size": [box.w, box.h],
-                   "flags": {}, "order": len(nodes), "mode": 0, "inputs": inputs, "outputs": outputs,
+                   "flags": {}, "order": len(nodes), "mode": BYPASS if nid in extra else 0, "inputs": inputs,
+                   "outputs": outputs,
                    "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets}
         title = titles.get(nid) or node.get("_meta", {}).get("title")
         if title:
@@ -147,11 +158,32 @@ def api_to_ui(prompt: dict, object_info: dict, titles: dict | None = None, name:
             "version": 0.4}
 
 
+def _resolve(link_id: int, links: dict, nodes: dict) -> list | None:
+    """[source id, slot] a link stands for in the API prompt: through bypassed nodes to the input
+    of the output's type (the same slot first, as the frontend does); None from a muted node."""
+    _lid, src_id, slot = links[link_id][:3]
+    src = nodes[src_id]
+    mode = src.get("mode", 0)
+    if mode == 0:
+        return [str(src_id), slot]
+    if mode != BYPASS:
+        return None
+    out_type = src["outputs"][slot]["type"]
+    ins = src.get("inputs", [])
+    same = [ins[slot]] if slot < len(ins) and ins[slot]["type"] == out_type else []
+    for inp in same + [i for i in ins if i["type"] == out_type]:
+        if inp.get("link") is not None:
+            return _resolve(inp["link"], links, nodes)
+    return None
+
+
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
-    """UI workflow → API prompt (what the frontend's "Save (API)" produces, minus _meta)."""
+    """UI workflow → API prompt (what the frontend's "Save (API)" produces, minus _meta):
+    Notes, muted and bypassed nodes left out, links through bypassed nodes passed on."""
     from workflow_layout import NOTE_TYPES
 
     links = {link[0]: link for link in workflow["links"]}
+    by_id = {n["id"]: n for n in workflow["nodes"]}
     prompt = {}
     for node in workflow["nodes"]:
         if node.get("mode", 0) != 0 or node["type"] in NOTE_TYPES:
@@ -167,14 +199,12 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 value = values.pop(0)
                 for _ in _extras(name, typ, opts):
                     values.pop(0)
-                if name in linked:
-                    link = links[linked[name]]
-                    inputs[name] = [str(link[1]), link[2]]
-                else:
-                    inputs[name] = value
+                source = _resolve(linked[name], links, by_id) if name in linked else None
+                inputs[name] = source if source is not None else value
             elif name in linked:
-                link = links[linked[name]]
-                inputs[name] = [str(link[1]), link[2]]
+                source = _resolve(linked[name], links, by_id)
+                if source is not None:
+                    inputs[name] = source
         for _ in _trailing(info):
             if not values:
                 raise ValueError(f"node {node['id']} ({node['type']}): widgets_values lack the upload button's value")

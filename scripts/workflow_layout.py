@@ -82,7 +82,8 @@ def auto_stage(class_type: str, info: dict) -> str:
         return "flow"
     if category.endswith("/inversion"):
         return "inversion"
-    if category.endswith("/video") or category.startswith("loaders") or category.startswith("conditioning"):
+    if (category.endswith("/video") or category.startswith("loaders") or category.startswith("conditioning")
+            or "preprocessor" in category):  # ControlNet hints are prepared with the inputs
         return "load"
     if category.startswith("latent"):
         return "save" if "decode" in class_type.lower() else "load"

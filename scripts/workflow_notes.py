@@ -91,6 +91,16 @@ NODE_NOTES = {
     "VideoEdit_FidelityEncode": "Fidelity-oriented encode (Rerender): threshold 0.25, strength λ 1 (official).",
     "VideoEdit_LatentAdaIN": "Latent AdaIN: match each latent's channel mean/std to the reference's.",
     "VAEDecode": "Decode: latents back to frames.",
+    "ControlNetLoader": (
+        "ControlNet (optional, bypassed = purple): select the ControlNet nodes and press Ctrl+B to use them, and "
+        "pick a canny ControlNet for SD1.5 (e.g. control_v11p_sd15_canny) from models/controlnet. Rerender's "
+        "setting: from noise with the ControlNet (x0_strength 1), strength 0.7 (its configs; 1 in the code)."),
+    "Canny": (
+        "Canny: one edge map per frame as the ControlNet hint. Thresholds are fractions of 255: 0.4 / 0.8 = the "
+        "code's 100 / 200 (its configs use 50 / 100 = 0.2 / 0.4)."),
+    "ControlNetApplyAdvanced": (
+        "Apply ControlNet: adds the hint to both prompts; Rerender Keyframes gives each keyframe its own frame's "
+        "hint."),
     "VideoEdit_SaveVideo": (
         "Save: fps from Load Video keeps the timing; files go to ComfyUI/output under filename_prefix; crf: "
         "lower = better quality, bigger file."),
@@ -105,9 +115,24 @@ WORKFLOWS = {
     "flatten_edit": {"intro": (
         "FLATTEN edit: flow-guided attention during inversion and sampling (restyle with strong temporal "
         "consistency).")},
-    "rerender_a_video": {"intro": (
-        "Rerender-A-Video: keyframes rendered with cross-frame attention and fusion, then propagated to every "
-        "frame along the optical flow (stylising long clips).")},
+    "rerender_a_video": {
+        "intro": (
+            "Rerender-A-Video: keyframes rendered with cross-frame attention and fusion, then propagated to every "
+            "frame along the optical flow (stylising long clips)."),
+        # An optional ControlNet, bypassed (purple) so the workflow runs without a ControlNet file: select
+        # the three nodes and press Ctrl+B to turn it on.
+        "bypassed": {
+            "20": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "control_v11p_sd15_canny.pth"},
+                   "title": "ControlNet model (bypassed: Ctrl+B to use)"},
+            "21": {"class_type": "Canny", "inputs": {"image": ["2", 0], "low_threshold": 0.4, "high_threshold": 0.8},
+                   "title": "Canny edges of every frame (bypassed)"},
+            "22": {"class_type": "ControlNetApplyAdvanced",
+                   "inputs": {"positive": ["4", 0], "negative": ["5", 0], "control_net": ["20", 0],
+                              "image": ["21", 0], "strength": 0.7, "start_percent": 0.0, "end_percent": 1.0},
+                   "title": "Apply ControlNet to the prompts (bypassed)"},
+        },
+        "rewire": {"6": {"positive": ["22", 0], "negative": ["22", 1]}},
+    },
     "tokenflow_rerender": {"intro": (
         "TokenFlow keyframes, Rerender propagation: TokenFlow edits only every K-th frame (K = keyframe_interval), "
         "Rerender's propagation fills the frames between along the optical flow. Diffusion runs on 1/K of the "
@@ -151,3 +176,10 @@ def stage_notes(name: str, prompt: dict, object_info: dict, stage: dict[str, str
 
 def overrides(name: str) -> dict[str, str]:
     return dict(WORKFLOWS.get(name, {}).get("stages", {}))
+
+
+def bypassed(name: str) -> tuple[dict, dict]:
+    """(UI-only nodes, added bypassed, by id; {node id: {input: new link}}) of a workflow. The API
+    twin has none of them: a bypassed node passes its inputs through, so the prompt is unchanged."""
+    spec = WORKFLOWS.get(name, {})
+    return dict(spec.get("bypassed", {})), {k: dict(v) for k, v in spec.get("rewire", {}).items()}

@@ -10,7 +10,7 @@ import pytest
 from ve_testkit.browser import Frontend, skip_reason
 from ve_testkit.pack import PACK_ROOT
 from ve_testkit.server import ComfyServer
-from ve_testkit.workflows import WORKFLOWS, api_workflows, load_api
+from ve_testkit.workflows import WORKFLOWS
 
 SCREENSHOTS = PACK_ROOT / "output" / "browser"
 RESULTS: dict[str, dict] = {}  # workflow name → what its test found (for the summary line)
@@ -24,22 +24,32 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def _checkpoint_names() -> set[str]:
-    return {node["inputs"]["ckpt_name"] for path in api_workflows() for node in load_api(path).values()
-            if node["class_type"] == "CheckpointLoaderSimple" and isinstance(node["inputs"].get("ckpt_name"), str)}
+# Loader node type → its model folder; the file name is the loader's first widget value.
+MODEL_LOADERS = {"CheckpointLoaderSimple": "checkpoints", "ControlNetLoader": "controlnet"}
+
+
+def _model_files() -> set[tuple[str, str]]:
+    """(folder, file name) of every model file a UI workflow's loaders name (bypassed ones too)."""
+    files = set()
+    for path in WORKFLOWS.glob("*.json"):
+        for node in json.loads(path.read_text())["nodes"]:
+            folder = MODEL_LOADERS.get(node["type"])
+            values = node.get("widgets_values") or []
+            if folder and values and isinstance(values[0], str):
+                files.add((folder, values[0]))
+    return files
 
 
 @pytest.fixture(scope="session")
 def browser_server(tmp_path_factory):
-    """One server for every workflow: the sample clip in input/ and an empty file per checkpoint
-    name the workflows use in models/checkpoints/ (listed by the loader's combo, never loaded)."""
+    """One server for every workflow: the sample clip in input/ and an empty file per model file
+    the workflows' loaders name (listed by the loader's combo, never loaded)."""
     base = tmp_path_factory.mktemp("comfy_browser")
     (base / "input").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(WORKFLOWS / "assets" / "sample.mp4", base / "input" / "sample.mp4")
-    ckpts = base / "models" / "checkpoints"
-    ckpts.mkdir(parents=True, exist_ok=True)
-    for name in _checkpoint_names():
-        (ckpts / name).write_bytes(b"")
+    for folder, name in _model_files():
+        (base / "models" / folder).mkdir(parents=True, exist_ok=True)
+        (base / "models" / folder / name).write_bytes(b"")
     with ComfyServer(base) as server:
         yield server
 
