@@ -129,3 +129,30 @@ def test_value_problems_names_each_bad_value():
     for needle in ("missing.safetensors", "frame_load_cap='image' is not an integer", "steps=5000 outside",
                    "seed=True is not an integer", "'text' missing", "unknown node type 'NoSuchNode'"):
         assert needle in problems, problems
+
+
+
+def test_bypassed_ui_only_nodes_leave_the_prompt_unchanged(monkeypatch):
+    import workflow_notes
+
+    info = dict(INFO,
+                ApplyHint=_info("conditioning/controlnet", {"positive": ["CONDITIONING"], "image": ["IMAGE"]},
+                                ["CONDITIONING"]),
+                UsesCond=_info("sampling", {"positive": ["CONDITIONING"]}, ["LATENT"]))
+    prompt = dict(PROMPT)
+    prompt["14"] = {"class_type": "UsesCond", "inputs": {"positive": ["3", 0]}}
+    monkeypatch.setitem(workflow_notes.WORKFLOWS, "with_hint", {
+        "bypassed": {"30": {"class_type": "ApplyHint", "inputs": {"positive": ["3", 0], "image": ["2", 0]},
+                            "title": "Optional hint"}},
+        "rewire": {"14": {"positive": ["30", 0]}},
+    })
+    ui = api_to_ui(prompt, info, name="with_hint")
+    hint = next(n for n in ui["nodes"] if n["id"] == 30)
+    assert hint["mode"] == 4 and hint["title"] == "Optional hint"
+    assert any(link[1] == 30 and link[3] == 14 for link in ui["links"]), "the consumer reads the bypassed node"
+    assert ui_to_api(ui, info) == prompt, "through a bypassed node the link stands for its matching input"
+    hint["mode"] = 0  # turned on (Ctrl+B): the prompt now goes through it
+    on = ui_to_api(ui, info)
+    assert on["14"]["inputs"]["positive"] == ["30", 0] and on["30"]["class_type"] == "ApplyHint"
+    hint["mode"] = 2  # muted: its consumers lose the input
+    assert "positive" not in ui_to_api(ui, info)["14"]["inputs"]
