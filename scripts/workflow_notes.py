@@ -79,7 +79,7 @@ NODE_NOTES = {
     "VideoEdit_RerenderKeyframes": (
         "Rerender keyframes: frames 0, K, 2K, … (keyframe_interval, paper 10) are rendered in order, each "
         "attending to the first and the previous keyframe. steps 20, cfg 7.5 (official); x0_strength: img2img "
-        "strength (1 = from pure noise with a ControlNet, as the paper; 0.75 here without one); the stage "
+        "strength (1 = from pure noise, structure from a ControlNet: the official code's default; 0.75 here, without one); the stage "
         "windows are fractions of the steps: cross-frame attention 0–1, shape-aware fusion 0–0.1, pixel-aware "
         "fusion 0.5–0.8, AdaIN colour 0.8–1 (the paper). mask_strength 0.5, inner_strength 0.9, "
         "fidelity_threshold / fidelity_lambda (fidelity-oriented encoder) as the official code. For structure "
@@ -94,7 +94,7 @@ NODE_NOTES = {
     "ControlNetLoader": (
         "ControlNet (optional, bypassed = purple): select the ControlNet nodes and press Ctrl+B to use them, and "
         "pick a canny ControlNet for SD1.5 (e.g. control_v11p_sd15_canny) from models/controlnet. Rerender's "
-        "setting: from noise with the ControlNet (x0_strength 1), strength 0.7 (its configs; 1 in the code)."),
+        "code starts from noise with the ControlNet (x0_strength 1); strength 0.7 (its configs; 1 in the code)."),
     "Canny": (
         "Canny: one edge map per frame as the ControlNet hint. Thresholds are fractions of 255: 0.4 / 0.8 = the "
         "code's 100 / 200 (its configs use 50 / 100 = 0.2 / 0.4)."),

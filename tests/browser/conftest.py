@@ -1,6 +1,8 @@
 """Browser tier: the real ComfyUI frontend (the ``comfyui-frontend-package`` ComfyUI serves) in
 headless Debian Chromium driven by Playwright, against one real ComfyUI server with the pack.
-Skips, saying why, where Playwright or Chromium is missing."""
+Skips, saying why, where Playwright or Chromium is missing. The fixtures are module-scoped:
+Playwright's sync API holds an event loop while it runs, which must be gone before later tiers
+call ``asyncio.run``."""
 
 import json
 import shutil
@@ -40,7 +42,7 @@ def _model_files() -> set[tuple[str, str]]:
     return files
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_server(tmp_path_factory):
     """One server for every workflow: the sample clip in input/ and an empty file per model file
     the workflows' loaders name (listed by the loader's combo, never loaded)."""
@@ -54,12 +56,12 @@ def browser_server(tmp_path_factory):
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def object_info(browser_server):
     return browser_server.get("/object_info")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def frontend(browser_server):
     with Frontend(browser_server) as fe:
         yield fe
