@@ -59,9 +59,12 @@ NODE_NOTES = {
         "ResBlock features injected for structure (0.5 / 0.8); seed: keyframe draw (official 1); the block "
         "lists name the injected layers (official: decoder self-attention 4–11, ResBlock output 4)."),
     "VideoEdit_TokenFlowSampler": (
-        "TokenFlow Sampler: Apply TokenFlow and sampling in one box, from the inversion's noisy latent along "
-        "its sigmas with no added noise. cfg 7.5 and the DDIM-like sampler are TokenFlow's; window, "
-        "pnp_attn_t 0.5, pnp_f_t 0.8, seed 1 and the block lists as in Apply TokenFlow."),
+        "TokenFlow Sampler: TokenFlow and sampling in one box, from the inversion's noisy latent along its sigmas "
+        "with no added noise. cfg 7.5 and a DDIM-like sampler (ddim, or euler on these sigmas) are TokenFlow's. "
+        "window: one random keyframe per this many frames (official batch_size 8); pnp_attn_t / pnp_f_t: "
+        "fraction of steps with the source's q/k and ResBlock features injected for structure (0.5 / 0.8); "
+        "seed: keyframe draw (official 1); the block lists name the injected layers (official: decoder "
+        "self-attention 4–11, ResBlock output 4)."),
     "VideoEdit_ApplyFLATTEN": (
         "FLATTEN: dense attention over all frames, then attention along each patch's flow trajectory. mode: "
         "dense (the paper; cost grows with frames²) or bounded by anchors (anchor_stride, max_anchors) for long "
