@@ -29,9 +29,12 @@ FRONTEND_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": F
 INIT_SCRIPT = "try { localStorage.setItem('vueNodesBannerDismissed', 'true'); } catch (e) {}"
 
 
+DEBIAN_CHROMIUM = "/usr/bin/chromium"
+
+
 def chromium_path() -> str | None:
     """Debian's Chromium, or ``VE_CHROMIUM``; None when there is none."""
-    for cand in (os.environ.get("VE_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
+    for cand in (os.environ.get("VE_CHROMIUM"), DEBIAN_CHROMIUM, shutil.which("chromium")):
         if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
             return cand
     return None
