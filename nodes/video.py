@@ -14,6 +14,7 @@ from comfy_api.latest import io, ui
 
 from ..media.decode import frames_to_decode, probe_video, read_video_frames
 from ..media.encode import h264_encoder, output_paths, write_video
+from .common import check_image
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".m4v")
 
@@ -213,8 +214,7 @@ class SelectKeyframes(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, keyframe_interval) -> io.NodeOutput:
-        if not hasattr(images, "ndim") or images.ndim != 4:
-            raise ValueError(f"images: expected an IMAGE batch [F,H,W,C], got {getattr(images, 'shape', type(images))}")
+        check_image(images)
         if int(keyframe_interval) < 1:
             raise ValueError(f"keyframe_interval: must be at least 1, got {keyframe_interval}")
         keys = list(range(0, images.shape[0], int(keyframe_interval)))

@@ -38,7 +38,8 @@ NODE_NOTES = {
                              "before a long edit: noisy colours mean bad flow.",
     "VideoEdit_SampleTrajectories": (
         "Trajectories (FLATTEN): the flow, rounded to latent cells at every resolution, chains each patch "
-        "through the frames; every patch lies on exactly one trajectory. seed only settles ties."),
+        "through the frames; every patch lies on exactly one trajectory. seed only settles ties. flow_resize: how "
+        "the flow reaches each latent grid (the official code's nearest pixel, or the mean motion of a cell)."),
     "VideoEdit_DDIMInversion": (
         "DDIM inversion: the clip is run backwards to noise with the source prompt at cfg 1, keeping every step's "
         "latent for the edit's source branch. steps: the editing steps (TokenFlow, FLATTEN, Video-P2P: 50); "
@@ -85,14 +86,21 @@ NODE_NOTES = {
         "strength (1 = from pure noise, structure from a ControlNet: the official code's default; 0.75 here, without one); the stage "
         "windows are fractions of the steps: cross-frame attention 0–1, shape-aware fusion 0–0.1, pixel-aware "
         "fusion 0.5–0.8, AdaIN colour 0.8–1 (the paper). mask_strength 0.5, inner_strength 0.9, "
-        "fidelity_threshold / fidelity_lambda (fidelity-oriented encoder) as the official code. For structure "
-        "put a ControlNet Apply (canny or HED, one hint per frame) on the prompts."),
+        "fidelity_threshold / fidelity_lambda (fidelity-oriented encoder) as the official code. "
+        "style_update_freq: how often the 'previous keyframe' of cross-frame attention moves on (official 10); "
+        "keyframe_layout: evenly spaced keyframes, or the official code's anchor then 1, 1+K, …; "
+        "latent_flow_resize: how the flow to the anchor reaches the latent grid (official bilinear, or "
+        "antialiased); cross_frame_store: precision of the stored attention inputs (half precision saves memory, "
+        "the model's own is the official code's). For structure put a ControlNet Apply (canny or HED, one hint "
+        "per frame) on the prompts."),
     "VideoEdit_PropagateKeyframes": (
         "Propagate keyframes: every in-between frame blends its two keyframes warped along the clip's flow, "
         "weighted by distance, occlusion and warp error (a stand-in for Rerender's EbSynth step). blend keeps "
         "colour statistics; analysis_scale < 1 is faster; error_scale sets how fast a bad warp loses weight."),
     "VideoEdit_FidelityEncode": "Fidelity-oriented encode (Rerender): threshold 0.25, strength λ 1 (official).",
-    "VideoEdit_LatentAdaIN": "Latent AdaIN: match each latent's channel mean/std to the reference's.",
+    "VideoEdit_LatentAdaIN": (
+        "Latent AdaIN: match each latent's channel mean/std to the reference's; formula: exact moments, or "
+        "Rerender's official update (unbiased std, eps)."),
     "VAEDecode": "Decode: latents back to frames.",
     "ControlNetLoader": (
         "ControlNet (optional, bypassed = purple): select the ControlNet nodes and press Ctrl+B to use them, and "
