@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-unit test-host test-server demo bench bench-gpu lint clean-host
+.PHONY: setup test test-unit test-host test-server test-browser demo bench bench-gpu lint clean-host
 
 setup:
 	@bash scripts/setup_host.sh
@@ -19,6 +19,9 @@ test-host: setup
 
 test-server: setup
 	$(PY) -m pytest tests/server $(PYTEST_ARGS)
+
+test-browser: setup
+	$(PY) -m pytest tests/browser $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) scripts/demo.py $(if $(CKPT),--ckpt "$(CKPT)",)

@@ -14,6 +14,7 @@ from comfy_api.latest import io, ui
 
 from ..media.decode import frames_to_decode, probe_video, read_video_frames
 from ..media.encode import h264_encoder, output_paths, write_video
+from .common import check_image
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".m4v")
 
@@ -190,4 +191,34 @@ class SaveVideo(io.ComfyNode):
         return metadata or None
 
 
-NODES = [LoadVideo, SaveVideo]
+class SelectKeyframes(io.ComfyNode):
+    """Every K-th frame of a clip and their indices: keyframes to edit with any method (e.g.
+    TokenFlow on the keyframes only) and spread over the clip with Propagate Keyframes."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VideoEdit_SelectKeyframes",
+            display_name="Select Keyframes",
+            category="VideoEdit/video",
+            description="Frames 0, K, 2K, ... of a clip (the keyframes Rerender Keyframes renders) and their indices "
+                        "as text. Edit the keyframes with any method, then fill every frame with Propagate Keyframes "
+                        "(images = the whole clip, keyframe_indices = this node's indices).",
+            inputs=[
+                io.Image.Input("images", tooltip="The clip [F,H,W,3]."),
+                io.Int.Input("keyframe_interval", default=10, min=1, max=10000,
+                             tooltip="K: every K-th frame is a keyframe, starting with frame 0 (Rerender-A-Video: 10)."),
+            ],
+            outputs=[io.Image.Output(display_name="keyframes"), io.String.Output(display_name="keyframe_indices")],
+        )
+
+    @classmethod
+    def execute(cls, images, keyframe_interval) -> io.NodeOutput:
+        check_image(images)
+        if int(keyframe_interval) < 1:
+            raise ValueError(f"keyframe_interval: must be at least 1, got {keyframe_interval}")
+        keys = list(range(0, images.shape[0], int(keyframe_interval)))
+        return io.NodeOutput(images[keys], ", ".join(str(k) for k in keys))
+
+
+NODES = [LoadVideo, SaveVideo, SelectKeyframes]

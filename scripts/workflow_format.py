@@ -2,16 +2,22 @@
 
 The API files in ``workflows/api/`` are the source of truth (they are what tests and
 ``make demo`` queue). ``scripts/build_workflows.py`` turns each into the UI file users drag
-into ComfyUI, using a live server's ``/object_info`` to know each node's widget order, and
-``tests/server`` converts the UI files back and checks they match.
+into ComfyUI, using a live server's ``/object_info`` to know each node's widget order and
+``workflow_layout`` / ``workflow_notes`` for groups, positions and Notes; ``tests/server``
+converts the UI files back and checks they match, ``tests/browser`` loads them in the real
+frontend.
 
-Frontend conventions followed (checked against comfyui-workflow-templates 0.7.25):
+Frontend conventions followed (ComfyUI frontend 1.32, read from its widget code and checked by
+loading the files in it):
 - ``widgets_values`` lists every widget input in schema order (required, then optional),
   including widget inputs that are linked (those also appear in ``inputs`` with
   ``"widget": {"name": ...}``);
-- an INT with ``control_after_generate`` is followed by its control value ("fixed");
-- a combo with an upload flag (``image_upload``/``video_upload``) is followed by "image";
-- optional non-widget inputs carry ``"shape": 7``.
+- an INT with ``control_after_generate`` (or, when the schema does not say, an INT named
+  ``seed`` / ``noise_seed``) is followed by its control value ("fixed");
+- a combo with an upload flag (``image_upload``/``video_upload``) adds an upload button widget
+  after all the others, whose value is "image";
+- optional non-widget inputs carry ``"shape": 7``;
+- Note nodes are frontend-only: they have no schema and no place in the API prompt.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import copy
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+BYPASS = 4  # LiteGraph node mode: bypassed (drawn purple; inputs passed through to outputs of their type)
 UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload")
 
 
@@ -39,96 +46,147 @@ def _is_widget(typ: str, opts: dict) -> bool:
     return typ in WIDGET_TYPES and not opts.get("forceInput", False)
 
 
-def _extras(opts: dict) -> list:
-    extra = []
-    if opts.get("control_after_generate"):
-        extra.append("fixed")
-    if any(opts.get(flag) for flag in UPLOAD_FLAGS):
-        extra.append("image")
-    return extra
+def _has_control(name: str, typ: str, opts: dict) -> bool:
+    """The frontend adds a "control after generate" widget (useIntWidget: the schema's flag, else
+    the name)."""
+    flag = opts.get("control_after_generate")
+    return typ == "INT" and (flag if flag is not None else name in ("seed", "noise_seed"))
 
 
-def _depths(prompt: dict) -> dict[str, int]:
-    depth: dict[str, int] = {}
-
-    def visit(nid: str, stack=()) -> int:
-        if nid in depth:
-            return depth[nid]
-        if nid in stack:
-            raise ValueError(f"cycle at node {nid}")
-        parents = [v[0] for v in prompt[nid]["inputs"].values() if isinstance(v, list) and len(v) == 2]
-        depth[nid] = 1 + max((visit(str(p), stack + (nid,)) for p in parents), default=-1)
-        return depth[nid]
-
-    for nid in prompt:
-        visit(nid)
-    return depth
+def _extras(name: str, typ: str, opts: dict) -> list:
+    """Values of the widgets the frontend adds right after this one."""
+    return ["fixed"] if _has_control(name, typ, opts) else []
 
 
-def api_to_ui(prompt: dict, object_info: dict, titles: dict | None = None) -> dict:
-    """API prompt → UI workflow (version 0.4) laid out left to right by dependency depth."""
-    titles = titles or {}
-    depths = _depths(prompt)
-    column_rows: dict[int, int] = {}
-    nodes, links = [], []
-    out_links: dict[tuple[str, int], list[int]] = {}
-    ids = sorted(prompt, key=lambda n: (depths[n], int(n) if n.isdigit() else n))
-    link_id = 0
-    pending = []
+def _trailing(info: dict) -> list:
+    """Values of the widgets the frontend adds after all the schema's ones (the upload button)."""
+    return ["image"] if any(opts.get(flag) for _n, _t, opts, _o in _inputs(info) for flag in UPLOAD_FLAGS) else []
+
+
+def _node_parts(node: dict, info: dict) -> tuple[list, list, list, list[str]]:
+    """(inputs, widgets_values, pending links, widget kinds for sizing) of one UI node."""
+    inputs, widgets, pending, kinds = [], [], [], []
+    for name, typ, opts, optional in _inputs(info):
+        value = node["inputs"].get(name)
+        linked = isinstance(value, list) and len(value) == 2
+        if _is_widget(typ, opts):
+            if linked:
+                widgets.append(opts.get("default"))
+                inputs.append({"name": name, "type": typ, "widget": {"name": name}, "link": None})
+                pending.append((len(inputs) - 1, value))
+            else:
+                widgets.append(value if name in node["inputs"] else opts.get("default"))
+            extra = _extras(name, typ, opts)
+            widgets.extend(extra)
+            kinds.append("multiline" if typ == "STRING" and opts.get("multiline") else "line")
+            kinds.extend("line" for _ in extra)
+        else:
+            entry = {"name": name, "type": typ, "link": None}
+            if optional:
+                entry["shape"] = 7
+            inputs.append(entry)
+            if linked:
+                pending.append((len(inputs) - 1, value))
+    trailing = _trailing(info)
+    widgets.extend(trailing)
+    kinds.extend("line" for _ in trailing)
+    return inputs, widgets, pending, kinds
+
+
+def api_to_ui(prompt: dict, object_info: dict, titles: dict | None = None, name: str | None = None) -> dict:
+    """API prompt → UI workflow (version 0.4): nodes in groups by stage, left to right, a Note per
+    group (``workflow_layout``, ``workflow_notes``; ``name`` selects the workflow's own spec, which
+    may add bypassed UI-only nodes, e.g. an optional ControlNet, wired in with ``rewire``)."""
+    from workflow_layout import NOTE_TYPES, STAGE_TITLES, assign_stages, lay_out, node_size
+    from workflow_notes import bypassed, overrides, stage_notes
+
+    titles = dict(titles or {})
+    extra, rewire = bypassed(name) if name else ({}, {})
+    if extra:
+        prompt = copy.deepcopy(prompt)
+        for nid, changes in rewire.items():
+            prompt[nid]["inputs"].update(changes)
+        for nid, node in extra.items():
+            prompt[nid] = {"class_type": node["class_type"], "inputs": dict(node["inputs"])}
+            titles[nid] = node.get("title")
+    parts, sizes = {}, {}
+    for nid, node in prompt.items():
+        info = object_info[node["class_type"]]
+        parts[nid] = _node_parts(node, info)
+        n_slots = max(sum(1 for i in parts[nid][0] if "widget" not in i), len(info["output"]))
+        title = titles.get(nid) or node.get("_meta", {}).get("title") or info.get("display_name") or node["class_type"]
+        sizes[nid] = node_size(n_slots, parts[nid][3], title, preview=bool(_trailing(info)))
+    spec = overrides(name) if name else {}
+    notes = stage_notes(name or "", prompt, object_info, assign_stages(prompt, object_info, spec))
+    layout = lay_out(prompt, object_info, sizes, notes, spec)
+    ids = sorted(prompt, key=lambda n: (layout.boxes[n].x, layout.boxes[n].y))
+    nodes, links, by_id = [], [], {}
+    all_pending = []
     for nid in ids:
         node = prompt[nid]
         info = object_info[node["class_type"]]
-        inputs, widgets = [], []
-        for name, typ, opts, optional in _inputs(info):
-            value = node["inputs"].get(name)
-            linked = isinstance(value, list) and len(value) == 2
-            if _is_widget(typ, opts):
-                if linked:
-                    widgets.append(opts.get("default"))
-                    inputs.append({"name": name, "type": typ, "widget": {"name": name}, "link": None})
-                    pending.append((len(nodes), len(inputs) - 1, value, typ))
-                else:
-                    widgets.append(value if name in node["inputs"] else opts.get("default"))
-                widgets.extend(_extras(opts))
-            else:
-                entry = {"name": name, "type": typ, "link": None}
-                if optional:
-                    entry["shape"] = 7
-                inputs.append(entry)
-                if linked:
-                    pending.append((len(nodes), len(inputs) - 1, value, typ))
+        inputs, widgets, pending, _kinds = parts[nid]
         outputs = [{"name": oname, "type": otype, "slot_index": i, "links": []}
                    for i, (otype, oname) in enumerate(zip(info["output"], info.get("output_name", info["output"])))]
-        col = depths[nid]
-        row = column_rows.get(col, 0)
-        column_rows[col] = row + 1
-        ui_node = {"id": int(nid), "type": node["class_type"], "pos": [40 + 380 * col, 40 + 320 * row],
-                   "size": [340, 80 + 26 * (len(widgets) + len(inputs))], "flags": {}, "order": len(nodes),
-                   "mode": 0, "inputs": inputs, "outputs": outputs,
+        box = layout.boxes[nid]
+        ui_node = {"id": int(nid), "type": node["class_type"], "pos": [box.x, box.y], "size": [box.w, box.h],
+                   "flags": {}, "order": len(nodes), "mode": BYPASS if nid in extra else 0, "inputs": inputs,
+                   "outputs": outputs,
                    "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets}
         title = titles.get(nid) or node.get("_meta", {}).get("title")
         if title:
             ui_node["title"] = title
+        by_id[ui_node["id"]] = ui_node
         nodes.append(ui_node)
-    by_id = {n["id"]: n for n in nodes}
-    for node_index, input_index, (src, slot), _typ in pending:
+        all_pending.extend((ui_node, i, v) for i, v in pending)
+    link_id = 0
+    for dst, input_index, (src, slot) in all_pending:
         link_id += 1
-        dst = nodes[node_index]
         dst["inputs"][input_index]["link"] = link_id
         src_node = by_id[int(src)]
         src_node["outputs"][slot]["links"].append(link_id)
-        out_links.setdefault((str(src), slot), []).append(link_id)
         links.append([link_id, int(src), slot, dst["id"], input_index, src_node["outputs"][slot]["type"]])
-    return {"last_node_id": max(by_id), "last_link_id": link_id, "nodes": nodes, "links": links, "groups": [],
-            "config": {}, "extra": {}, "version": 0.4}
+    next_id = max(by_id) + 1
+    for stage, box, text in layout.notes:
+        nodes.append({"id": next_id, "type": NOTE_TYPES[0], "pos": [box.x, box.y], "size": [box.w, box.h],
+                      "flags": {}, "order": len(nodes), "mode": 0, "inputs": [], "outputs": [],
+                      "title": f"Read me: {STAGE_TITLES[stage].split(' · ')[-1]}", "properties": {}, "widgets_values": [text],
+                      "color": "#432", "bgcolor": "#653"})
+        next_id += 1
+    return {"last_node_id": next_id - 1, "last_link_id": link_id, "nodes": nodes, "links": links,
+            "groups": layout.groups, "config": {}, "extra": {"ds": {"scale": 0.5, "offset": [40, 40]}},
+            "version": 0.4}
+
+
+def _resolve(link_id: int, links: dict, nodes: dict) -> list | None:
+    """[source id, slot] a link stands for in the API prompt: through bypassed nodes to the input
+    of the output's type (the same slot first, as the frontend does); None from a muted node."""
+    _lid, src_id, slot = links[link_id][:3]
+    src = nodes[src_id]
+    mode = src.get("mode", 0)
+    if mode == 0:
+        return [str(src_id), slot]
+    if mode != BYPASS:
+        return None
+    out_type = src["outputs"][slot]["type"]
+    ins = src.get("inputs", [])
+    same = [ins[slot]] if slot < len(ins) and ins[slot]["type"] == out_type else []
+    for inp in same + [i for i in ins if i["type"] == out_type]:
+        if inp.get("link") is not None:
+            return _resolve(inp["link"], links, nodes)
+    return None
 
 
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
-    """UI workflow → API prompt (what the frontend's "Save (API)" produces, minus _meta)."""
+    """UI workflow → API prompt (what the frontend's "Save (API)" produces, minus _meta):
+    Notes, muted and bypassed nodes left out, links through bypassed nodes passed on."""
+    from workflow_layout import NOTE_TYPES
+
     links = {link[0]: link for link in workflow["links"]}
+    by_id = {n["id"]: n for n in workflow["nodes"]}
     prompt = {}
     for node in workflow["nodes"]:
-        if node.get("mode", 0) != 0:
+        if node.get("mode", 0) != 0 or node["type"] in NOTE_TYPES:
             continue
         info = object_info[node["type"]]
         values = list(node.get("widgets_values") or [])
@@ -139,16 +197,18 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 if not values:
                     raise ValueError(f"node {node['id']} ({node['type']}): widgets_values too short at '{name}'")
                 value = values.pop(0)
-                for _ in _extras(opts):
+                for _ in _extras(name, typ, opts):
                     values.pop(0)
-                if name in linked:
-                    link = links[linked[name]]
-                    inputs[name] = [str(link[1]), link[2]]
-                else:
-                    inputs[name] = value
+                source = _resolve(linked[name], links, by_id) if name in linked else None
+                inputs[name] = source if source is not None else value
             elif name in linked:
-                link = links[linked[name]]
-                inputs[name] = [str(link[1]), link[2]]
+                source = _resolve(linked[name], links, by_id)
+                if source is not None:
+                    inputs[name] = source
+        for _ in _trailing(info):
+            if not values:
+                raise ValueError(f"node {node['id']} ({node['type']}): widgets_values lack the upload button's value")
+            values.pop(0)
         if values:
             raise ValueError(f"node {node['id']} ({node['type']}): {len(values)} unused widgets_values {values}")
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}

@@ -13,6 +13,7 @@ from ve_testkit.server import ServerError
 from ve_testkit.workflows import WORKFLOWS, api_workflows, load_api, prepare_prompt, shrink
 
 sys.path.insert(0, str(PACK_ROOT / "scripts"))
+from build_workflows import render, ui_for  # noqa: E402
 from workflow_format import strip_meta, ui_to_api  # noqa: E402
 
 SAMPLE = WORKFLOWS / "assets" / "sample.mp4"
@@ -62,6 +63,15 @@ def test_ui_workflow_matches_its_api_twin(server, path):
     assert ui_path.exists(), f"{ui_path.name}: run scripts/build_workflows.py"
     info = server.get("/object_info")
     assert ui_to_api(json.loads(ui_path.read_text()), info) == strip_meta(load_api(path))
+
+
+@pytest.mark.parametrize("path", api_workflows(), ids=lambda p: p.stem)
+def test_ui_workflow_is_what_the_builder_writes(server, path):
+    """Layout, groups and Notes have one source (the API file, scripts/workflow_layout.py and
+    scripts/workflow_notes.py): a hand-edited or stale UI file fails here."""
+    ui_path = WORKFLOWS / f"{path.stem}.json"
+    assert ui_path.read_text() == render(ui_for(path, server.get("/object_info"))), \
+        f"{ui_path.name} is stale: run scripts/build_workflows.py"
 
 
 def test_templates_are_served(server):
