@@ -123,10 +123,14 @@ def choose_blocks(spec: str, diffusion_model: torch.nn.Module, available: Sequen
     ResBlocks, in model order) that ``spec`` selects. Parts without a resolution go to
     ``parse_ids`` (the block-id grammar); a spec with no resolution part is passed whole.
     Raises ValueError(``"<input_name>: …"``) listing what the model has."""
-    if not is_resolution_spec(spec):
-        return list(parse_ids(spec))
     levels = block_levels(diffusion_model)
     have = describe(available, levels)
+    if not is_resolution_spec(spec):
+        out = list(parse_ids(spec))
+        missing = [k for k in out if k not in available]
+        if missing:
+            raise ValueError(f"{input_name}: this model has no {what} at {missing}; it has {what} in {have}")
+        return out
     known = sorted(set(levels.values()))
     chosen_blocks: set[tuple[str, int]] = set()
     chosen_keys: set[tuple] = set()

@@ -9,6 +9,7 @@ import time
 import torch
 from comfy_api.latest import io
 
+from ..attention.block_resolution import FLATTEN_PNP_ATTN, FLATTEN_PNP_RES, choose_blocks, resblock_keys
 from ..attention.flatten_patch import FlattenAttention, FlattenConfig, FlattenRuntime, attention_levels
 from ..attention.patching import attach_attn1, self_attention_keys
 from ..attention.pnp import PnPSchedule, PnPWrapper
@@ -74,8 +75,8 @@ class SampleTrajectories(io.ComfyNode):
 
 
 def flatten_model(model, trajectories, mode="dense", levels="highest", old_qk=False, anchor_stride=4,
-                  max_anchors=4, source=None, inject_step=0.8, pnp_attn_blocks="output 4-9",
-                  pnp_resnet_blocks="output 3, 4, 6"):
+                  max_anchors=4, source=None, inject_step=0.8, pnp_attn_blocks=FLATTEN_PNP_ATTN,
+                  pnp_resnet_blocks=FLATTEN_PNP_RES):
     """MODEL clone with FLATTEN on every self-attention layer and, with a ``source`` branch
     (``attention.pnp.PnPWrapper``'s protocol), PnP injection for the first ``inject_step``
     fraction of the source's steps."""
@@ -96,8 +97,11 @@ def flatten_model(model, trajectories, mode="dense", levels="highest", old_qk=Fa
     if source is not None:
         from comfy.patcher_extension import WrappersMP
 
-        attn_keys = tuple(parse_block_list(pnp_attn_blocks, keys))
-        res_keys = parse_resblocks(pnp_resnet_blocks, model)
+        dm = model.get_model_object("diffusion_model")
+        attn_keys = tuple(choose_blocks(pnp_attn_blocks, dm, keys, lambda s: parse_block_list(s, keys),
+                                        "pnp_attn_blocks"))
+        res_keys = tuple(choose_blocks(pnp_resnet_blocks, dm, resblock_keys(dm), lambda s: parse_resblocks(s, model),
+                                       "pnp_resnet_blocks", "ResBlocks"))
         steps = int(source.num_steps * float(inject_step) + 1e-6)
         schedule = PnPSchedule(attn_keys=attn_keys, res_keys=res_keys, attn_steps=steps, res_steps=steps)
         m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, PNP_WRAPPER_KEY,
@@ -176,12 +180,16 @@ class ApplyFLATTEN(io.ComfyNode):
                 io.Float.Input("inject_step", default=0.8, min=0.0, max=1.0, step=0.01,
                                tooltip="With an inversion: fraction of the steps (from the start) during which the "
                                        "source's features replace the edit's (the official 40 of 50 steps)."),
-                io.String.Input("pnp_attn_blocks", default="output 4-9",
-                                tooltip="With an inversion: self-attention layers whose q/k come from the source "
-                                        "(ComfyUI block ids; the official SD decoder layers 4-9)."),
-                io.String.Input("pnp_resnet_blocks", default="output 3, 4, 6",
-                                tooltip="With an inversion: ResBlocks whose residual branch comes from the source "
-                                        "(output_blocks[3, 4, 6][0] as the official code). Empty disables."),
+                io.String.Input("pnp_attn_blocks", default=FLATTEN_PNP_ATTN,
+                                tooltip="With an inversion: self-attention layers whose q/k come from the source, by "
+                                        "resolution of the image ('output 1/32#1-2, 1/16': decoder blocks at 1/32 from "
+                                        "the 2nd on, all at 1/16; the default is the official SD decoder layers 4-9) "
+                                        "or by ComfyUI block ids ('output 4-9')."),
+                io.String.Input("pnp_resnet_blocks", default=FLATTEN_PNP_RES,
+                                tooltip="With an inversion: ResBlocks whose residual branch comes from the source, by "
+                                        "resolution (the default: the decoder's first two at 1/32 and first at 1/16 = "
+                                        "output_blocks[3, 4, 6][0] on SD1.5/2.x as the official code) or by block id "
+                                        "('output 3, 4, 6'). Empty disables."),
                 VE_INVERSION.Input("inversion", optional=True,
                                    tooltip="Optional DDIM inversion of the source video (VideoEdit DDIM Inversion, "
                                            "run with a FLATTEN-patched model): enables PnP feature injection. Sample "

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..attention.block_resolution import choose_blocks
 from ..attention.crossframe import CrossFrameAttention, CrossFrameStore, SigmaSchedule, sigma_key
 from ..attention.patching import self_attention_keys
 from ..attention.unet_blocks import parse_block_list
@@ -100,10 +101,12 @@ def cross_frame_keys(model, spec: str) -> list:
     text = (spec or "").strip().lower()
     if text in ("decoder", "up", "output"):
         return [k for k in keys if k[0] == "output"]
-    try:
-        return parse_block_list(text, keys)
+    try:  # block ids, or resolutions of the image ("output 1/8, 1/16")
+        return choose_blocks(text, model.get_model_object("diffusion_model"), keys,
+                             lambda s: parse_block_list(s, keys), "cross_frame_blocks")
     except ValueError as e:
-        raise ValueError(f"cross_frame_blocks: {e}") from None
+        message = str(e)
+        raise ValueError(message if message.startswith("cross_frame_blocks") else f"cross_frame_blocks: {e}") from None
 
 
 # -- VAE on channel-first images ------------------------------------------------------------

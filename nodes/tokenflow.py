@@ -6,6 +6,7 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
+from ..attention.block_resolution import TOKENFLOW_PNP_ATTN, TOKENFLOW_PNP_RES, choose_blocks, resblock_keys
 from ..attention.extended_patch import ExtendedAttentionPatch
 from ..attention.patching import attach_attn1, self_attention_keys
 from ..attention.tokenflow_patch import (
@@ -76,16 +77,19 @@ def apply_tokenflow(model, inversion, window, pnp_attn_t, pnp_f_t, seed, nn_feat
 
 
 def tokenflow_model(model, source, window=8, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1, nn_feature="input",
-                    blend="official", pnp_attn_blocks="output 4-11", pnp_resnet_blocks="output 4",
+                    blend="official", pnp_attn_blocks=TOKENFLOW_PNP_ATTN, pnp_resnet_blocks=TOKENFLOW_PNP_RES,
                     share_batch=True):
     """The patching itself, for any source branch (``attention.tokenflow_patch.SourceBranch``)."""
     from comfy.patcher_extension import WrappersMP
 
     keys = self_attention_keys(model)
+    dm = model.get_model_object("diffusion_model")
     config = TokenFlowConfig(window=window, pnp_attn_t=pnp_attn_t, pnp_f_t=pnp_f_t, seed=seed,
                              nn_feature=NN_FEATURES.get(nn_feature, nn_feature), blend=BLENDS.get(blend, blend),
-                             pnp_attn_keys=tuple(parse_block_list(pnp_attn_blocks, keys)),
-                             pnp_res_keys=_parse_resblocks(pnp_resnet_blocks), share_batch=share_batch)
+                             pnp_attn_keys=tuple(choose_blocks(pnp_attn_blocks, dm, keys, lambda s: parse_block_list(s, keys),
+                                                                 "pnp_attn_blocks")),
+                             pnp_res_keys=tuple(choose_blocks(pnp_resnet_blocks, dm, resblock_keys(dm), _parse_resblocks,
+                                                              "pnp_resnet_blocks", "ResBlocks")), share_batch=share_batch)
     runtime = TokenFlowRuntime(config, source, model.get_model_object("model_sampling"), comfy_attention())
     m = attach_attn1(model, lambda key, prev: TokenFlowAttention(runtime, key, prev), keys)
     m.set_model_attn1_patch(TokenFlowInputCapture(runtime))
@@ -113,12 +117,15 @@ def tokenflow_inputs():
                        tooltip="How each frame blends its two keyframes: the released code's sigmoid of window "
                                "distances (w in 0.62..0.73 on the own window), or the paper's linear weights "
                                "between the previous and next keyframe."),
-        io.String.Input("pnp_attn_blocks", default="output 4-11",
-                        tooltip="Self-attention layers that get the source q/k (ComfyUI block ids; SD1.5/2.x "
-                                "decoder layers 4-11 as the official code). 'none' disables."),
-        io.String.Input("pnp_resnet_blocks", default="output 4",
-                        tooltip="ResBlocks whose residual branch gets the source's (output_blocks[4][0] as the "
-                                "official code). Empty disables."),
+        io.String.Input("pnp_attn_blocks", default=TOKENFLOW_PNP_ATTN,
+                        tooltip="Self-attention layers that get the source q/k, by resolution ('output 1/32#1-2, "
+                                "1/16': decoder blocks at 1/32 of the image from the 2nd on, all at 1/16; the default "
+                                "is the official decoder layers 4-11 on SD1.5/2.x) or by ComfyUI block ids "
+                                "('output 4-11'). 'none' disables."),
+        io.String.Input("pnp_resnet_blocks", default=TOKENFLOW_PNP_RES,
+                        tooltip="ResBlocks whose residual branch gets the source's, by resolution (the default: "
+                                "the decoder's 2nd ResBlock at 1/32 of the image = output_blocks[4][0] on SD1.5/2.x "
+                                "as the official code) or by block id ('output 4'). Empty disables."),
     ]
 
 
@@ -150,8 +157,8 @@ class ApplyTokenFlow(io.ComfyNode):
 
 
 def sample_tokenflow(model, positive, negative, inversion, cfg, sampler_name, window=8, pnp_attn_t=0.5, pnp_f_t=0.8,
-                     seed=1, nn_feature="input", blend="official", pnp_attn_blocks="output 4-11",
-                     pnp_resnet_blocks="output 4") -> dict:
+                     seed=1, nn_feature="input", blend="official", pnp_attn_blocks=TOKENFLOW_PNP_ATTN,
+                     pnp_resnet_blocks=TOKENFLOW_PNP_RES) -> dict:
     """Apply TokenFlow to a clone of ``model`` and sample the inversion's x_T along the
     inversion's sigmas with ``sampler_name`` (no added noise), with ComfyUI's progress bar and
     previews as SamplerCustom. Returns a LATENT dict."""
