@@ -55,7 +55,10 @@ def check_inversion(host, f):
     base = f["model"]
     ms = base.get_model_object("model_sampling")
     prediction = "v" if f["name"].endswith("_v") else "eps"
-    assert type(ms).__name__.endswith("V_PREDICTION" if prediction == "v" else "EPS")
+    import comfy.model_sampling as cms
+
+    assert isinstance(ms, cms.V_PREDICTION if prediction == "v" else cms.EPS)
+    assert prediction == "v" or not isinstance(ms, cms.V_PREDICTION)
     field = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     analytic = AnalyticPrediction(field, ms, prediction=prediction).attach(base)
     record, noisy, sigmas = DDIMInversion.execute(analytic, {"samples": f["latent"]}, f["src"], 8, 0, "ddim_uniform",
