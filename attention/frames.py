@@ -24,13 +24,20 @@ def call_frame_indices(transformer_options: dict, frames_in_call: int) -> torch.
     """
     window = transformer_options.get("context_window")
     indices = None
-    if transformer_options.get(FRAME_INDICES_KEY) is not None:
-        indices = list(transformer_options[FRAME_INDICES_KEY])
-    elif window is not None and getattr(window, "index_list", None) is not None:
+    own = transformer_options.get(FRAME_INDICES_KEY)
+    if window is not None and getattr(window, "index_list", None) is not None:
         indices = list(window.index_list)
         anchor = getattr(window, "causal_anchor_index", None)
         if anchor is not None and anchor != -1 and len(indices) + 1 == frames_in_call:
             indices = [int(anchor)] + indices  # newer core prepends the anchor frame
+        if own is not None:  # core's window over one of the pack's own chunks: positions in the chunk
+            own = list(own)
+            if len(own) == frames_in_call:
+                indices = own
+            elif max(indices) < len(own):
+                indices = [int(own[i]) for i in indices]
+    elif own is not None:
+        indices = list(own)
     else:
         ad = transformer_options.get("ad_params") or {}
         if ad.get("sub_idxs") is not None:

@@ -274,9 +274,11 @@ def with_frame_indices(model, frames) -> object:
     """Clone of ``model`` telling patches which global frames its batches hold
     (``transformer_options[FRAME_INDICES_KEY]``), for per-frame state such as FLATTEN's
     trajectories while the inversion runs the clip chunk by chunk."""
+    from ..adapters.context_windows import honour_context_windows
+
     m = model.clone()
     m.model_options.setdefault("transformer_options", {})[FRAME_INDICES_KEY] = [int(f) for f in frames]
-    return m
+    return honour_context_windows(m)  # core's windows over the chunk, if the model has them
 
 
 def cache_root() -> Path:

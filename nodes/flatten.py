@@ -9,6 +9,7 @@ import time
 import torch
 from comfy_api.latest import io
 
+from ..adapters.context_windows import honour_context_windows
 from ..attention.block_resolution import FLATTEN_PNP_ATTN, FLATTEN_PNP_RES, choose_blocks, resblock_keys
 from ..attention.flatten_patch import FlattenAttention, FlattenConfig, FlattenRuntime, attention_levels
 from ..attention.patching import attach_attn1, self_attention_keys
@@ -106,7 +107,7 @@ def flatten_model(model, trajectories, mode="dense", levels="highest", old_qk=Fa
         schedule = PnPSchedule(attn_keys=attn_keys, res_keys=res_keys, attn_steps=steps, res_steps=steps)
         m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, PNP_WRAPPER_KEY,
                                PnPWrapper(source, schedule, model.get_model_object("model_sampling")))
-    return m
+    return honour_context_windows(m)
 
 
 def parse_resblocks(spec: str, model) -> tuple[tuple[str, int], ...]:

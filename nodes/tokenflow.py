@@ -6,6 +6,7 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
+from ..adapters.context_windows import honour_context_windows
 from ..attention.block_resolution import TOKENFLOW_PNP_ATTN, TOKENFLOW_PNP_RES, choose_blocks, resblock_keys
 from ..attention.extended_patch import ExtendedAttentionPatch
 from ..attention.patching import attach_attn1, self_attention_keys
@@ -50,6 +51,7 @@ class ApplyExtendedAttention(io.ComfyNode):
         listed = parse_int_list(keyframes, "keyframes")
         attn = comfy_attention()
         patched = attach_attn1(model, lambda key, prev: ExtendedAttentionPatch(keyframe_stride, listed, prev, attn))
+        honour_context_windows(patched)
         return io.NodeOutput(patched)
 
 
@@ -94,7 +96,7 @@ def tokenflow_model(model, source, window=8, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1
     m = attach_attn1(model, lambda key, prev: TokenFlowAttention(runtime, key, prev), keys)
     m.set_model_attn1_patch(TokenFlowInputCapture(runtime))
     m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, TokenFlowWrapper(runtime))
-    return m
+    return honour_context_windows(m)
 
 
 def tokenflow_inputs():
