@@ -567,7 +567,9 @@ def apply_null_text(model, record: InversionRecord):
     record.check_weights(weights_id(model))
     m = model.clone()
     m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, NULLTEXT_WRAPPER_KEY, NullTextSwap(record))
-    return m
+    from ..adapters.context_windows import honour_context_windows
+
+    return honour_context_windows(m)
 
 
 # -- source branch --------------------------------------------------------------------------------
