@@ -20,7 +20,8 @@ import copy
 
 import torch
 
-WRAPPER_KEY = "videoedit_context_windows"
+from ..attention.keys import CONTEXT_WINDOWS_WRAPPER_KEY
+from ..attention.wrapper_args import predict_noise_args
 
 
 def _step_of(timestep: torch.Tensor, model_options: dict) -> int | None:
@@ -60,12 +61,14 @@ class FrameBatchWindows:
         return handler.execute(calc_cond_batch, model, conds, x_in, timestep, model_options, *args, **kwargs)
 
 
-def frame_batch_windows(executor, x, timestep, model_options, *args, **kwargs):
-    """``PREDICT_NOISE`` wrapper ``(executor, x, timestep, model_options, seed, …)``."""
+def frame_batch_windows(executor, *args, **kwargs):
+    """``PREDICT_NOISE`` wrapper; its arguments are ``(x, timestep, model_options, seed, …)``."""
+    call = predict_noise_args(args, kwargs)
+    model_options = call["model_options"]
     handler = model_options.get("context_handler") if isinstance(model_options, dict) else None
     if handler is not None and not isinstance(handler, FrameBatchWindows) and hasattr(handler, "execute"):
-        model_options = dict(model_options, context_handler=FrameBatchWindows(handler))
-    return executor(x, timestep, model_options, *args, **kwargs)
+        return call.call(executor, model_options=dict(model_options, context_handler=FrameBatchWindows(handler)))
+    return executor(*args, **kwargs)
 
 
 def honour_context_windows(model):
@@ -73,6 +76,6 @@ def honour_context_windows(model):
     from comfy.patcher_extension import WrappersMP
 
     wrappers = model.wrappers.get(WrappersMP.PREDICT_NOISE, {}) if hasattr(model, "wrappers") else {}
-    if not wrappers.get(WRAPPER_KEY):
-        model.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, WRAPPER_KEY, frame_batch_windows)
+    if not wrappers.get(CONTEXT_WINDOWS_WRAPPER_KEY):
+        model.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, CONTEXT_WINDOWS_WRAPPER_KEY, frame_batch_windows)
     return model

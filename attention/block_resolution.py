@@ -13,7 +13,9 @@ the layer kind asked for. A resolution the UNet runs at but where it has no such
 nothing (SDXL has no attention at 1/8), so method defaults carry over; a resolution the UNet
 never runs at, a position past the blocks there, or a spec that selects nothing at all is an
 error listing what the model has. Parts without ``1/`` keep the block-id grammar
-(``"output 4-11"``), parsed by the caller's parser.
+(``"output 4-11"``, :func:`.unet_blocks.parse_block_list`), parsed by the caller's parser;
+``adapters/model_patch.py`` (``attention_keys_from_spec`` / ``resblock_keys_from_spec``) puts the
+two together for every method's block inputs.
 
 On SD1.5 the method defaults below equal the official block ids: TokenFlow's PnP attention
 ``output 4-11`` and ResBlock ``output 4``; FLATTEN's PnP attention ``output 4-9`` and ResBlocks
@@ -23,13 +25,14 @@ On SD1.5 the method defaults below equal the official block ids: TokenFlow's PnP
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
+from .unet_blocks import SECTION_ALIASES, unet_sections
+
 LATENT_SCALE = 8  # image pixels per latent cell (SD1.x / SD2.x / SDXL VAEs)
-SECTIONS = {"input": "input", "encoder": "input", "down": "input", "middle": "middle", "mid": "middle",
-            "output": "output", "decoder": "output", "up": "output"}
+SECTIONS = {"input": "input", "middle": "middle", "mid": "middle", "output": "output", **SECTION_ALIASES}
 
 TOKENFLOW_PNP_ATTN = "output 1/32#1-2, 1/16, 1/8"  # SD1.5: output 4-11 (official)
 TOKENFLOW_PNP_RES = "output 1/32#1"  # SD1.5: output 4 (up_blocks[1].resnets[1])
@@ -37,15 +40,6 @@ FLATTEN_PNP_ATTN = "output 1/32#1-2, 1/16, 1/8#0"  # SD1.5: output 4-9
 FLATTEN_PNP_RES = "output 1/32#0-1, 1/16#0"  # SD1.5: output 3, 4, 6
 
 _TERM = re.compile(r"^1/(\d+)(?:#(\d+)(?:-(\d+))?)?$")
-
-
-def _sections(dm: torch.nn.Module) -> Iterator[tuple[str, int, torch.nn.Module]]:
-    for i, block in enumerate(getattr(dm, "input_blocks", [])):
-        yield "input", i, block
-    if getattr(dm, "middle_block", None) is not None:
-        yield "middle", 0, dm.middle_block
-    for i, block in enumerate(getattr(dm, "output_blocks", [])):
-        yield "output", i, block
 
 
 def block_levels(diffusion_model: torch.nn.Module) -> dict[tuple[str, int], int]:
@@ -64,7 +58,7 @@ def block_levels(diffusion_model: torch.nn.Module) -> dict[tuple[str, int], int]
     """
     levels: dict[tuple[str, int], int] = {}
     level = 0
-    for name, block_id, block in _sections(diffusion_model):
+    for name, block_id, block in unet_sections(diffusion_model):
         levels[(name, block_id)] = level
         for layer in block:
             kind = type(layer).__name__
@@ -73,12 +67,6 @@ def block_levels(diffusion_model: torch.nn.Module) -> dict[tuple[str, int], int]
             elif kind == "Upsample":
                 level -= 1
     return levels
-
-
-def resblock_keys(diffusion_model: torch.nn.Module) -> list[tuple[str, int]]:
-    """Every ``(section, id)`` whose layer 0 is a ResBlock (has ``skip_connection``), in order."""
-    return [(name, i) for name, i, block in _sections(diffusion_model)
-            if len(block) and hasattr(block[0], "skip_connection")]
 
 
 def fraction(level: int) -> str:

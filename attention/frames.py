@@ -6,15 +6,38 @@ windows put the window in ``transformer_options["context_window"]`` (``index_lis
 versions may prepend a causal anchor frame), AnimateDiff-Evolved puts
 ``transformer_options["ad_params"]["sub_idxs"]``. Per-frame state (trajectories, cached
 source latents, keyframes) must be indexed by these global indices, never by batch position.
+When core's context windows split one of the pack's own chunks, the window's indices are
+positions in the chunk and are mapped through the chunk's list.
 """
 
 from __future__ import annotations
 
 import torch
 
-# Set by the pack itself when it runs the UNet on a subset of the frames (inversion chunks,
-# null-text, feature capture): the global indices of the frames in that call.
-FRAME_INDICES_KEY = "ve_frame_indices"
+from .keys import FRAME_INDICES_KEY
+
+
+def frame_window(transformer_options: dict):
+    """The windowing information a UNet call carries, or None (the whole clip):
+    the pack's own index list, ComfyUI core's ``context_window`` object, or AnimateDiff's
+    ``ad_params`` dict, looked up in that order (the one reader of these keys)."""
+    if transformer_options.get(FRAME_INDICES_KEY) is not None:
+        return list(transformer_options[FRAME_INDICES_KEY])
+    window = transformer_options.get("context_window")
+    if window is not None and getattr(window, "index_list", None) is not None:
+        return window
+    ad = transformer_options.get("ad_params") or {}
+    return ad if ad.get("sub_idxs") is not None else None
+
+
+def _core_window_indices(window, frames_in_call: int) -> list[int]:
+    """The frames of core's ``context_window`` object, with the causal anchor newer core
+    prepends when the call holds one frame more than the window lists."""
+    indices = [int(i) for i in window.index_list]
+    anchor = getattr(window, "causal_anchor_index", None)
+    if anchor is not None and anchor != -1 and len(indices) + 1 == frames_in_call:
+        indices = [int(anchor)] + indices  # newer core prepends the anchor frame
+    return indices
 
 
 def call_frame_indices(transformer_options: dict, frames_in_call: int) -> torch.Tensor:
@@ -22,28 +45,21 @@ def call_frame_indices(transformer_options: dict, frames_in_call: int) -> torch.
 
     Raises ValueError when the windowing information does not match the batch.
     """
-    window = transformer_options.get("context_window")
-    indices = None
-    own = transformer_options.get(FRAME_INDICES_KEY)
-    if window is not None and getattr(window, "index_list", None) is not None:
-        indices = list(window.index_list)
-        anchor = getattr(window, "causal_anchor_index", None)
-        if anchor is not None and anchor != -1 and len(indices) + 1 == frames_in_call:
-            indices = [int(anchor)] + indices  # newer core prepends the anchor frame
-        if own is not None:  # core's window over one of the pack's own chunks: positions in the chunk
-            own = list(own)
-            if len(own) == frames_in_call:
-                indices = own
-            elif max(indices) < len(own):
-                indices = [int(own[i]) for i in indices]
-    elif own is not None:
-        indices = list(own)
-    else:
-        ad = transformer_options.get("ad_params") or {}
-        if ad.get("sub_idxs") is not None:
-            indices = list(ad["sub_idxs"])
-    if indices is None:
+    window = frame_window(transformer_options)
+    if window is None:
         return torch.arange(frames_in_call)
+    if isinstance(window, list):
+        indices = window
+        core = transformer_options.get("context_window")
+        if len(indices) != frames_in_call and getattr(core, "index_list", None) is not None:
+            # core's context window over one of the pack's own chunks: its indices are positions
+            # in the chunk (or, past the chunk, already the clip's)
+            positions = _core_window_indices(core, frames_in_call)
+            indices = [int(window[i]) for i in positions] if max(positions) < len(window) else positions
+    elif isinstance(window, dict):
+        indices = list(window["sub_idxs"])
+    else:
+        indices = _core_window_indices(window, frames_in_call)
     if len(indices) != frames_in_call:
         raise ValueError(f"context window lists {len(indices)} frames but the UNet call holds {frames_in_call}")
     return torch.as_tensor(indices, dtype=torch.long)

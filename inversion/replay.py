@@ -19,7 +19,6 @@ import torch
 
 # transformer_options key under which the inversion (which runs the clip in chunks of frames)
 # and the capture helpers list the global frame indices of the batch a UNet call holds.
-from ..attention.frames import FRAME_INDICES_KEY  # noqa: F401  (re-exported)
 from .record import InversionRecord
 
 log = logging.getLogger(__name__)

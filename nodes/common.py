@@ -1,14 +1,40 @@
-"""Small helpers shared by the node modules (ComfyUI-side only)."""
+"""What the node modules share: the pack's custom types, the one set of IMAGE / OPTICAL_FLOW
+validators, and option parsing."""
 
 from __future__ import annotations
 
+import torch
 
-def comfy_attention():
-    """ComfyUI's own attention kernel (honours the user's --use-*-attention choice) with the
-    ``attn_fn(q, k, v, heads)`` signature the attention modules take."""
-    from comfy.ldm.modules.attention import optimized_attention
+from ..flow.resize import resize_flow
 
-    return lambda q, k, v, heads: optimized_attention(q, k, v, heads)
+
+def check_image(images, name: str = "images") -> torch.Tensor:
+    """An IMAGE batch ``[F, H, W, C >= 3]``, returned as it is; ValueError naming the input otherwise."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] < 3:
+        raise ValueError(f"{name}: expected an IMAGE batch [F,H,W,3], got {_shape(images)}")
+    return images
+
+
+def check_flow(flow, name: str, frames: int | None = None, size: tuple[int, int] | None = None,
+               missing: str = "", against: str = "the clip") -> torch.Tensor:
+    """An OPTICAL_FLOW ``[F-1, H, W, 2]`` as float32; with ``frames``, it must hold ``frames - 1``
+    pairs; with ``size`` ``(H, W)``, it is resized (and its vectors rescaled) to that grid.
+    ``missing`` is the advice given when the input is not connected (``None``)."""
+    if flow is None:
+        raise ValueError(f"{name}: connect the clip's {name} (Estimate Optical Flow){missing}")
+    if not isinstance(flow, torch.Tensor) or flow.ndim != 4 or flow.shape[-1] != 2:
+        raise ValueError(f"{name}: expected OPTICAL_FLOW [F-1,H,W,2] (from Estimate Optical Flow), got {_shape(flow)}")
+    if frames is not None and flow.shape[0] != frames - 1:
+        raise ValueError(f"{name} has {flow.shape[0]} frame pairs ({flow.shape[0] + 1} frames) but {against} has "
+                         f"{frames} frames: use the flow of the same clip")
+    flow = flow.float()
+    if size is not None and tuple(flow.shape[1:3]) != tuple(size):
+        flow = resize_flow(flow, tuple(size))
+    return flow
+
+
+def _shape(value) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def parse_int_list(text: str, input_name: str) -> list[int]:

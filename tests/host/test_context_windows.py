@@ -90,8 +90,8 @@ def test_tokenflow_on_12_frames_in_windows_of_6(host, pack_nodes, tiny_model, cl
     from comfyui_videoedit.nodes.tokenflow import ApplyTokenFlow
 
     s = clip_setup
-    args = dict(window=4, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1, nn_feature="self-attention input (official)",
-                blend="official (own + previous window, sigmoid)", pnp_attn_blocks="output 1/32#1-2, 1/16, 1/8",
+    args = dict(window=4, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1, nn_feature="input",
+                blend="official", pnp_attn_blocks="output 1/32#1-2, 1/16, 1/8",
                 pnp_resnet_blocks="output 1/32#1")
     model = ApplyTokenFlow.execute(_windows(tiny_model), s["record"], **args).args[0]
     runtime = model.wrappers[host.comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL]["videoedit_tokenflow"][0].runtime
@@ -126,7 +126,7 @@ def test_flatten_on_12_frames_in_windows_of_6(host, pack_nodes, tiny_model, clip
     flow = torch.zeros(FRAMES - 1, 64, 64, 2)
     flow[..., 0] = 8.0
     (ts,) = SampleTrajectories.execute(flow, {"samples": s["latent"]}, 0).args
-    inputs = dict(mode="dense (paper)", levels="highest (paper)", old_qk=False, anchor_stride=4, max_anchors=4,
+    inputs = dict(mode="dense", levels="highest", old_qk=False, anchor_stride=4, max_anchors=4,
                   inject_step=0.8, pnp_attn_blocks="output 1/32#1-2, 1/16, 1/8#0",
                   pnp_resnet_blocks="output 1/32#0-1, 1/16#0")
     model, probe = _probe(ApplyFLATTEN.execute(_windows(tiny_model), ts, **inputs, inversion=s["record"]).args[0])

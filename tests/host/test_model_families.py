@@ -103,7 +103,7 @@ def check_tokenflow(host, f):
     assert runtime.config.pnp_attn_keys and runtime.config.pnp_res_keys
     a = _sample_custom(model, f)
     assert torch.isfinite(a).all() and torch.equal(a, _sample_custom(model, f))
-    reduced = dict(inputs, window=1, blend="paper (previous + next keyframe, linear)", pnp_attn_blocks="none",
+    reduced = dict(inputs, window=1, blend="paper", pnp_attn_blocks="none",
                    pnp_resnet_blocks="")
     tf = ApplyTokenFlow.execute(f["model"], f["record"], **reduced).args[0]
     (ext,) = ApplyExtendedAttention.execute(f["model"], keyframe_stride=1, keyframes="").args
@@ -127,7 +127,7 @@ def check_flatten(host, f):
     flow_levels = {levels[k[:2]] for k, p in patches.items() if p.flow_step}
     assert flow_levels == {min(levels[k[:2]] for k in patches)}
     a = _sample_custom(dense, f, f["latent"])
-    bounded = dict(inputs, mode="bounded (anchor frames)", anchor_stride=1, max_anchors=0)
+    bounded = dict(inputs, mode="bounded", anchor_stride=1, max_anchors=0)
     assert _close(_sample_custom(ApplyFLATTEN.execute(f["model"], ts, **bounded).args[0], f, f["latent"]), a)
     injected = ApplyFLATTEN.execute(f["model"], ts, **inputs, inversion=f["record"]).args[0]
     out = _sample_custom(injected, f)
@@ -150,7 +150,7 @@ def check_rerender(host, f, tiny_vae):
         return RerenderKeyframes.execute(
             model=f["model"], positive=f["pos"], negative=f["neg"], vae=tiny_vae, images=frames, keyframe_interval=2,
             steps=steps, cfg=7.5, sampler_name="euler", scheduler="ddim_uniform", seed=seed, x0_strength=x0,
-            flow_method="dis (direct between the two frames)", mask_strength=0.5, inner_strength=0.9,
+            flow_method="dis", mask_strength=0.5, inner_strength=0.9,
             smooth_boundary=True, fidelity_threshold=0.25, fidelity_lambda=1.0, fidelity_mode=list(FIDELITY_MODES)[0],
             cross_frame_blocks="decoder", **stages).result
 
@@ -189,8 +189,8 @@ def _dm(family):
 
 
 def _choose(family, spec, resblocks=False):
-    from comfyui_videoedit.attention.block_resolution import choose_blocks, resblock_keys
-    from comfyui_videoedit.attention.unet_blocks import parse_block_list, transformer_block_keys
+    from comfyui_videoedit.attention.block_resolution import choose_blocks
+    from comfyui_videoedit.attention.unet_blocks import parse_block_list, resblock_keys, transformer_block_keys
 
     dm = _dm(family)
     keys = resblock_keys(dm) if resblocks else transformer_block_keys(dm)
@@ -228,7 +228,7 @@ def test_default_layers_by_resolution(host, family):
 
 def test_a_block_spec_the_model_does_not_have_names_what_it_has(host, family):
     if family["name"] == "sdxl":
-        with pytest.raises(ValueError, match=r"no self-attention in \[.*\('output', 9\).*this model has"):
+        with pytest.raises(ValueError, match=r"this model has no .*output_blocks\[9\].* with self-attention; it has \["):
             _choose(family, "output 4-11")
         with pytest.raises(ValueError, match=r"does not run at 1/64 of the image; it runs at 1/8, 1/16, 1/32"):
             _choose(family, "output 1/64")
@@ -243,14 +243,15 @@ def test_a_block_spec_the_model_does_not_have_names_what_it_has(host, family):
     with pytest.raises(ValueError, match="does not start with input/middle/output"):
         _choose(family, "sideways 1/16")
     with pytest.raises(ValueError, match=r"no ResBlocks at \[\('output', 20\)\]"):
-        from comfyui_videoedit.attention.block_resolution import choose_blocks, resblock_keys
+        from comfyui_videoedit.attention.block_resolution import choose_blocks
+        from comfyui_videoedit.attention.unet_blocks import resblock_keys
 
         dm = _dm(family)
         choose_blocks("output 20", dm, resblock_keys(dm), lambda s: [("output", 20)], "blocks", "ResBlocks")
 
 
 def test_node_errors_name_the_input(host, family, inference_mode):
-    from comfyui_videoedit.nodes.tokenflow import tokenflow_model
+    from comfyui_videoedit.adapters.tokenflow import tokenflow_model
 
     with pytest.raises(ValueError, match="pnp_attn_blocks: this model's UNet does not run at 1/128"):
         tokenflow_model(family["model"], object(), pnp_attn_blocks="output 1/128")

@@ -71,10 +71,10 @@ def measure(method: str, frames: int, size: int, length: int, overlap: int, step
             if method == "tokenflow":
                 return ApplyTokenFlow.execute(
                     base, record, window=4, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1,
-                    nn_feature="self-attention input (official)", blend="official (own + previous window, sigmoid)",
+                    nn_feature="input", blend="official",
                     pnp_attn_blocks="output 1/32#1-2, 1/16, 1/8", pnp_resnet_blocks="output 1/32#1").args[0]
             if method == "flatten":
-                return ApplyFLATTEN.execute(base, trajectories, mode="dense (paper)", levels="highest (paper)",
+                return ApplyFLATTEN.execute(base, trajectories, mode="dense", levels="highest",
                                             old_qk=False, anchor_stride=4, max_anchors=4, inject_step=0.8,
                                             pnp_attn_blocks="output 4-9", pnp_resnet_blocks="output 3, 4, 6",
                                             inversion=record).args[0]
