@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..attention.block_resolution import FLATTEN_PNP_ATTN, FLATTEN_PNP_RES
 from ..attention.flatten_patch import MODES as FLATTEN_MODES
 from ..attention.flatten_patch import FlattenAttention, FlattenConfig, FlattenRuntime, attention_levels
 from ..attention.keys import PNP_WRAPPER_KEY
 from ..attention.pnp import PnPSchedule, PnPWrapper
 from ..flow.trajectories import TrajectorySet
 from ..options import Options, option
+from .context_windows import honour_context_windows
 from .model_patch import (
     attach_attn1,
     attention_keys_from_spec,
@@ -34,8 +36,10 @@ class FlattenOptions(Options):
     anchor_stride: int = option(_DEFAULT.anchor_stride, min=1, max=4096)
     max_anchors: int = option(_DEFAULT.max_anchors, min=0, max=4096)
     inject_step: float = option(0.8, min=0.0, max=1.0, step=0.01)
-    pnp_attn_blocks: str = option("output 4-9")
-    pnp_resnet_blocks: str = option("output 3, 4, 6")
+    # by resolution of the image, so SDXL gets the same layers; on SD1.5/2.x these are the
+    # official decoder attention layers 4-9 and ResBlocks output 3, 4, 6
+    pnp_attn_blocks: str = option(FLATTEN_PNP_ATTN)
+    pnp_resnet_blocks: str = option(FLATTEN_PNP_RES)
 
     def config(self) -> FlattenConfig:
         return FlattenConfig(mode=self.mode, old_qk=bool(self.old_qk), anchor_stride=int(self.anchor_stride),
@@ -65,4 +69,4 @@ def flatten_model(model, trajectories, source=None, settings: FlattenOptions | N
         schedule = PnPSchedule(attn_keys=attn_keys, res_keys=res_keys, attn_steps=steps, res_steps=steps)
         m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, PNP_WRAPPER_KEY,
                                PnPWrapper(source, schedule, model.get_model_object("model_sampling")))
-    return m
+    return honour_context_windows(m)

@@ -35,6 +35,7 @@ from ..inversion import ddim, identity, schedule
 from ..inversion.cache import CACHE_DIR_NAME, DiskCache, MemoryCache, cache_key
 from ..inversion.record import InversionRecord, record_from_tensors, record_tensors
 from .conditioning import cpu_conditioning, slice_conditioning
+from .context_windows import honour_context_windows
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ def with_frame_indices(model, frames) -> object:
     trajectories while the inversion runs the clip chunk by chunk."""
     m = model.clone()
     m.model_options.setdefault("transformer_options", {})[FRAME_INDICES_KEY] = [int(f) for f in frames]
-    return m
+    return honour_context_windows(m)  # core's windows over the chunk, if the model has them
 
 
 def cache_root() -> Path:

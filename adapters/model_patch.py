@@ -1,7 +1,8 @@
 """Patches on a *clone* of a ModelPatcher, through ComfyUI's supported setters only
 (``set_model_attn1_replace``), composing with a replace patch already present at the same key
 (another pack's, or ours from an earlier node) instead of overwriting it; ComfyUI's attention
-kernel; block specs (``"output 4-11"``) resolved against the model's own blocks.
+kernel; block specs (``"output 4-11"``, or by resolution ``"output 1/16"``) resolved against the
+model's own blocks.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
+from ..attention.block_resolution import choose_blocks, is_resolution_spec
 from ..attention.unet_blocks import BlockKey, parse_block_list, resblock_keys, transformer_block_keys
 
 log = logging.getLogger(__name__)
@@ -72,21 +74,33 @@ def attach_attn1(model, make_patch: Callable[[BlockKey, Callable | None], Callab
     return m
 
 
+def _keys_from_spec(model, spec: str, available: list, input_name: str, what: str, example: str) -> list:
+    """The keys among ``available`` that ``spec`` names: block ids (``parse_block_list``) and/or
+    resolutions of the image (``"output 1/32#1-2, 1/16"``, ``attention/block_resolution.py``), so
+    one spec picks the same layers on SD1.5/2.x and SDXL. Errors start with ``input_name``."""
+    def by_id(part: str) -> list:
+        return parse_block_list(part, available, what=f"a {what}" if what == "ResBlock" else what, example=example)
+
+    try:
+        if not is_resolution_spec(spec):
+            return by_id(spec)
+        plural = "ResBlocks" if what == "ResBlock" else what
+        return choose_blocks(spec, model.get_model_object("diffusion_model"), available, by_id, input_name, plural)
+    except ValueError as e:
+        message = str(e)
+        raise ValueError(message if message.startswith(f"{input_name}:") else f"{input_name}: {message}") from None
+
+
 def attention_keys_from_spec(model, spec: str, input_name: str, example: str = "output 4-11") -> list[BlockKey]:
     """Self-attention layers named by a block spec (``"output 4-11"``, ``"input 1,2; output 9-11"``,
-    ``"all"``, ``"none"``), checked against the model: the error lists the blocks it has."""
-    try:
-        return parse_block_list(spec, self_attention_keys(model), example=example)
-    except ValueError as e:
-        raise ValueError(f"{input_name}: {e}") from None
+    ``"all"``, ``"none"``, or by resolution ``"output 1/32#1-2, 1/16, 1/8"``), checked against the
+    model: the error lists the blocks it has."""
+    return _keys_from_spec(model, spec, self_attention_keys(model), input_name, "self-attention", example)
 
 
 def resblock_keys_from_spec(model, spec: str, input_name: str, example: str = "output 3, 4, 6"
                             ) -> tuple[tuple[str, int], ...]:
-    """ResBlocks (``(name, block_id)``, layer 0 of the block) named by a block spec, same grammar,
-    checked against the model: the error lists the ResBlocks it has."""
-    try:
-        return tuple(parse_block_list(spec, resblock_keys(model.get_model_object("diffusion_model")),
-                                      what="a ResBlock", example=example))
-    except ValueError as e:
-        raise ValueError(f"{input_name}: {e}") from None
+    """ResBlocks (``(name, block_id)``, layer 0 of the block) named by a block spec, same grammar
+    (block ids or resolutions), checked against the model: the error lists the ResBlocks it has."""
+    available = resblock_keys(model.get_model_object("diffusion_model"))
+    return tuple(_keys_from_spec(model, spec, available, input_name, "ResBlock", example))

@@ -15,6 +15,7 @@ from ..inversion import ddim, nulltext
 from ..inversion.record import InversionRecord
 from ..inversion.replay import source_context
 from .conditioning import cpu_conditioning, model_conds, sampler_transformer_options, slice_conditioning
+from .context_windows import honour_context_windows
 from .inversion import weights_id
 
 
@@ -166,5 +167,5 @@ def apply_null_text(model, record: InversionRecord):
     record.check_weights(weights_id(model))
     m = model.clone()
     m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, NULLTEXT_WRAPPER_KEY, NullTextSwap(record))
-    return m
+    return honour_context_windows(m)  # core's context windows, if the sampler brings them
 

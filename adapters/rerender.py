@@ -150,7 +150,8 @@ class RerenderConfig(Options):
 
 def cross_frame_keys(model, spec: str) -> list:
     """Self-attention layers that get cross-frame attention. ``"decoder"`` = every ``output``
-    block (the official default); ``"output 6-11"`` drops the 16² layers (``loose_cfattn``)."""
+    block (the official default); ``"output 6-11"`` drops the 16² layers (``loose_cfattn``);
+    ``"output 1/8, 1/16"`` names them by resolution of the image."""
     return attention_keys_from_spec(model, spec, "cross_frame_blocks")
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..attention.block_resolution import TOKENFLOW_PNP_ATTN, TOKENFLOW_PNP_RES
 from ..attention.keys import TOKENFLOW_WRAPPER_KEY
 from ..attention.tokenflow_patch import (
     TokenFlowAttention,
@@ -18,6 +19,7 @@ from ..attention.tokenflow_patch import (
     TokenFlowWrapper,
 )
 from ..options import Options, option
+from .context_windows import honour_context_windows
 from .model_patch import (
     attach_attn1,
     attention_keys_from_spec,
@@ -40,8 +42,10 @@ class TokenFlowOptions(Options):
     seed: int = option(_DEFAULT.seed, min=0, max=2**31 - 1)
     nn_feature: str = option(_DEFAULT.nn_feature, choices=("input", "output"))
     blend: str = option(_DEFAULT.blend, choices=("official", "paper"))
-    pnp_attn_blocks: str = option("output 4-11")
-    pnp_resnet_blocks: str = option("output 4")
+    # by resolution of the image, so SDXL gets the same layers; on SD1.5/2.x these are the
+    # official decoder attention layers 4-11 and ResBlock output 4
+    pnp_attn_blocks: str = option(TOKENFLOW_PNP_ATTN)
+    pnp_resnet_blocks: str = option(TOKENFLOW_PNP_RES)
     share_batch: bool = option(_DEFAULT.share_batch)
 
     def config(self, model) -> TokenFlowConfig:
@@ -73,7 +77,7 @@ def tokenflow_model(model, source, settings: TokenFlowOptions | None = None, **o
     m = attach_attn1(model, lambda key, prev: TokenFlowAttention(runtime, key, prev), self_attention_keys(model))
     m.set_model_attn1_patch(TokenFlowInputCapture(runtime))
     m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, TOKENFLOW_WRAPPER_KEY, TokenFlowWrapper(runtime))
-    return m
+    return honour_context_windows(m)
 
 
 def sample_tokenflow(model, positive, negative, inversion, cfg, sampler_name, **options) -> dict:

@@ -6,6 +6,8 @@ windows put the window in ``transformer_options["context_window"]`` (``index_lis
 versions may prepend a causal anchor frame), AnimateDiff-Evolved puts
 ``transformer_options["ad_params"]["sub_idxs"]``. Per-frame state (trajectories, cached
 source latents, keyframes) must be indexed by these global indices, never by batch position.
+When core's context windows split one of the pack's own chunks, the window's indices are
+positions in the chunk and are mapped through the chunk's list.
 """
 
 from __future__ import annotations
@@ -28,6 +30,16 @@ def frame_window(transformer_options: dict):
     return ad if ad.get("sub_idxs") is not None else None
 
 
+def _core_window_indices(window, frames_in_call: int) -> list[int]:
+    """The frames of core's ``context_window`` object, with the causal anchor newer core
+    prepends when the call holds one frame more than the window lists."""
+    indices = [int(i) for i in window.index_list]
+    anchor = getattr(window, "causal_anchor_index", None)
+    if anchor is not None and anchor != -1 and len(indices) + 1 == frames_in_call:
+        indices = [int(anchor)] + indices  # newer core prepends the anchor frame
+    return indices
+
+
 def call_frame_indices(transformer_options: dict, frames_in_call: int) -> torch.Tensor:
     """Global frame indices (int64 ``[frames_in_call]``) of the frames in this UNet call.
 
@@ -38,13 +50,16 @@ def call_frame_indices(transformer_options: dict, frames_in_call: int) -> torch.
         return torch.arange(frames_in_call)
     if isinstance(window, list):
         indices = window
+        core = transformer_options.get("context_window")
+        if len(indices) != frames_in_call and getattr(core, "index_list", None) is not None:
+            # core's context window over one of the pack's own chunks: its indices are positions
+            # in the chunk (or, past the chunk, already the clip's)
+            positions = _core_window_indices(core, frames_in_call)
+            indices = [int(window[i]) for i in positions] if max(positions) < len(window) else positions
     elif isinstance(window, dict):
         indices = list(window["sub_idxs"])
     else:
-        indices = list(window.index_list)
-        anchor = getattr(window, "causal_anchor_index", None)
-        if anchor is not None and anchor != -1 and len(indices) + 1 == frames_in_call:
-            indices = [int(anchor)] + indices  # newer core prepends the anchor frame
+        indices = _core_window_indices(window, frames_in_call)
     if len(indices) != frames_in_call:
         raise ValueError(f"context window lists {len(indices)} frames but the UNet call holds {frames_in_call}")
     return torch.as_tensor(indices, dtype=torch.long)

@@ -32,3 +32,6 @@ TOKENFLOW_WRAPPER_KEY = "videoedit_tokenflow"
 PNP_WRAPPER_KEY = "videoedit_pnp"
 NULLTEXT_WRAPPER_KEY = "videoedit_nulltext"
 P2P_WRAPPER_KEY = "videoedit_p2p"
+CONTEXT_WINDOWS_WRAPPER_KEY = "videoedit_context_windows"
+"""``PREDICT_NOISE`` wrapper (``adapters/context_windows.py``) that hands the sampler a per-call
+view of core's context-window handler (``model_options["context_handler"]``)."""

@@ -44,7 +44,8 @@ from .nested import map_tensors
 from .patching import kernel_from
 from .pnp import source_unet_inputs
 from .resnet_hooks import ResKey, residual_hooks
-from .tokenflow import blend_plan, nn_fields, propagate, sample_keyframes
+from .tokenflow import nn_fields, propagate
+from .tokenflow_windows import keyframes_for_call
 from .unet_blocks import BlockKey, key_of
 from .wrapper_args import diffusion_model_args
 
@@ -286,8 +287,9 @@ class TokenFlowWrapper:
             return rt.state, False
         step = rt.source.step_index(sigma)
         gen = torch.Generator().manual_seed(int(cfg.seed) * 100003 + step)
-        kf_pos = sample_keyframes(len(frames), cfg.window, gen)
-        slots, weights = blend_plan(torch.arange(len(frames)), kf_pos, cfg.window, cfg.blend)
+        # keyframes of the whole clip, also when this call holds a context window of it
+        total = int(getattr(rt.source, "num_frames", 0) or 0)
+        kf_pos, slots, weights = keyframes_for_call(frames, total, cfg.window, cfg.blend, gen)
         total = rt.source.num_steps
         rt.state = StepState(sigma=sigma, frames=key, kf_pos=kf_pos, slots=slots, weights=weights,
                              inject_attn=step < int(total * cfg.pnp_attn_t),

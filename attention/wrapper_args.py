@@ -17,6 +17,9 @@ DIFFUSION_MODEL_ARGS = ("x", "timesteps", "context", "y", "control", "transforme
 APPLY_MODEL_ARGS = ("x", "t", "c_concat", "c_crossattn", "control", "transformer_options")
 """``BaseModel._apply_model``'s parameters (``WrappersMP.APPLY_MODEL``)."""
 
+PREDICT_NOISE_ARGS = ("x", "timestep", "model_options", "seed")
+"""``CFGGuider.predict_noise``'s parameters (``WrappersMP.PREDICT_NOISE``)."""
+
 
 class WrapperArgs:
     """The arguments of one wrapper call by name (missing ones read as None)."""
@@ -53,3 +56,7 @@ def diffusion_model_args(args: tuple, kwargs: dict) -> WrapperArgs:
 
 def apply_model_args(args: tuple, kwargs: dict) -> WrapperArgs:
     return WrapperArgs(APPLY_MODEL_ARGS, args, kwargs)
+
+
+def predict_noise_args(args: tuple, kwargs: dict) -> WrapperArgs:
+    return WrapperArgs(PREDICT_NOISE_ARGS, args, kwargs)

@@ -107,12 +107,16 @@ class ApplyFLATTEN(io.ComfyNode):
                                tooltip="With an inversion: fraction of the steps (from the start) during which the "
                                        "source's features replace the edit's (the official 40 of 50 steps)."),
                 io.String.Input("pnp_attn_blocks", **spec("pnp_attn_blocks"),
-                                tooltip="With an inversion: self-attention layers whose q/k come from the source "
-                                        "(ComfyUI block ids such as 'output 4-9' or 'input 1,2; output 9-11'; the "
-                                        "official SD decoder layers 4-9). 'none' disables."),
+                                tooltip="With an inversion: self-attention layers whose q/k come from the source, by "
+                                        "resolution of the image ('output 1/32#1-2, 1/16': decoder blocks at 1/32 from "
+                                        "the 2nd on, all at 1/16; the default is the official SD decoder layers 4-9) "
+                                        "or by ComfyUI block ids ('output 4-9', 'input 1,2; output 9-11'). 'none' "
+                                        "disables."),
                 io.String.Input("pnp_resnet_blocks", **spec("pnp_resnet_blocks"),
-                                tooltip="With an inversion: ResBlocks whose residual branch comes from the source "
-                                        "(output_blocks[3, 4, 6][0] as the official code). Empty disables."),
+                                tooltip="With an inversion: ResBlocks whose residual branch comes from the source, by "
+                                        "resolution (the default: the decoder's first two at 1/32 and first at 1/16 = "
+                                        "output_blocks[3, 4, 6][0] on SD1.5/2.x as the official code) or by block id "
+                                        "('output 3, 4, 6'). Empty disables."),
                 VE_INVERSION.Input("inversion", optional=True,
                                    tooltip="Optional DDIM inversion of the source video (VideoEdit DDIM Inversion, "
                                            "run with a FLATTEN-patched model): enables PnP feature injection. Sample "

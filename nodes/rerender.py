@@ -117,7 +117,8 @@ class RerenderKeyframes(io.ComfyNode):
                                        "Eq. 9, x_r + M_E·λ·(x_r - x_rr) with M_E under the threshold."),
                 io.String.Input("cross_frame_blocks", **spec("cross_frame_blocks"),
                                 tooltip="Self-attention layers with cross-frame attention: 'decoder' (all output "
-                                        "blocks, official) or a list such as 'output 6-11' (loose_cfattn). Memory: the "
+                                        "blocks, official), a list such as 'output 6-11' (loose_cfattn) or resolutions of "
+                                        "the image ('output 1/8, 1/16', the same layers on SD1.5 and SDXL). Memory: the "
                                         "anchor's and previous keyframe's layer inputs are kept per step and branch in "
                                         "fp16 off the GPU, about 0.55 GB each for SD1.5 at 512², 20 steps, CFG."),
                 io.Int.Input("style_update_freq", **spec("style_update_freq"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import comfy.samplers
 from comfy_api.latest import io
 
+from ..adapters.context_windows import honour_context_windows
 from ..adapters.model_patch import attach_attn1, comfy_attention
 from ..adapters.tokenflow import TokenFlowOptions, apply_tokenflow, sample_tokenflow
 from ..attention.extended_patch import ExtendedAttentionPatch
@@ -37,7 +38,7 @@ class ApplyExtendedAttention(io.ComfyNode):
         listed = parse_int_list(keyframes, "keyframes")
         patched = attach_attn1(model, lambda key, prev: ExtendedAttentionPatch(keyframe_stride, listed, prev,
                                                                                comfy_attention))
-        return io.NodeOutput(patched)
+        return io.NodeOutput(honour_context_windows(patched))
 
 
 def tokenflow_inputs():
@@ -62,12 +63,14 @@ def tokenflow_inputs():
                                "window distances over its own and the previous window (w in 0.62..0.73 on the own "
                                "window); paper: linear weights between the previous and next keyframe."),
         io.String.Input("pnp_attn_blocks", **spec("pnp_attn_blocks"),
-                        tooltip="Self-attention layers that get the source q/k (ComfyUI block ids such as "
-                                "'output 4-11' or 'input 1,2; output 9-11'; SD1.5/2.x decoder layers 4-11 as the "
-                                "official code). 'none' disables, 'all' takes every layer."),
+                        tooltip="Self-attention layers that get the source q/k, by resolution ('output 1/32#1-2, "
+                                "1/16': decoder blocks at 1/32 of the image from the 2nd on, all at 1/16; the default "
+                                "is the official decoder layers 4-11 on SD1.5/2.x) or by ComfyUI block ids "
+                                "('output 4-11', 'input 1,2; output 9-11'). 'none' disables, 'all' takes every layer."),
         io.String.Input("pnp_resnet_blocks", **spec("pnp_resnet_blocks"),
-                        tooltip="ResBlocks whose residual branch gets the source's, same block ids "
-                                "(output_blocks[4][0] as the official code). Empty or 'none' disables."),
+                        tooltip="ResBlocks whose residual branch gets the source's, by resolution (the default: "
+                                "the decoder's 2nd ResBlock at 1/32 of the image = output_blocks[4][0] on SD1.5/2.x "
+                                "as the official code) or by block id ('output 4'). Empty or 'none' disables."),
     ]
 
 

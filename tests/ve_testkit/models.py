@@ -232,3 +232,87 @@ class CallCounter:
         m = patcher.clone()
         m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, key, self)
         return m
+
+
+# -- model families (SD2.x v-prediction, SDXL) ---------------------------------------------------
+# SDXL's layout shrunk: three levels (no attention at the latent's own resolution), linear
+# projections in the transformers, a depth that changes per level (1 at 1/16, 2 at 1/32, as
+# SDXL's 2 / 10), the pooled text embedding + six size embeddings as ``adm`` (SDXL's
+# 1280 + 6·256 with a 32-wide pooled output), a context of CLIP-L ⊕ CLIP-G features.
+TINY_SDXL_CLIP_L_CONFIG = dict(TINY_CLIP_CONFIG, num_hidden_layers=3)  # SDXL reads layer -2
+TINY_SDXL_CLIP_G_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+                           "num_hidden_layers": 3, "projection_dim": 32, "hidden_act": "gelu"}
+TINY_SDXL_UNET_CONFIG = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+    "legacy": False, "num_classes": "sequential", "adm_in_channels": 32 + 6 * 256, "in_channels": 4,
+    "model_channels": 32, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 1, 1, 2, 2],
+    "channel_mult": [1, 2, 4], "transformer_depth_middle": 2, "use_linear_in_transformer": True,
+    "context_dim": 64, "transformer_depth_output": [0, 0, 0, 1, 1, 1, 2, 2, 2],
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+
+
+def build_tiny_sdxl_model(seed: int = 0, prediction: str = "eps"):
+    """A ModelPatcher around a tiny SDXL-layout UNet in ComfyUI's SDXL model class
+    (``comfy.model_base.SDXL``: ``adm`` from the pooled text embedding and the size
+    embeddings), block ids of SDXL (attention in input 4, 5, 7, 8, middle, output 0-5)."""
+    import comfy.model_base
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    cfg = comfy.supported_models.SDXL(dict(TINY_SDXL_UNET_CONFIG))
+    cfg.set_inference_dtype(torch.float32, None)
+    model_type = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}[prediction]
+    model = comfy.model_base.SDXL(cfg, model_type=model_type, device=torch.device("cpu"))
+    init_random_(model.diffusion_model, seed)
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def build_tiny_sdxl_clip(seed: int = 1):
+    """SDXL's dual text encoder (CLIP-L hidden states ⊕ CLIP-G hidden states, CLIP-G's
+    projected pooled output) with the host's real tokenizer files, tiny random weights."""
+    import comfy.sd
+    import comfy.sdxl_clip
+    import comfy.supported_models_base
+
+    clip = comfy.sd.CLIP(
+        target=comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel),
+        model_options={"clip_l_model_config": dict(TINY_SDXL_CLIP_L_CONFIG),
+                       "clip_g_model_config": dict(TINY_SDXL_CLIP_G_CONFIG), "dtype": torch.float32},
+    )
+    init_random_(clip.cond_stage_model, seed)
+    return clip
+
+
+def build_tiny_flow_model(seed: int = 0):
+    """The tiny SD1.5-layout UNet sampled as a flow-matching model (``ModelType.FLOW``:
+    SD3/Flux's ``ModelSamplingDiscreteFlow`` + ``CONST``), for the refusal tests."""
+    import comfy.model_base
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    cfg = comfy.supported_models.SD15(dict(TINY_UNET_CONFIG))
+    cfg.set_inference_dtype(torch.float32, None)
+    model = comfy.model_base.BaseModel(cfg, model_type=comfy.model_base.ModelType.FLOW, device=torch.device("cpu"))
+    init_random_(model.diffusion_model, seed)
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+# family name -> (model builder kwargs, text encoder builder); the VAE is shared (4 channels, 8x)
+MODEL_FAMILIES = {
+    "sd15_eps": (build_tiny_model, {"prediction": "eps"}, build_tiny_clip),
+    "sd2_v": (build_tiny_model, {"prediction": "v"}, build_tiny_clip),
+    "sdxl": (build_tiny_sdxl_model, {}, build_tiny_sdxl_clip),
+}
+
+
+def build_family(name: str, seed: int = 0):
+    """``(model, clip)`` of one of :data:`MODEL_FAMILIES`."""
+    build_model, kwargs, build_clip = MODEL_FAMILIES[name]
+    return build_model(seed=seed, **kwargs), build_clip()
