@@ -240,6 +240,25 @@ class TokenFlowAttention:
         return out.reshape(-1, *out.shape[2:])
 
 
+class TokenFlowRunReset:
+    """``OUTER_SAMPLE`` wrapper: every sampling run starts (and ends) without a step state, so
+    nothing computed by an earlier run, finished or interrupted, is reused by the next one
+    (ComfyUI keeps the patched MODEL, and this runtime with it, across prompts)."""
+
+    def __init__(self, runtime: TokenFlowRuntime):
+        self.runtime = runtime
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, executor, *args, **kwargs):
+        self.runtime.state = None
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self.runtime.state = None  # also frees the source features of the last step
+
+
 class TokenFlowWrapper:
     """``DIFFUSION_MODEL`` wrapper: ``(executor, x, timesteps, context, y, control,
     transformer_options, **kw) -> prediction`` for exactly the rows the sampler passed."""
@@ -257,16 +276,18 @@ class TokenFlowWrapper:
         rt, cfg = self.runtime, self.runtime.config
         key = tuple(frames.tolist())
         if rt.state is not None and rt.state.frames == key and abs(rt.state.sigma - sigma) <= 1e-6 * max(1.0, sigma):
-            return rt.state, False
+            return rt.state, False  # only ever a state whose source passes all completed
         step = rt.source.step_index(sigma)
         gen = torch.Generator().manual_seed(int(cfg.seed) * 100003 + step)
         kf_pos = sample_keyframes(len(frames), cfg.window, gen)
         slots, weights = blend_plan(torch.arange(len(frames)), kf_pos, cfg.window, cfg.blend)
         total = rt.source.num_steps
-        rt.state = StepState(sigma=sigma, frames=key, kf_pos=kf_pos, slots=slots, weights=weights,
-                             inject_attn=step < int(total * cfg.pnp_attn_t),
-                             inject_res=step < int(total * cfg.pnp_f_t))
-        return rt.state, True
+        # not stored on the runtime yet: the wrapper commits it once the call has completed, so an
+        # interrupt inside a UNet call never leaves a half-filled state for the next run to reuse
+        state = StepState(sigma=sigma, frames=key, kf_pos=kf_pos, slots=slots, weights=weights,
+                          inject_attn=step < int(total * cfg.pnp_attn_t),
+                          inject_res=step < int(total * cfg.pnp_f_t))
+        return state, True
 
     # -- the wrapper ------------------------------------------------------------------------
     def __call__(self, executor, x, timesteps, context=None, y=None, control=None, transformer_options=None,
@@ -326,6 +347,7 @@ class TokenFlowWrapper:
                 pred = run(name, positions, source_rows, groups, *inputs)
                 if name == "prop":
                     out[rows] = pred[source_rows:].to(out.dtype)
+        rt.state = st  # every pass completed: later calls at this sigma (split cond/uncond) reuse it
         return out
 
     @staticmethod

@@ -12,6 +12,7 @@ from ..attention.tokenflow_patch import (
     TokenFlowAttention,
     TokenFlowConfig,
     TokenFlowInputCapture,
+    TokenFlowRunReset,
     TokenFlowRuntime,
     TokenFlowWrapper,
 )
@@ -90,6 +91,7 @@ def tokenflow_model(model, source, window=8, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1
     m = attach_attn1(model, lambda key, prev: TokenFlowAttention(runtime, key, prev), keys)
     m.set_model_attn1_patch(TokenFlowInputCapture(runtime))
     m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, TokenFlowWrapper(runtime))
+    m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, TokenFlowRunReset(runtime))
     return m
 
 
