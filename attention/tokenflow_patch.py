@@ -53,6 +53,8 @@ class SourceBranch(Protocol):
     """What TokenFlow needs from the inversion (implemented by the node layer)."""
 
     def step_index(self, sigma: float) -> int: ...  # raises ValueError naming both schedules
+    def check_call(self, sample_shape: tuple[int, ...], frames: torch.Tensor, transformer_options: dict
+                   ) -> None: ...  # raises ValueError naming latent_image when the latent does not match
     @property
     def num_steps(self) -> int: ...
     def latent(self, sigma: float, frames: torch.Tensor) -> torch.Tensor: ...  # VE latent [n,C,h,w]
@@ -299,6 +301,7 @@ class TokenFlowWrapper:
         n = x.shape[0] // groups
         frames = call_frame_indices(to, n)
         sigma = float(to["sigmas"][0]) if "sigmas" in to else float(rt.model_sampling.sigma(timesteps[0]))
+        rt.source.check_call(tuple(x.shape[1:]), frames, to)
         st, fresh = self._state(sigma, frames)
         all_pos = torch.arange(n)
         passes = [("kf", st.kf_pos)] + [("prop", all_pos[i:i + cfg.window]) for i in range(0, n, cfg.window)]

@@ -108,6 +108,10 @@ class InversionReconstruction(io.ComfyNode):
                 source_latent=None) -> io.NodeOutput:
         recon = adapter.sample_back(model, inversion, cfg, None, negative, use_null_text)
         source = (source_latent or {}).get("samples")
+        if source is not None and tuple(source.shape) != tuple(recon.shape):
+            raise ValueError(f"source_latent: has shape {tuple(source.shape)} but the inversion holds "
+                             f"{tuple(recon.shape)} (frames, channels, height, width); connect the latent that was "
+                             "inverted, or leave source_latent empty")
         if source is None:
             source = model.get_model_object("process_latent_out")(inversion.source_latent())
         source = source.to(recon.device)
