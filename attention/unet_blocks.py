@@ -64,6 +64,9 @@ def parse_block_list(spec: str, available: list[BlockKey]) -> list[BlockKey]:
             raise ValueError(f"block list {spec!r}: '{name}' is not input/middle/output")
         for item in ids.replace(" ", "").split(",") if ids.strip() else ["0"]:
             lo, _, hi = item.partition("-")
+            if not (lo.isdigit() and (hi.isdigit() or not hi)):
+                raise ValueError(f"block list {spec!r}: '{item}' in '{part}' is not a block number or range "
+                                 "like 4-11 (e.g. 'output 4-11' or 'input 1,2; output 9')")
             for i in range(int(lo), int(hi or lo) + 1):
                 wanted.add((name, i))
     chosen = [k for k in available if (k[0], k[1]) in wanted]

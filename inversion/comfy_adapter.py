@@ -23,6 +23,7 @@ records ``x`` at the editing sigmas. With ascending sigmas starting at 0 and zer
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -303,14 +304,52 @@ def inversion_key(model, latent_hash: str, conditioning: list, steps: int, inver
     })
 
 
+def _entry_problem(entry, sigmas_edit: torch.Tensor, w_id: str, p_id: str, latent_hash: str) -> str | None:
+    """Why a disk entry (already integrity-checked) cannot serve this request, or None."""
+    if not torch.equal(entry.tensors["sigmas"], sigmas_edit):
+        return "has other sigmas than requested"
+    meta = entry.meta
+    if (meta.get("weights_id"), meta.get("patches_id"), meta.get("latent_hash")) != (w_id, p_id, latent_hash):
+        return "records another model, patches or latent than its key says"
+    return None
+
+
+def record_bytes(sigmas: int, frames: int, shape: tuple[int, ...]) -> int:
+    """RAM of an inversion record: fp16 latents at every editing sigma plus the fp32 x_T."""
+    per_frame = math.prod(int(v) for v in shape)
+    return sigmas * frames * per_frame * 2 + frames * per_frame * 4
+
+
+def check_record_memory(need: int, cache_mode: str, limit: int, available_bytes: int, frames: int,
+                        steps: int) -> None:
+    """Refuse, before inverting, a record that cannot fit in RAM or (``memory`` mode, where
+    RAM is the only copy) in ``cache_limit_mb``."""
+    mb = need / 2**20
+    if available_bytes > 0 and need > available_bytes:
+        raise ValueError(
+            f"latent/steps: the inversion of {frames} frames at {steps} steps needs {mb:.0f} MB of RAM but only "
+            f"{available_bytes / 2**20:.0f} MB is available; invert fewer frames (frame_load_cap), fewer steps or "
+            "a smaller size")
+    if cache_mode == "memory" and limit > 0 and need > limit:
+        raise ValueError(
+            f"cache_limit_mb: the inversion of {frames} frames at {steps} steps takes {mb:.0f} MB, more than "
+            f"cache_limit_mb ({limit // 2**20} MB) allows the RAM cache; raise cache_limit_mb to at least "
+            f"{math.ceil(mb)}, set it to 0 (no limit), or use cache_mode 'disk' or 'off'")
+
+
 def invert_video(model, latent: dict, conditioning: list, steps: int = 50, inversion_steps: int = 0,
                  scheduler: str = "ddim_uniform", frame_batch_size: int = 16, cache_mode: str = "disk",
                  cache_limit_mb: int = 0, clear_cache: bool = False, root: str | os.PathLike | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[InversionRecord, bool]:
+                 progress: Callable[[int, int], None] | None = None, available_bytes: int = 0,
+                 notes: list[str] | None = None) -> tuple[InversionRecord, bool]:
     """DDIM-invert the video latent (cfg 1, source ``conditioning``), reusing the cache.
 
     Returns ``(record, from_cache)``. ``progress(done, total)`` is called per step and chunk.
+    ``available_bytes`` > 0: refuse before inverting when the record would not fit in RAM.
+    ``notes`` receives what the user should see in the node's UI (cache entries recomputed,
+    the RAM copy skipped).
     """
+    notes = [] if notes is None else notes
     import comfy.utils
 
     if cache_mode not in CACHE_MODES:
@@ -329,6 +368,9 @@ def invert_video(model, latent: dict, conditioning: list, steps: int = 50, inver
     sigmas_up, keep = schedule.inversion_schedule(sigmas_edit, fine)
 
     limit = int(cache_limit_mb) * 2**20
+    frames, shape = samples.shape[0], tuple(samples.shape[1:])
+    need = record_bytes(len(sigmas_edit), frames, shape)
+    check_record_memory(need, cache_mode, limit, available_bytes, frames, steps)
     disk = DiskCache(root or cache_root(), limit) if cache_mode == "disk" else None
     if clear_cache:
         MEMORY_CACHE.clear()
@@ -339,7 +381,6 @@ def invert_video(model, latent: dict, conditioning: list, steps: int = 50, inver
     latent_hash = identity.tensor_digest(samples)
     key = inversion_key(model, latent_hash, conditioning, steps, inversion_steps, scheduler, sigmas_edit, sigmas_up,
                         frame_batch_size, w_id, p_id)
-    frames, shape = samples.shape[0], tuple(samples.shape[1:])
     if cache_mode != "off":
         hit = MEMORY_CACHE.get(key)
         if hit is not None:
@@ -350,13 +391,23 @@ def invert_video(model, latent: dict, conditioning: list, steps: int = 50, inver
                   "latents_vp": ((len(sigmas_edit), frames, *shape), torch.float16),
                   "x_T": ((frames, *shape), torch.float32)}
         entry = disk.load(key, expect)
+        notes.extend(disk.notes)
         if entry is not None:
-            if torch.equal(entry.tensors["sigmas"], sigmas_edit):
-                record = record_from_tensors(entry.tensors, entry.meta, conditioning)
-                MEMORY_CACHE.put(key, record, record.nbytes(), limit)
+            problem = _entry_problem(entry, sigmas_edit, w_id, p_id, latent_hash)
+            record = None
+            if problem is None:
+                try:
+                    record = record_from_tensors(entry.tensors, entry.meta, conditioning)
+                except (ValueError, KeyError, TypeError) as err:
+                    problem = f"has unusable metadata ({err})"
+            if record is not None:
+                if not (limit and record.nbytes() > limit):
+                    MEMORY_CACHE.put(key, record, record.nbytes(), limit)
                 log.info("VideoEdit inversion: disk cache hit %s", key[:12])
                 return record, True
-            log.warning("VideoEdit cache entry %s has other sigmas than requested: recomputing", key[:12])
+            text = f"cache entry {key[:12]} {problem}: recomputing"
+            log.warning("VideoEdit %s", text)
+            notes.append(text)
             disk.remove(key)
 
     chunks = -(-frames // frame_batch_size)
@@ -379,8 +430,11 @@ def invert_video(model, latent: dict, conditioning: list, steps: int = 50, inver
     record = InversionRecord(sigmas=sigmas_edit, latents_vp=latents_vp, x_T=x_T, conditioning=conditioning,
                              weights_id=w_id, patches_id=p_id, latent_hash=latent_hash,
                              key=key, info=info)
-    if cache_mode != "off":
+    if cache_mode == "memory" or (cache_mode == "disk" and not (limit and record.nbytes() > limit)):
         MEMORY_CACHE.put(key, record, record.nbytes(), limit)
+    elif cache_mode == "disk":
+        notes.append(f"inversion cache: {record.nbytes() / 2**20:.0f} MB exceed cache_limit_mb {cache_limit_mb}: "
+                     "kept on disk only (raise cache_limit_mb to keep a RAM copy)")
     if disk is not None:
         tensors, meta = record_tensors(record)
         try:

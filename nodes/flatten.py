@@ -15,7 +15,7 @@ from ..attention.pnp import PnPSchedule, PnPWrapper
 from ..attention.resnet_hooks import resblock_of
 from ..attention.unet_blocks import parse_block_list
 from ..flow.trajectories import TrajectorySet, sample_trajectories
-from .common import OPTICAL_FLOW, VE_INVERSION, VE_TRAJECTORIES, comfy_attention
+from .common import OPTICAL_FLOW, VE_INVERSION, VE_TRAJECTORIES, choice_id, comfy_attention, input_errors
 
 log = logging.getLogger(__name__)
 PNP_WRAPPER_KEY = "videoedit_pnp"
@@ -34,11 +34,26 @@ def _check_flow_and_latent(flow, latent) -> tuple[torch.Tensor, int, int, int]:
     if flow.shape[0] + 1 != frames:
         raise ValueError(f"flow has {flow.shape[0]} frame pairs ({flow.shape[0] + 1} frames) but the latent has "
                          f"{frames} frames: use the forward flow of the same clip that was encoded")
+    flow = crop_like_vae_encode(flow, h * 8, w * 8)
     flow_aspect, latent_aspect = flow.shape[2] / flow.shape[1], w / h
     if abs(flow_aspect / latent_aspect - 1) > 0.05:
-        raise ValueError(f"flow is {flow.shape[2]}x{flow.shape[1]} (w x h) but the latent is {w}x{h}: "
-                         "their aspect ratios differ; use the flow of the frames that were encoded")
+        raise ValueError(
+            f"flow: is {flow.shape[2]}x{flow.shape[1]} (w x h) but the latent is {w}x{h} ({w * 8}x{h * 8} pixels): "
+            "their aspect ratios differ. Estimate the flow on the frames that were VAE-encoded, at their size or "
+            f"any scale of it (e.g. crop or resize the frames to {w * 8}x{h * 8} before both VAE Encode and "
+            "Estimate Optical Flow)")
     return flow, frames, h, w
+
+
+def crop_like_vae_encode(flow: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``flow [F-1, H, W, 2]`` of frames that VAE Encode cropped to ``height x width`` (it
+    centre-crops each side to a multiple of 8, offset ``(side % 8) // 2``): the same crop of
+    the flow (displacements are unchanged by a crop). Any other flow is returned as it is."""
+    fh, fw = flow.shape[1], flow.shape[2]
+    if (fh, fw) == (height, width) or (fh // 8 * 8, fw // 8 * 8) != (height, width):
+        return flow
+    top, left = (fh % 8) // 2, (fw % 8) // 2
+    return flow[:, top:top + height, left:left + width]
 
 
 class SampleTrajectories(io.ComfyNode):
@@ -82,9 +97,8 @@ def flatten_model(model, trajectories, mode="dense", levels="highest", old_qk=Fa
     if not isinstance(trajectories, TrajectorySet):
         raise ValueError(f"trajectories: expected VE_TRAJECTORIES from VideoEdit Sample Trajectories, got "
                          f"{type(trajectories).__name__}")
-    levels = LEVELS.get(levels, levels)
-    if levels not in LEVELS.values():
-        raise ValueError(f"levels: '{levels}' is not one of {list(LEVELS)}")
+    levels = choice_id(levels, LEVELS, "levels")
+    mode = choice_id(mode, MODES, "mode")
     keys = self_attention_keys(model)
     level_of = attention_levels(model.get_model_object("diffusion_model"))
     top = min(level_of[k] for k in keys)
@@ -96,7 +110,8 @@ def flatten_model(model, trajectories, mode="dense", levels="highest", old_qk=Fa
     if source is not None:
         from comfy.patcher_extension import WrappersMP
 
-        attn_keys = tuple(parse_block_list(pnp_attn_blocks, keys))
+        with input_errors("pnp_attn_blocks"):
+            attn_keys = tuple(parse_block_list(pnp_attn_blocks, keys))
         res_keys = parse_resblocks(pnp_resnet_blocks, model)
         steps = int(source.num_steps * float(inject_step) + 1e-6)
         schedule = PnPSchedule(attn_keys=attn_keys, res_keys=res_keys, attn_steps=steps, res_steps=steps)

@@ -9,7 +9,7 @@ from comfy_api.latest import io, ui
 
 from ..inversion import comfy_adapter as adapter
 from ..inversion import metrics
-from .common import VE_INVERSION
+from .common import VE_INVERSION, available_ram
 
 # Per frame and step the cached latents take C*h*w*2 bytes (fp16): 32 KB at 512x512 for SD.
 _CACHE_TOOLTIP = ("Where the inversion is cached. 'disk': <ComfyUI output>/videoedit_cache/<key>/ (safetensors + "
@@ -62,9 +62,12 @@ class DDIMInversion(io.ComfyNode):
     @classmethod
     def execute(cls, model, latent, conditioning, steps, inversion_steps, scheduler, frame_batch_size, cache_mode,
                 cache_limit_mb, clear_cache) -> io.NodeOutput:
+        notes: list[str] = []
         record, cached = adapter.invert_video(model, latent, conditioning, steps, inversion_steps, scheduler,
-                                              frame_batch_size, cache_mode, cache_limit_mb, clear_cache)
+                                              frame_batch_size, cache_mode, cache_limit_mb, clear_cache,
+                                              available_bytes=available_ram(), notes=notes)
         text = record.summary() + (" (from cache)" if cached else f" (computed in {record.info.get('seconds')} s)")
+        text = "\n".join([text, *notes])
         return io.NodeOutput(record, adapter.output_latent(model, record, latent), record.sigmas.clone(),
                              ui=ui.PreviewText(text))
 

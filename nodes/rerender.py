@@ -15,7 +15,7 @@ from ..flow.propagate import BLEND_MODES, COLOUR_SPACES, chain_flow, propagate_k
 from ..flow.raft import RAFT_ARCHITECTURES, raft_flow
 from ..flow.raft_checkpoint import RaftCache
 from ..flow.resize import resize_flow
-from .common import OPTICAL_FLOW, parse_int_list
+from .common import OPTICAL_FLOW, check_choice, choice_id, parse_int_list
 from .rerender_pipeline import RerenderRun, RerenderSettings, check_vae_multiple, vae_decode_chw, vae_encode_chw
 
 FLOW_METHODS = {
@@ -178,6 +178,10 @@ class RerenderKeyframes(io.ComfyNode):
                 inner_strength, smooth_boundary, fidelity_threshold, fidelity_lambda, fidelity_mode,
                 cross_frame_blocks, forward_flow=None, backward_flow=None) -> io.NodeOutput:
         frames = _frames(images)
+        check_choice(sampler_name, comfy.samplers.KSampler.SAMPLERS, "sampler_name")
+        check_choice(scheduler, comfy.samplers.KSampler.SCHEDULERS, "scheduler")
+        fidelity_mode = choice_id(fidelity_mode, FIDELITY_MODES, "fidelity_mode")
+        flow_method = choice_id(flow_method, FLOW_METHODS, "flow_method")
         settings = RerenderSettings(
             steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, seed=seed, x0_strength=x0_strength,
             cross_frame=_window("cross_frame", cross_frame_start, cross_frame_end),
@@ -253,6 +257,8 @@ class PropagateKeyframes(io.ComfyNode):
     def execute(cls, images, keyframes, keyframe_indices, forward_flow, backward_flow, blend, colour_space,
                 analysis_scale, error_scale) -> io.NodeOutput:
         frames = _frames(images)
+        check_choice(blend, BLEND_MODES, "blend")
+        check_choice(colour_space, COLOUR_SPACES, "colour_space")
         keys = parse_int_list(keyframe_indices, "keyframe_indices")
         key_images = _frames(keyframes, "keyframes")
         if len(keys) != key_images.shape[0]:
@@ -309,6 +315,7 @@ class FidelityEncode(io.ComfyNode):
     @classmethod
     def execute(cls, vae, image, threshold, strength, mode) -> io.NodeOutput:
         pixels = _frames(image, "image")
+        mode = choice_id(mode, FIDELITY_MODES, "mode")
         check_vae_multiple(pixels, vae, "image")
         latent, compensated = fidelity_encode(pixels.movedim(-1, 1), lambda x: vae_encode_chw(vae, x),
                                               lambda z: vae_decode_chw(vae, z), threshold, strength,

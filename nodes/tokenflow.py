@@ -17,7 +17,7 @@ from ..attention.tokenflow_patch import (
     TokenFlowWrapper,
 )
 from ..attention.unet_blocks import parse_block_list
-from .common import VE_INVERSION, comfy_attention, parse_int_list
+from .common import VE_INVERSION, choice_id, comfy_attention, input_errors, parse_int_list
 
 WRAPPER_KEY = "videoedit_tokenflow"
 NN_FEATURES = {"self-attention input (official)": "input", "self-attention output": "output"}
@@ -83,9 +83,11 @@ def tokenflow_model(model, source, window=8, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1
     from comfy.patcher_extension import WrappersMP
 
     keys = self_attention_keys(model)
+    with input_errors("pnp_attn_blocks"):
+        attn_keys = tuple(parse_block_list(pnp_attn_blocks, keys))
     config = TokenFlowConfig(window=window, pnp_attn_t=pnp_attn_t, pnp_f_t=pnp_f_t, seed=seed,
-                             nn_feature=NN_FEATURES.get(nn_feature, nn_feature), blend=BLENDS.get(blend, blend),
-                             pnp_attn_keys=tuple(parse_block_list(pnp_attn_blocks, keys)),
+                             nn_feature=choice_id(nn_feature, NN_FEATURES, "nn_feature"),
+                             blend=choice_id(blend, BLENDS, "blend"), pnp_attn_keys=attn_keys,
                              pnp_res_keys=_parse_resblocks(pnp_resnet_blocks), share_batch=share_batch)
     runtime = TokenFlowRuntime(config, source, model.get_model_object("model_sampling"), comfy_attention())
     m = attach_attn1(model, lambda key, prev: TokenFlowAttention(runtime, key, prev), keys)
