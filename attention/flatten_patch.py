@@ -118,9 +118,10 @@ def check_call(trajectories: TrajectorySet, extra_options: dict, frames: torch.T
         chunked = (" (A node that runs the UNet on chunks of the frames without passing their indices, e.g. DDIM "
                    "Inversion with frame_batch_size below the frame count, also gives this.)"
                    if window is None and total < trajectories.frames else "")
-        raise ValueError(f"FLATTEN: {want}, but the latent being sampled has {got}. {fix}{chunked}")
+        raise ValueError(f"latent_image (FLATTEN): {want}, but the latent being sampled has {got}. {fix}{chunked}")
     if len(frames) and int(frames.max()) >= trajectories.frames:
-        raise ValueError(f"FLATTEN: {want}, but a context window holds frame {int(frames.max())}. {fix}")
+        raise ValueError(f"latent_image (FLATTEN): {want}, but a context window holds frame {int(frames.max())}. "
+                         f"{fix}")
 
 
 class FlattenRuntime:

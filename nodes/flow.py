@@ -19,7 +19,7 @@ from ..flow.raft import DEFAULT_FLOW_UPDATES, RAFT_ARCHITECTURES, raft_flow
 from ..flow.raft_checkpoint import RaftCache
 from ..flow.visualize import flow_to_rgb
 from ..flow.warp import PADDING_MODES, warp_backward
-from .common import OPTICAL_FLOW
+from .common import OPTICAL_FLOW, check_choice
 from .paths import raft_weight_files, resolve_raft_weights
 
 METHODS = ("dis", *RAFT_ARCHITECTURES)
@@ -256,6 +256,8 @@ class WarpImages(io.ComfyNode):
     def execute(cls, images, flow, flow_direction, padding_mode) -> io.NodeOutput:
         frames = _check_frames(images)
         flow = _check_flow(flow, "flow")
+        check_choice(flow_direction, ("forward", "backward"), "flow_direction")
+        check_choice(padding_mode, PADDING_MODES, "padding_mode")
         if frames.shape[0] == flow.shape[0] + 1:
             frames = frames[1:] if flow_direction == "forward" else frames[:-1]
         elif frames.shape[0] != flow.shape[0]:
