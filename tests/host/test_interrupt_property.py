@@ -112,8 +112,9 @@ def test_tokenflow_apply_with_split_cond_uncond_calls(host, tiny_model, setup, i
     the second call of a step reuses the source results of the first."""
     from comfyui_videoedit.nodes.tokenflow import ApplyTokenFlow
 
-    (model,) = ApplyTokenFlow.execute(tiny_model, setup["inversion"], **TOKENFLOW).args
     import comfy.patcher_extension as pe
+
+    (model,) = ApplyTokenFlow.execute(tiny_model, setup["inversion"], **dict(TOKENFLOW, window=3)).args
 
     def split_calls(executor, model_, conds, x_in, timestep, model_options):
         return [executor(model_, [c], x_in, timestep, model_options)[0] for c in conds]
@@ -182,7 +183,7 @@ def test_null_text_optimisation_and_apply(host, tiny_model, setup, inference_mod
     from comfyui_videoedit.nodes.inversion import ApplyNullText, NullTextOptimization
 
     def optimise():
-        return NullTextOptimization.execute(tiny_model, setup["inversion"], setup["neg"], 5.0, 1, 2).args[0]
+        return NullTextOptimization.execute(tiny_model, setup["inversion"], setup["neg"], 5.0, 1, FRAMES).args[0]
 
     check_interrupt_property("null_text_optimisation", tiny_model, optimise)
     (model,) = ApplyNullText.execute(tiny_model, optimise()).args
