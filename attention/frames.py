@@ -15,6 +15,10 @@ import torch
 # Set by the pack itself when it runs the UNet on a subset of the frames (inversion chunks,
 # null-text, feature capture): the global indices of the frames in that call.
 FRAME_INDICES_KEY = "ve_frame_indices"
+# Set with it: the frame count of the whole clip those chunks come from, and the name of the node
+# input that holds that clip (for error messages naming it).
+FRAME_TOTAL_KEY = "ve_frame_total"
+LATENT_INPUT_KEY = "ve_latent_input"
 
 
 def call_frame_indices(transformer_options: dict, frames_in_call: int) -> torch.Tensor:

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from ..attention import capture as capture_mod
+from ..attention.frames import FRAME_TOTAL_KEY, LATENT_INPUT_KEY
 from ..attention.nested import map_tensors
 from . import ddim, identity, nulltext, schedule
 from .cache import CACHE_DIR_NAME, DiskCache, MemoryCache, cache_key
@@ -263,7 +264,7 @@ def run_inversion(model, samples: torch.Tensor, conditioning: list, sigmas_up: t
         lat = samples[part]
         cond = slice_conditioning(conditioning, part, frames)
         recorder = _Recorder(sigmas_up, keep, tick)
-        m = with_frame_indices(model, range(part.start, part.stop))
+        m = with_frame_indices(model, range(part.start, part.stop), total=frames, input_name="latent")
         comfy.sample.sample_custom(m, torch.zeros_like(lat), 1.0, _inversion_sampler(recorder), sigmas_up,
                                    cond, cond, lat, disable_pbar=True, seed=0)
         kept_chunks.append(torch.stack(recorder.kept).flip(0))
@@ -271,12 +272,18 @@ def run_inversion(model, samples: torch.Tensor, conditioning: list, sigmas_up: t
     return torch.cat(kept_chunks, dim=1), torch.cat(xT_chunks)
 
 
-def with_frame_indices(model, frames) -> object:
+def with_frame_indices(model, frames, total: int | None = None, input_name: str | None = None) -> object:
     """Clone of ``model`` telling patches which global frames its batches hold
     (``transformer_options[FRAME_INDICES_KEY]``), for per-frame state such as FLATTEN's
-    trajectories while the inversion runs the clip chunk by chunk."""
+    trajectories while the inversion runs the clip chunk by chunk; ``total`` frames of the
+    clip and the node input holding it (``input_name``) let the patches check and name it."""
     m = model.clone()
-    m.model_options.setdefault("transformer_options", {})[FRAME_INDICES_KEY] = [int(f) for f in frames]
+    to = m.model_options.setdefault("transformer_options", {})
+    to[FRAME_INDICES_KEY] = [int(f) for f in frames]
+    if total is not None:
+        to[FRAME_TOTAL_KEY] = int(total)
+    if input_name is not None:
+        to[LATENT_INPUT_KEY] = input_name
     return m
 
 

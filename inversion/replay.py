@@ -19,7 +19,7 @@ import torch
 
 # transformer_options key under which the inversion (which runs the clip in chunks of frames)
 # and the capture helpers list the global frame indices of the batch a UNet call holds.
-from ..attention.frames import FRAME_INDICES_KEY
+from ..attention.frames import FRAME_INDICES_KEY, FRAME_TOTAL_KEY
 from .record import InversionRecord
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,9 @@ def window_total(transformer_options: dict) -> int | None:
     ad = transformer_options.get("ad_params") or {}
     if ad.get("sub_idxs") is not None:
         return int(ad.get("full_length", 0) or 0)
-    return 0 if transformer_options.get(FRAME_INDICES_KEY) is not None else None
+    if transformer_options.get(FRAME_INDICES_KEY) is not None:
+        return int(transformer_options.get(FRAME_TOTAL_KEY) or 0)
+    return None
 
 
 class SourceReplay:

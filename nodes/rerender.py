@@ -44,6 +44,9 @@ def _flows_for(frames: torch.Tensor, flow, name: str) -> torch.Tensor:
     if not isinstance(flow, torch.Tensor) or flow.ndim != 4 or flow.shape[-1] != 2 or flow.shape[0] != count - 1:
         raise ValueError(f"{name}: expected OPTICAL_FLOW [{count - 1},H,W,2] for {count} frames, got "
                          f"{tuple(getattr(flow, 'shape', ()))}")
+    if abs((flow.shape[2] / flow.shape[1]) / (width / height) - 1) > 0.05:
+        raise ValueError(f"{name}: is {flow.shape[2]}x{flow.shape[1]} (w x h) but the frames are {width}x{height}: "
+                         "their aspect ratios differ; estimate the flow on these frames (any scale of them)")
     flow = flow.float().to(frames.device)
     return resize_flow(flow, (height, width)) if tuple(flow.shape[1:3]) != (height, width) else flow
 

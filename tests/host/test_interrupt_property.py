@@ -110,9 +110,9 @@ def test_tokenflow_apply_then_sampler_custom(host, tiny_model, setup, inference_
 def test_tokenflow_apply_with_split_cond_uncond_calls(host, tiny_model, setup, inference_mode):
     """cfg with cond and uncond in separate UNet calls (ComfyUI splits when memory is short):
     the second call of a step reuses the source results of the first."""
-    from comfyui_videoedit.nodes.tokenflow import ApplyTokenFlow
-
     import comfy.patcher_extension as pe
+
+    from comfyui_videoedit.nodes.tokenflow import ApplyTokenFlow
 
     (model,) = ApplyTokenFlow.execute(tiny_model, setup["inversion"], **dict(TOKENFLOW, window=3)).args
 

@@ -244,3 +244,26 @@ def test_inversion_memory_guards(host, tiny_model, tiny_clip, inference_mode):
         DDIMInversion.execute(tiny_model, latent, cond, 2, 0, "ddim_uniform", 16, "memory", 1, False)
     with pytest.raises(ValueError, match=r"latent/steps: the inversion of 8 frames at 2 steps needs"):
         comfy_adapter.invert_video(tiny_model, latent, cond, 2, cache_mode="off", available_bytes=1000)
+
+
+def test_flatten_inversion_in_chunks_checks_the_whole_clip(host, tiny_model, tiny_clip, inference_mode):
+    """DDIM Inversion runs the clip in chunks with the chunk's frame indices; the trajectories
+    are still checked against the whole latent, and the message names the node's input."""
+    from comfyui_videoedit.nodes.flatten import flatten_model
+    from comfyui_videoedit.nodes.inversion import DDIMInversion
+
+    model = flatten_model(tiny_model, _trajectories(4))
+    with pytest.raises(ValueError, match=r"^latent \(FLATTEN\): the trajectories were sampled for 4 frames .* has 3"):
+        DDIMInversion.execute(model, {"samples": torch.zeros(3, 4, 8, 8)}, encode_prompt(tiny_clip, "x"), 2, 0,
+                              "ddim_uniform", 2, "off", 0, False)
+
+
+def test_rerender_flows_of_another_aspect_are_refused(host, tiny_model, tiny_vae, tiny_clip, inference_mode):
+    from comfyui_videoedit.nodes.rerender import PropagateKeyframes
+
+    images = torch.rand(3, 32, 32, 3)
+    flow = torch.zeros(2, 16, 32, 2)
+    with pytest.raises(ValueError, match=r"forward_flow: is 32x16 .* frames are 32x32: their aspect ratios differ"):
+        PropagateKeyframes.execute(images, images, "0, 1, 2", flow, flow, "moments", "ycbcr", 1.0, 1.0)
+    half = torch.zeros(2, 16, 16, 2)  # a lower-resolution flow of the same frames is fine
+    PropagateKeyframes.execute(images, images, "0, 1, 2", half, half, "moments", "ycbcr", 1.0, 1.0)
