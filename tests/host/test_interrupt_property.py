@@ -95,8 +95,7 @@ def _sampler_custom(host, model, s, cfg=5.0):
     return out[0]["samples"]
 
 
-TOKENFLOW = dict(window=2, pnp_attn_t=0.5, pnp_f_t=1.0, seed=1, nn_feature="self-attention input (official)",
-                 blend="official (own + previous window, sigmoid)", pnp_attn_blocks="output 4-11",
+TOKENFLOW = dict(window=2, pnp_attn_t=0.5, pnp_f_t=1.0, seed=1, nn_feature="input", blend="official", pnp_attn_blocks="output 4-11",
                  pnp_resnet_blocks="output 4")
 
 
@@ -151,7 +150,7 @@ def _flatten_model(tiny_model, setup, inversion=None):
     flow = torch.zeros(FRAMES - 1, 64, 64, 2)
     flow[..., 0] = 8.0
     (ts,) = SampleTrajectories.execute(flow, setup["latent"], 0).args
-    (model,) = ApplyFLATTEN.execute(tiny_model, ts, mode="bounded (anchor frames)", levels="highest (paper)",
+    (model,) = ApplyFLATTEN.execute(tiny_model, ts, mode="bounded", levels="highest",
                                     old_qk=False, anchor_stride=2, max_anchors=2, inject_step=1.0,
                                     pnp_attn_blocks="output 4-9", pnp_resnet_blocks="output 3, 4, 6",
                                     inversion=inversion).args
@@ -191,15 +190,15 @@ def test_null_text_optimisation_and_apply(host, tiny_model, setup, inference_mod
 
 
 def test_rerender_keyframes(host, tiny_model, tiny_vae, setup, inference_mode):
-    from comfyui_videoedit.nodes.rerender import FIDELITY_MODES, RerenderKeyframes
+    from comfyui_videoedit.nodes.rerender import RerenderKeyframes
 
     g = torch.Generator().manual_seed(4)
     images = torch.rand(4, 32, 32, 3, generator=g)
     args = dict(model=tiny_model, positive=setup["pos"], negative=setup["neg"], vae=tiny_vae, images=images,
                 keyframe_interval=3, steps=4, cfg=5.0, sampler_name="euler", scheduler="ddim_uniform", seed=3,
-                x0_strength=0.75, flow_method="dis (direct between the two frames)", mask_strength=0.5,
+                x0_strength=0.75, flow_method="dis", mask_strength=0.5,
                 inner_strength=0.9, smooth_boundary=True, fidelity_threshold=0.25, fidelity_lambda=1.0,
-                fidelity_mode=list(FIDELITY_MODES)[0], cross_frame_blocks="decoder",
+                fidelity_mode="code", cross_frame_blocks="decoder",
                 cross_frame_start=0.0, cross_frame_end=1.0, shape_fusion_start=0.0, shape_fusion_end=0.5,
                 pixel_fusion_start=0.5, pixel_fusion_end=0.8, adain_start=0.8, adain_end=1.0)
     check_interrupt_property("rerender_keyframes", tiny_model, lambda: RerenderKeyframes.execute(**args).result)

@@ -35,8 +35,7 @@ def _tokenflow(tiny_model, inversion):
     from comfyui_videoedit.nodes.tokenflow import ApplyTokenFlow
 
     return ApplyTokenFlow.execute(tiny_model, inversion, window=2, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1,
-                                  nn_feature="self-attention input (official)",
-                                  blend="official (own + previous window, sigmoid)", pnp_attn_blocks="output 4-11",
+                                  nn_feature="input", blend="official", pnp_attn_blocks="output 4-11",
                                   pnp_resnet_blocks="output 4").args[0]
 
 
@@ -73,7 +72,7 @@ def test_flatten_pnp_refuses_an_inversion_of_another_latent(host, tiny_model, se
     f, _, h, w = samples.shape
     flow = torch.zeros(f - 1, h * 8, w * 8, 2)
     (ts,) = SampleTrajectories.execute(flow, {"samples": samples}, 0).args
-    (model,) = ApplyFLATTEN.execute(tiny_model, ts, mode="dense (paper)", levels="highest (paper)", old_qk=False,
+    (model,) = ApplyFLATTEN.execute(tiny_model, ts, mode="dense", levels="highest", old_qk=False,
                                     anchor_stride=4, max_anchors=4, inject_step=0.8, pnp_attn_blocks="output 4-9",
                                     pnp_resnet_blocks="output 3, 4, 6", inversion=setup["inversion"]).args
     with pytest.raises(ValueError, match=r"latent_image: .*inversion holds 3 frames"):

@@ -47,10 +47,10 @@ def test_tokenflow_options_are_checked(host, tiny_model, inversion, bad, match, 
         ApplyTokenFlow.execute(tiny_model, inversion, **_tokenflow_args(**bad))
 
 
-def test_labels_and_ids_are_both_accepted(host, tiny_model, inversion, inference_mode):
+def test_the_short_option_ids_are_accepted(host, tiny_model, inversion, inference_mode):
     from comfyui_videoedit.nodes.tokenflow import ApplyTokenFlow
 
-    for nn_feature in ("input", "self-attention input (official)"):
+    for nn_feature in ("input", "output"):
         ApplyTokenFlow.execute(tiny_model, inversion, **_tokenflow_args(nn_feature=nn_feature))
 
 

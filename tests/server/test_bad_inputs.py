@@ -250,8 +250,8 @@ def _shape_and_path_cases() -> list[Case]:
         Case("inversion with FLATTEN trajectories of another clip", "VideoEdit_DDIMInversion", "latent",
              {"model": ["flat", 0], "latent": ["fewer_enc", 0]},
              extra={**fewer, "flat": {"class_type": "VideoEdit_ApplyFLATTEN", "inputs": {
-                 "model": ["ckpt", 0], "trajectories": ["traj", 0], "mode": "dense (paper)",
-                 "levels": "highest (paper)", "old_qk": False, "anchor_stride": 4, "max_anchors": 4,
+                 "model": ["ckpt", 0], "trajectories": ["traj", 0], "mode": "dense",
+                 "levels": "highest", "old_qk": False, "anchor_stride": 4, "max_anchors": 4,
                  "inject_step": 0.8, "pnp_attn_blocks": "output 4-9", "pnp_resnet_blocks": "output 3, 4, 6"}}}),
         Case("apply null-text to an inversion without it", "VideoEdit_ApplyNullText", "inversion", {}),
         Case("TokenFlow with an inversion from another model", tf, "inversion", {"model": ["ckpt2", 0]},
