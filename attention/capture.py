@@ -34,18 +34,13 @@ from typing import Any
 
 import torch
 
+from .extended import AttnFn
+from .keys import CAPTURE_KEY
 from .resnet_hooks import residual_hooks
+from .unet_blocks import BlockKey, key_of
 
-CAPTURE_KEY = "ve_capture"
-LayerKey = tuple[str, int, int]
-AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+LayerKey = BlockKey
 ALL = "all"
-
-
-def layer_key(extra_options: dict) -> LayerKey:
-    """The running attention layer's key from a patch's ``extra_options``."""
-    name, block_id = extra_options["block"][:2]
-    return str(name), int(block_id), int(extra_options.get("block_index", 0))
 
 
 def _keys(keys: Iterable) -> tuple[LayerKey, ...]:
@@ -139,7 +134,7 @@ class AttnInputCapture:
     def __call__(self, n, context_attn1, value_attn1, extra_options):
         store = _store(extra_options)
         if store is not None:
-            key = layer_key(extra_options)
+            key = key_of(extra_options)
             if store.spec.wants_input(key):
                 store.record("attn1_inputs", key, n)
         return n, context_attn1, value_attn1
@@ -173,26 +168,6 @@ class QKCapture:
         if self.previous is not None:
             return self.previous(q, k, v, extra_options)
         return self.attn_fn(q, k, v, extra_options["n_heads"])
-
-
-def existing_attn1_replace(model, key: LayerKey) -> Callable | None:
-    """The attn1 replace patch a ModelPatcher already carries at ``key`` (3-tuple first, then the
-    2-tuple form ComfyUI also looks up)."""
-    replace = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
-    return replace.get(key) or replace.get(key[:2])
-
-
-def install_capture(model, spec: CaptureSpec, attn_fn: AttnFn):
-    """A clone of ``model`` (a ComfyUI ModelPatcher, duck-typed) carrying the capture patches.
-
-    The clone behaves exactly like ``model`` outside :func:`capture_pass` calls.
-    """
-    m = model.clone()
-    if spec.attn1_inputs:
-        m.set_model_attn1_patch(AttnInputCapture())
-    for key in spec.qk:
-        m.set_model_attn1_replace(QKCapture(key, attn_fn, existing_attn1_replace(m, key)), key[0], key[1], key[2])
-    return m
 
 
 def capture_pass(run: Callable[[dict], Any], transformer_options: dict, spec: CaptureSpec,

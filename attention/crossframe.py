@@ -28,11 +28,17 @@ from collections.abc import Iterable
 
 import torch
 
+from .modes import CrossFrameMode
 from .unet_blocks import BlockKey, key_of
 
 log = logging.getLogger(__name__)
 
-MODES = ("off", "record_anchor", "attend")
+MODES = tuple(m.value for m in CrossFrameMode)
+# Precision of the stored attention inputs: "model" keeps the dtype the UNet runs in (the
+# official code stores the tensors as they are); "fp16" halves an fp32 model's store, which
+# moves a cross-frame attention output by about 1e-3 of its scale (README, "Differences from
+# the official code") and changes nothing for an fp16 model.
+STORE_PRECISIONS = {"fp16": torch.float16, "model": None}
 
 
 def sigma_key(sigma: float) -> str:
@@ -108,7 +114,7 @@ class CrossFrameStore:
         self.include_current = include_current
         self.store_device = store_device
         self.store_dtype = store_dtype
-        self.mode = "off"
+        self.mode = CrossFrameMode.OFF
         self.record = False
         self.anchor: dict = {}
         self.previous: dict = {}
@@ -118,10 +124,10 @@ class CrossFrameStore:
     def __deepcopy__(self, memo):
         return self
 
-    def begin(self, mode: str, record: bool = False) -> None:
+    def begin(self, mode: CrossFrameMode | str, record: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"cross-frame mode must be one of {MODES}, got {mode!r}")
-        self.mode = mode
+        self.mode = CrossFrameMode(mode)
         self.record = record
         self.missing = 0
 
@@ -133,7 +139,7 @@ class CrossFrameStore:
 
     def clear(self) -> None:
         self.anchor, self.previous, self.pending = {}, {}, {}
-        self.mode, self.record = "off", False
+        self.mode, self.record = CrossFrameMode.OFF, False
 
     def nbytes(self) -> int:
         """Memory held by the stores (tensors shared between them counted once)."""
@@ -179,7 +185,7 @@ class CrossFrameAttention:
 
     def __call__(self, n, context_attn1, value_attn1, extra_options):
         st = self.store
-        if st.mode == "off":
+        if st.mode == CrossFrameMode.OFF:
             return n, context_attn1, value_attn1
         key = key_of(extra_options)
         if key not in st.keys:
@@ -193,7 +199,7 @@ class CrossFrameAttention:
         chunks = [n[g * rows:(g + 1) * rows] for g in range(len(branches))]
         entries = [(skey, key, int(b)) for b in branches]
 
-        if st.mode == "record_anchor":
+        if st.mode == CrossFrameMode.RECORD_ANCHOR:
             for entry, chunk in zip(entries, chunks):
                 kept = st._keep(chunk)
                 st.anchor[entry] = kept

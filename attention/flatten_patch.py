@@ -32,10 +32,11 @@ from .flatten import (
     trajectory_attention,
     trajectory_groups,
 )
-from .frames import FRAME_INDICES_KEY, FRAME_TOTAL_KEY, LATENT_INPUT_KEY, call_frame_indices, groups_of
+from .frames import call_frame_indices, frame_window, groups_of
+from .keys import FRAME_TOTAL_KEY, LATENT_INPUT_KEY
 from .patching import kernel_from
 from .pnp import pnp_qk
-from .unet_blocks import BlockKey
+from .unet_blocks import BlockKey, unet_sections
 
 MODES = ("dense", "bounded")
 
@@ -60,13 +61,9 @@ class FlattenConfig:
 def attention_levels(diffusion_model: torch.nn.Module) -> dict[BlockKey, int]:
     """Resolution level (0 = the latent, 1 = one ``Downsample`` deeper, ...) of every
     self-attention layer, from the UNet's structure (``Downsample``/``Upsample`` layers)."""
-    sections = [("input", i, b) for i, b in enumerate(getattr(diffusion_model, "input_blocks", []))]
-    if getattr(diffusion_model, "middle_block", None) is not None:
-        sections.append(("middle", 0, diffusion_model.middle_block))
-    sections += [("output", i, b) for i, b in enumerate(getattr(diffusion_model, "output_blocks", []))]
     levels: dict[BlockKey, int] = {}
     level = 0
-    for name, block_id, block in sections:
+    for name, block_id, block in unet_sections(diffusion_model):
         for layer in block:
             kind = type(layer).__name__
             blocks = getattr(layer, "transformer_blocks", None)
@@ -93,16 +90,6 @@ def token_grid(extra_options: dict, tokens: int) -> tuple[int, int]:
                      "(no activations_shape / original_shape in the attention options)")
 
 
-def _window(extra_options: dict):
-    if extra_options.get(FRAME_INDICES_KEY) is not None:  # the pack's own chunked passes
-        return {"sub_idxs": extra_options[FRAME_INDICES_KEY]}
-    window = extra_options.get("context_window")
-    if window is not None and getattr(window, "index_list", None) is not None:
-        return window
-    ad = extra_options.get("ad_params") or {}
-    return ad if ad.get("sub_idxs") is not None else None
-
-
 def check_call(trajectories: TrajectorySet, extra_options: dict, frames: torch.Tensor) -> None:
     """Raise a ValueError naming both shapes when the call's latent is not the one the
     trajectories were sampled for (frame count or latent size)."""
@@ -111,7 +98,7 @@ def check_call(trajectories: TrajectorySet, extra_options: dict, frames: torch.T
            "being sampled.")
     original = extra_options.get("original_shape")
     size = (int(original[-2]), int(original[-1])) if original is not None and len(original) >= 4 else None
-    window = _window(extra_options)
+    window = frame_window(extra_options)
     total = getattr(window, "total_frames", 0) if window is not None else len(frames)
     total = int(extra_options.get(FRAME_TOTAL_KEY) or total)
     name = extra_options.get(LATENT_INPUT_KEY, "latent_image")

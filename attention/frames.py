@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import torch
 
-# Set by the pack itself when it runs the UNet on a subset of the frames (inversion chunks,
-# null-text, feature capture): the global indices of the frames in that call.
-FRAME_INDICES_KEY = "ve_frame_indices"
-# Set with it: the frame count of the whole clip those chunks come from, and the name of the node
-# input that holds that clip (for error messages naming it).
-FRAME_TOTAL_KEY = "ve_frame_total"
-LATENT_INPUT_KEY = "ve_latent_input"
+from .keys import FRAME_INDICES_KEY
+
+
+def frame_window(transformer_options: dict):
+    """The windowing information a UNet call carries, or None (the whole clip):
+    the pack's own index list, ComfyUI core's ``context_window`` object, or AnimateDiff's
+    ``ad_params`` dict, looked up in that order (the one reader of these keys)."""
+    if transformer_options.get(FRAME_INDICES_KEY) is not None:
+        return list(transformer_options[FRAME_INDICES_KEY])
+    window = transformer_options.get("context_window")
+    if window is not None and getattr(window, "index_list", None) is not None:
+        return window
+    ad = transformer_options.get("ad_params") or {}
+    return ad if ad.get("sub_idxs") is not None else None
 
 
 def call_frame_indices(transformer_options: dict, frames_in_call: int) -> torch.Tensor:
@@ -26,21 +33,18 @@ def call_frame_indices(transformer_options: dict, frames_in_call: int) -> torch.
 
     Raises ValueError when the windowing information does not match the batch.
     """
-    window = transformer_options.get("context_window")
-    indices = None
-    if transformer_options.get(FRAME_INDICES_KEY) is not None:
-        indices = list(transformer_options[FRAME_INDICES_KEY])
-    elif window is not None and getattr(window, "index_list", None) is not None:
+    window = frame_window(transformer_options)
+    if window is None:
+        return torch.arange(frames_in_call)
+    if isinstance(window, list):
+        indices = window
+    elif isinstance(window, dict):
+        indices = list(window["sub_idxs"])
+    else:
         indices = list(window.index_list)
         anchor = getattr(window, "causal_anchor_index", None)
         if anchor is not None and anchor != -1 and len(indices) + 1 == frames_in_call:
             indices = [int(anchor)] + indices  # newer core prepends the anchor frame
-    else:
-        ad = transformer_options.get("ad_params") or {}
-        if ad.get("sub_idxs") is not None:
-            indices = list(ad["sub_idxs"])
-    if indices is None:
-        return torch.arange(frames_in_call)
     if len(indices) != frames_in_call:
         raise ValueError(f"context window lists {len(indices)} frames but the UNet call holds {frames_in_call}")
     return torch.as_tensor(indices, dtype=torch.long)

@@ -20,15 +20,16 @@ from dataclasses import dataclass, field
 import torch
 
 from .frames import call_frame_indices
+from .keys import PNP_KEY
+from .modes import PnPMode
 from .resnet_hooks import ResKey, residual_hooks
 from .unet_blocks import BlockKey, key_of
-
-PNP_KEY = "ve_pnp"
+from .wrapper_args import diffusion_model_args
 
 
 @dataclass
 class PnPPass:
-    mode: str  # "capture" (source pass) or "inject" (edit pass)
+    mode: PnPMode  # CAPTURE (source pass) or INJECT (edit pass)
     groups: int
     attn_keys: frozenset
     qk: dict = field(default_factory=dict)  # BlockKey -> (q, k) of the source rows
@@ -44,7 +45,7 @@ def pnp_qk(q: torch.Tensor, k: torch.Tensor, extra_options: dict) -> tuple[torch
     key = key_of(extra_options)
     if key not in p.attn_keys:
         return q, k
-    if p.mode == "capture":
+    if p.mode == PnPMode.CAPTURE:
         p.qk[key] = (q, k)
         return q, k
     if key in p.qk:
@@ -106,8 +107,10 @@ class PnPWrapper:
     def cache_key(self) -> str:
         return f"pnp({self.schedule})"
 
-    def __call__(self, executor, x, timesteps, context=None, y=None, control=None, transformer_options=None, **kw):
-        to = transformer_options or {}
+    def __call__(self, executor, *args, **kwargs):
+        call = diffusion_model_args(args, kwargs)
+        x, timesteps = call["x"], call["timesteps"]
+        to = call.transformer_options
         groups = len(to.get("cond_or_uncond") or [0])
         n = x.shape[0] // groups
         sigma = float(to["sigmas"][0])
@@ -116,27 +119,36 @@ class PnPWrapper:
         sched = self.schedule
         attn_on, res_on = step < sched.attn_steps, step < sched.res_steps
         if not (attn_on or res_on):
-            return executor(x, timesteps, context, y, control, to, **kw)
+            return call.call(executor, transformer_options=to)
         frames = call_frame_indices(to, n)
         attn_keys = frozenset(sched.attn_keys) if attn_on else frozenset()
         res_keys = sched.res_keys if res_on else ()
-        box = {"pass": PnPPass("capture", 1, attn_keys)}
+        residuals = _PassResiduals(PnPPass(PnPMode.CAPTURE, 1, attn_keys))
 
-        def on_residual(rkey, residual):
-            p = box["pass"]
-            if p.mode == "capture":
-                p.res[rkey] = residual
-                return None
-            return p.res[rkey].repeat(p.groups, 1, 1, 1) if rkey in p.res else None
-
-        with residual_hooks(executor.class_obj, res_keys, on_residual):
+        with residual_hooks(executor.class_obj, res_keys, residuals):
             x_src, t_src, ctx, y_src = source_unet_inputs(self.source, self.model_sampling, sigma, frames,
                                                           timesteps, like=x)
             src_opts = dict(to, cond_or_uncond=[0])
-            src_opts[PNP_KEY] = box["pass"]
-            executor(x_src, t_src, ctx, y_src, None, src_opts, **kw)
-            captured = box["pass"]
-            box["pass"] = PnPPass("inject", groups, attn_keys, captured.qk, captured.res)
+            src_opts[PNP_KEY] = residuals.current
+            call.call(executor, x=x_src, timesteps=t_src, context=ctx, y=y_src, control=None,
+                      transformer_options=src_opts)
+            captured = residuals.current
+            residuals.current = PnPPass(PnPMode.INJECT, groups, attn_keys, captured.qk, captured.res)
             opts = dict(to)
-            opts[PNP_KEY] = box["pass"]
-            return executor(x, timesteps, context, y, control, opts, **kw)
+            opts[PNP_KEY] = residuals.current
+            return call.call(executor, transformer_options=opts)
+
+
+class _PassResiduals:
+    """The ResBlock hook's handler: records the source's residuals in the capture pass and
+    replaces the edit's in the inject pass (``current`` is the pass the UNet is running)."""
+
+    def __init__(self, current: PnPPass):
+        self.current = current
+
+    def __call__(self, rkey, residual):
+        p = self.current
+        if p.mode == PnPMode.CAPTURE:
+            p.res[rkey] = residual
+            return None
+        return p.res[rkey].repeat(p.groups, 1, 1, 1) if rkey in p.res else None

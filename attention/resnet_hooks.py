@@ -7,7 +7,14 @@ hooks, registered on entry and removed on exit of a context manager that a model
 opens around its own ``executor(...)`` call: nothing stays on the shared module, nothing is
 assigned to it, and the hook only runs inside our wrapped call.
 
-    out = skip(x) + residual  →  hook returns skip(x) + handler(key, residual)
+The hook sits on the last module of the ResBlock's ``out_layers`` (the conv whose output *is*
+the residual branch), so the handler sees the branch exactly and its replacement goes into
+ComfyUI's own ``skip(x) + h``: the official order (TokenFlow/FLATTEN swap ``h`` after conv2,
+then add the skip), bit-identical at every dtype. A block without ``out_layers`` falls back to
+a hook on the block itself that recovers the branch as ``output − skip(x)`` and returns
+``skip(x) + new``; in fp16/bf16 that rounds twice and differs from the official order by up
+to one ulp of the block output (measured on SD-scale activations: README, "Differences from
+the official code").
 """
 
 from __future__ import annotations
@@ -19,6 +26,18 @@ import torch
 
 ResKey = tuple[str, int]
 Handler = Callable[[ResKey, torch.Tensor], torch.Tensor | None]
+
+
+def residual_branch_end(resblock: torch.nn.Module) -> torch.nn.Module | None:
+    """The module whose output is the ResBlock's residual branch (ComfyUI's ``out_layers[-1]``,
+    the zero-initialised conv), or None when the block has no ``out_layers`` sequence.
+
+    ComfyUI's ``ResBlock._forward`` ends ``h = out_layers(h)`` (or ``out_layers[1:]`` after the
+    scale-shift norm, which still calls the same last module) and returns ``skip(x) + h``."""
+    layers = getattr(resblock, "out_layers", None)
+    if isinstance(layers, torch.nn.Sequential) and len(layers) > 0:
+        return layers[-1]
+    return None
 
 
 def resblock_of(diffusion_model: torch.nn.Module, key: ResKey) -> torch.nn.Module:
@@ -40,7 +59,13 @@ def residual_hooks(diffusion_model: torch.nn.Module, keys: Iterable[ResKey], han
     ``[B, C, h, w]`` and may return a replacement (or None to keep it)."""
     handles = []
 
-    def make(key: ResKey):
+    def on_branch(key: ResKey):
+        def hook(module, args, output):  # output is the residual branch h itself
+            new = handler(key, output)
+            return None if new is None else new.to(output.dtype)
+        return hook
+
+    def on_block(key: ResKey):
         def hook(module, args, output):
             x = args[0]
             skip = module.skip_connection(x)
@@ -51,7 +76,12 @@ def residual_hooks(diffusion_model: torch.nn.Module, keys: Iterable[ResKey], han
 
     try:
         for key in keys:
-            handles.append(resblock_of(diffusion_model, key).register_forward_hook(make(key)))
+            block = resblock_of(diffusion_model, key)
+            end = residual_branch_end(block)
+            if end is not None:
+                handles.append(end.register_forward_hook(on_branch(key)))
+            else:
+                handles.append(block.register_forward_hook(on_block(key)))
         yield
     finally:
         for h in handles:

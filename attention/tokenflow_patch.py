@@ -38,15 +38,17 @@ import torch
 
 from .extended import extended_attention, sdpa_attention
 from .frames import call_frame_indices
+from .keys import TOKENFLOW_PHASE_KEY as PHASE_KEY
+from .modes import TokenFlowPass
 from .nested import map_tensors
 from .patching import kernel_from
 from .pnp import source_unet_inputs
 from .resnet_hooks import ResKey, residual_hooks
 from .tokenflow import blend_plan, nn_fields, propagate, sample_keyframes
 from .unet_blocks import BlockKey, key_of
+from .wrapper_args import diffusion_model_args
 
 log = logging.getLogger(__name__)
-PHASE_KEY = "ve_tokenflow"
 
 
 class SourceBranch(Protocol):
@@ -67,7 +69,7 @@ class TokenFlowConfig:
     window: int = 8
     pnp_attn_t: float = 0.5
     pnp_f_t: float = 0.8
-    seed: int = 0
+    seed: int = 1  # the official default
     nn_feature: str = "input"  # "input" (official) or "output" of self-attention
     blend: str = "official"  # or "paper"
     pnp_attn_keys: tuple[BlockKey, ...] = ()
@@ -102,7 +104,7 @@ class StepState:
 
 @dataclass
 class Phase:
-    name: str  # "kf" (keyframes) | "prop" (propagation chunk)
+    name: TokenFlowPass  # keyframes | propagation chunk
     state: StepState
     positions: torch.Tensor  # frame positions (within the call) of the rows of each part
     source_rows: int  # rows of the source branch at the start of the batch (0 = none)
@@ -214,7 +216,7 @@ class TokenFlowAttention:
         """Source rows: record what the sampler's rows need, return the source branch's output."""
         key, st, cfg = self.key, phase.state, self.runtime.config
         own_input = cfg.nn_feature == "input"
-        if phase.name == "kf":
+        if phase.name == TokenFlowPass.KEYFRAMES:
             out = kernel(q, k, v, heads)
             st.kf_src_out[key] = out
             st.kf_src_n[key] = phase.current_n.pop(key).clone() if own_input else out
@@ -230,7 +232,7 @@ class TokenFlowAttention:
     def _edit(self, phase: Phase, q, k, v, kernel, heads):
         """The sampler's rows: extended attention (keyframes) or propagation (every frame)."""
         key, st, g = self.key, phase.state, phase.groups
-        if phase.name == "kf":
+        if phase.name == TokenFlowPass.KEYFRAMES:
             if st.inject_attn and key in st.kf_src_qk:
                 q_src, k_src = st.kf_src_qk[key]
                 q, k = q_src.repeat(g, 1, 1).to(q.dtype), k_src.repeat(g, 1, 1).to(k.dtype)
@@ -261,9 +263,33 @@ class TokenFlowRunReset:
             self.runtime.state = None  # also frees the source features of the last step
 
 
+class _PhaseResiduals:
+    """The ResBlock hook's handler during one wrapper call: keeps the source rows' residuals of
+    the pass that runs now (``phase``) and, while injection is on, gives the edit rows the source's."""
+
+    def __init__(self, state: StepState):
+        self.state = state
+        self.phase: Phase | None = None
+
+    def __call__(self, rkey, residual):
+        st, phase = self.state, self.phase
+        s = phase.source_rows
+        if s:  # keep the source's residual (a copy: the batch's tensor is much larger)
+            if phase.name == TokenFlowPass.KEYFRAMES:
+                st.kf_src_res[rkey] = residual[:s].clone()
+            else:
+                st.src_res.setdefault(rkey, {})[phase.positions_key] = residual[:s].clone()
+        if not (st.inject_res and phase.groups):
+            return None
+        keyframes = phase.name == TokenFlowPass.KEYFRAMES
+        src = st.kf_src_res[rkey] if keyframes else st.src_res[rkey][phase.positions_key]
+        edit = src.repeat(phase.groups, 1, 1, 1)
+        return torch.cat([residual[:s], edit]) if s else edit
+
+
 class TokenFlowWrapper:
-    """``DIFFUSION_MODEL`` wrapper: ``(executor, x, timesteps, context, y, control,
-    transformer_options, **kw) -> prediction`` for exactly the rows the sampler passed."""
+    """``DIFFUSION_MODEL`` wrapper: ``(executor, *args, **kwargs) -> prediction`` for exactly the
+    rows the sampler passed (``x, timesteps, context, y, control, transformer_options``)."""
 
     def __init__(self, runtime: TokenFlowRuntime):
         self.runtime = runtime
@@ -292,10 +318,11 @@ class TokenFlowWrapper:
         return state, True
 
     # -- the wrapper ------------------------------------------------------------------------
-    def __call__(self, executor, x, timesteps, context=None, y=None, control=None, transformer_options=None,
-                 **kw):
+    def __call__(self, executor, *args, **kwargs):
+        call = diffusion_model_args(args, kwargs)
+        x, timesteps, context, y, control = (call[k] for k in ("x", "timesteps", "context", "y", "control"))
         rt, cfg = self.runtime, self.runtime.config
-        to = transformer_options or {}
+        to = call.transformer_options
         chunk_kinds = list(to.get("cond_or_uncond") or [0])
         groups = len(chunk_kinds)
         n = x.shape[0] // groups
@@ -304,36 +331,24 @@ class TokenFlowWrapper:
         rt.source.check_call(tuple(x.shape[1:]), frames, to)
         st, fresh = self._state(sigma, frames)
         all_pos = torch.arange(n)
-        passes = [("kf", st.kf_pos)] + [("prop", all_pos[i:i + cfg.window]) for i in range(0, n, cfg.window)]
-        phase_box: dict = {}
+        passes = [(TokenFlowPass.KEYFRAMES, st.kf_pos)] + [(TokenFlowPass.PROPAGATE, all_pos[i:i + cfg.window])
+                                                           for i in range(0, n, cfg.window)]
+        residuals = _PhaseResiduals(st)
 
-        def res_handler(rkey, residual):
-            phase: Phase = phase_box["phase"]
-            s = phase.source_rows
-            if s:  # keep the source's residual (a copy: the batch's tensor is much larger)
-                if phase.name == "kf":
-                    st.kf_src_res[rkey] = residual[:s].clone()
-                else:
-                    st.src_res.setdefault(rkey, {})[phase.positions_key] = residual[:s].clone()
-            if not (st.inject_res and phase.groups):
-                return None
-            src = st.kf_src_res[rkey] if phase.name == "kf" else st.src_res[rkey][phase.positions_key]
-            edit = src.repeat(phase.groups, 1, 1, 1)
-            return torch.cat([residual[:s], edit]) if s else edit
-
-        t_base: dict = {}  # the sampler's keyframe outputs per layer, filled by the "kf" call
+        t_base: dict = {}  # the sampler's keyframe outputs per layer, filled by the keyframe call
 
         def run(name, positions, source_rows, grp, x_in, t_in, ctx_in, y_in, ctrl_in):
             opts = dict(to)  # never mutate the sampler's dict
             opts["cond_or_uncond"] = [0] * bool(source_rows) + (chunk_kinds if grp else [])
             phase = Phase(name, st, positions, source_rows, grp, t_base)
             opts[PHASE_KEY] = phase
-            phase_box["phase"] = phase
-            return executor(x_in, t_in, ctx_in, y_in, ctrl_in, opts, **kw)
+            residuals.phase = phase  # the ResBlock hook serves the pass that runs now
+            return call.call(executor, x=x_in, timesteps=t_in, context=ctx_in, y=y_in, control=ctrl_in,
+                             transformer_options=opts)
 
         out = torch.empty_like(x)
         b = x.shape[0]
-        with residual_hooks(executor.class_obj, cfg.pnp_res_keys, res_handler):
+        with residual_hooks(executor.class_obj, cfg.pnp_res_keys, residuals):
             for name, positions in passes:
                 rows = _rows(positions, groups, n)
                 inputs = (x[rows], timesteps[rows], _slice(context, rows, b), _slice(y, rows, b),
@@ -348,7 +363,7 @@ class TokenFlowWrapper:
                     else:
                         inputs, source_rows = joint, len(positions)
                 pred = run(name, positions, source_rows, groups, *inputs)
-                if name == "prop":
+                if name == TokenFlowPass.PROPAGATE:
                     out[rows] = pred[source_rows:].to(out.dtype)
         rt.state = st  # every pass completed: later calls at this sigma (split cond/uncond) reuse it
         return out

@@ -81,11 +81,10 @@ class RandomSource:
 
 def extended_attention_all(ctx: Context):
     """Every frame attends to the keyframes every 4 frames (the node's default stride)."""
+    from comfyui_videoedit.adapters.model_patch import attach_attn1, comfy_attention
     from comfyui_videoedit.attention.extended_patch import ExtendedAttentionPatch
-    from comfyui_videoedit.attention.patching import attach_attn1
-    from comfyui_videoedit.nodes.common import comfy_attention
 
-    attn = comfy_attention()
+    attn = comfy_attention
     model = attach_attn1(ctx.model, lambda key, prev: ExtendedAttentionPatch(4, None, prev, attn))
     return lambda: _sample(ctx, model, ctx.cfg)
 
@@ -93,7 +92,7 @@ def extended_attention_all(ctx: Context):
 def tokenflow(ctx: Context, frames: int | None = None, share_batch: bool = True):
     """TokenFlow (window 8, PnP on) with a stand-in source branch; ``share_batch=False`` runs
     the source rows in UNet calls of their own (smaller calls, more of them)."""
-    from comfyui_videoedit.nodes.tokenflow import tokenflow_model
+    from comfyui_videoedit.adapters.tokenflow import tokenflow_model
 
     sub = ctx if frames is None else Context(ctx.model, ctx.positive, ctx.negative,
                                               _frames(ctx.latent, frames), ctx.steps, ctx.cfg)
@@ -130,8 +129,8 @@ def _flatten_flow(frames: int, h: int, w: int) -> torch.Tensor:
 
 def flatten(ctx: Context, mode: str = "dense", frames: int | None = None):
     """FLATTEN on every self-attention layer (trajectory attention at the highest resolution)."""
+    from comfyui_videoedit.adapters.flatten import flatten_model
     from comfyui_videoedit.flow.trajectories import sample_trajectories
-    from comfyui_videoedit.nodes.flatten import flatten_model
 
     sub = ctx if frames is None else Context(ctx.model, ctx.positive, ctx.negative,
                                               _frames(ctx.latent, frames), ctx.steps, ctx.cfg)
@@ -163,7 +162,7 @@ SHARES_SHAPES.add("flatten_bounded_f32")
 
 def inversion(ctx: Context):
     """DDIM inversion of the frames (cfg 1, no cache) over the same steps."""
-    from comfyui_videoedit.inversion.comfy_adapter import invert_video
+    from comfyui_videoedit.adapters.inversion import invert_video
 
     return lambda: invert_video(ctx.model, {"samples": ctx.latent}, ctx.positive, steps=ctx.steps,
                                 frame_batch_size=ctx.latent.shape[0], cache_mode="off")
@@ -215,12 +214,11 @@ def rerender_keyframe(ctx: Context, x0_strength: float = 1.0):
     ``python -m bench --frames 1 --steps 20 --cases rerender_keyframe,rerender_keyframe_img2img``
     (with fewer than 10 steps the pixel-fusion window, strictly inside 0.5..0.8, holds no step
     and pass 2 is skipped)."""
-    from comfyui_videoedit.nodes.rerender import FlowBetween
-    from comfyui_videoedit.nodes.rerender_pipeline import RerenderRun, RerenderSettings
+    from comfyui_videoedit.adapters.rerender import FlowBetween, RerenderConfig, RerenderRun
 
     _, _, h, w = ctx.latent.shape
     frames = _panning_frames(2, 8 * h, 8 * w)
-    settings = RerenderSettings(steps=ctx.steps, cfg=ctx.cfg, seed=ctx.seed, x0_strength=x0_strength)
+    settings = RerenderConfig(steps=ctx.steps, cfg=ctx.cfg, seed=ctx.seed, x0_strength=x0_strength)
     run = RerenderRun(ctx.model, _sd_vae(), ctx.positive, ctx.negative, settings, 2)
     chw = frames.movedim(-1, 1)
     with torch.inference_mode():

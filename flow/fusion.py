@@ -15,7 +15,10 @@ Masks called *occlusion* are 1 where unreliable; masks called *keep* are 1 where
 reference is used. Device and dtype follow the inputs.
 
 Defaults follow the official code (williamyang1991/Rerender_A_Video @dfaf9d8); where the paper
-differs the difference is an argument (see ``shared/reference/methods.md`` §4).
+differs the difference is an argument (see ``shared/reference/methods.md`` §4), and so is each
+alternative the pack offers (``flow_resize="antialiased"`` in :func:`warp_latent`,
+``formula="exact"`` in :func:`adain`), with its measured size in the README ("Differences from
+the official code").
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from .resize import resize_flow
 from .warp import warp_backward
 
 FIDELITY_MODES = ("code", "paper")
+# flow → latent grid for the shape-aware fusion: ids → ``flow.resize`` modes
+LATENT_FLOW_RESIZE = {"official": "bilinear", "antialiased": "antialiased"}
+ADAIN_FORMULAS = ("official", "exact")
+OFFICIAL_ADAIN_EPS = 1e-5
 
 
 def _as_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -100,10 +107,14 @@ def shape_fusion_mask(occlusion: torch.Tensor, latent_size: tuple[int, int]) -> 
     return latent_keep_mask(soft_occlusion(occlusion), latent_size)
 
 
-def warp_latent(latent: torch.Tensor, flow: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
+def warp_latent(latent: torch.Tensor, flow: torch.Tensor, mode: str = "nearest",
+                flow_resize: str = "official") -> torch.Tensor:
     """Backward-warp a latent by a pixel-resolution flow: ``out[p] = latent[p + flow_lat[p]]``.
 
-    The flow is resized to the latent grid with its vectors scaled (``resize_flow``). The
+    The flow is resized to the latent grid with its vectors scaled (``resize_flow``):
+    ``flow_resize="official"`` samples it bilinearly without antialiasing, as the official
+    ``interpolate(flow / 8, scale_factor=1/8, mode="bilinear")`` (each cell reads the 2×2 pixels
+    around its centre); ``"antialiased"`` averages the motion of all pixels a cell covers. The
     official code samples the anchor x0 with ``nearest`` (no blur of the latent); ``bilinear``
     is offered too. Samples outside the latent are 0 (the fusion mask excludes them).
 
@@ -112,11 +123,14 @@ def warp_latent(latent: torch.Tensor, flow: torch.Tensor, mode: str = "nearest")
         flow: ``[B, H, W, 2]`` from the output frame to the latent's frame, on the output
             frame's grid, in pixels (or already ``[B, h, w, 2]`` in latent cells).
         mode: ``"nearest"`` or ``"bilinear"``.
+        flow_resize: ``"official"`` or ``"antialiased"`` (:data:`LATENT_FLOW_RESIZE`).
 
     Returns:
         ``[B, c, h, w]``, dtype of ``latent``.
     """
-    flow_lat = resize_flow(flow.float(), latent.shape[-2:]).to(latent.device)
+    if flow_resize not in LATENT_FLOW_RESIZE:
+        raise ValueError(f"latent_flow_resize: expected one of {list(LATENT_FLOW_RESIZE)}, got {flow_resize!r}")
+    flow_lat = resize_flow(flow.float(), latent.shape[-2:], LATENT_FLOW_RESIZE[flow_resize]).to(latent.device)
     return warp_backward(latent, flow_lat, padding_mode="zeros", mode=mode)
 
 
@@ -132,32 +146,48 @@ def shape_fusion(x0: torch.Tensor, warped_reference: torch.Tensor, keep: torch.T
     return torch.lerp(x0, warped_reference.to(x0), keep)
 
 
-def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample, per-channel mean and (biased) standard deviation: ``([B, c, 1, 1], [B, c, 1, 1])``."""
+def channel_stats(x: torch.Tensor, correction: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample, per-channel mean and variance: ``([B, c, 1, 1], [B, c, 1, 1])``, float32.
+
+    ``correction=0`` is the biased (population) variance, ``1`` the unbiased one."""
     flat = x.float().flatten(2)
-    var, mean = torch.var_mean(flat, dim=2, correction=0)
-    return mean[..., None, None], var.sqrt()[..., None, None]
+    var, mean = torch.var_mean(flat, dim=2, correction=correction)
+    return mean[..., None, None], var[..., None, None]
 
 
-def adain(x: torch.Tensor, reference: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def adain(x: torch.Tensor, reference: torch.Tensor, formula: str = "official") -> torch.Tensor:
     """Adaptive instance normalisation: ``x`` normalised per channel, then given the
     reference's per-channel mean and standard deviation.
 
-    The output's per-channel mean/std equal the reference's (up to ``eps`` relative to the
-    input's variance). The official code divides by ``sqrt(var + 1e-5)`` on both sides
-    (``F.instance_norm`` and an unbiased reference std), which differs by well under 1e-4 on
-    SD latents; here both sides use the biased std so the match is exact.
+    - ``formula="official"`` (Rerender's ``update_x0``): ``F.instance_norm(x)·σ_ref + μ_ref``
+      with ``F.instance_norm`` = ``(x − μ_x)/sqrt(var_x + 1e-5)`` (biased variance) and
+      ``σ_ref = sqrt(var_ref + 1e-5)`` with the *unbiased* reference variance. The output's
+      std is then about ``1 + 1/(2n)`` times the reference's over ``n = h·w`` cells (less the
+      eps terms): 1.2e-4 relative at 64×64, 2.0e-3 at 16×16; on unit-variance Gaussian
+      latents ``"exact"`` differs from it by up to 5.0e-4 (64×64) and 7.4e-3 (16×16) max abs
+      (README, "Differences from the official code").
+    - ``formula="exact"``: biased std on both sides (eps 1e-12 on the input's variance), so
+      the output's per-channel mean/std equal the reference's to rounding.
 
     Args:
         x: ``[B, c, h, w]``.
         reference: ``[B or 1, c, h', w']``.
+        formula: ``"official"`` or ``"exact"``.
 
     Returns:
         ``[B, c, h, w]``, dtype of ``x``.
     """
-    mean_x, std_x = channel_stats(x)
-    mean_r, std_r = channel_stats(reference)
-    out = (x.float() - mean_x) / torch.sqrt(std_x.square() + eps) * std_r + mean_r
+    if formula not in ADAIN_FORMULAS:
+        raise ValueError(f"adain formula must be one of {ADAIN_FORMULAS}, got {formula!r}")
+    mean_x, var_x = channel_stats(x)
+    if formula == "official":
+        # unbiased, as the official ``var()``; a one-cell reference has no unbiased variance
+        mean_r, var_r = channel_stats(reference, correction=1 if reference[0, 0].numel() > 1 else 0)
+        eps_x = eps_r = OFFICIAL_ADAIN_EPS
+    else:
+        mean_r, var_r = channel_stats(reference)
+        eps_x, eps_r = 1e-12, 0.0
+    out = (x.float() - mean_x) / torch.sqrt(var_x + eps_x) * torch.sqrt(var_r + eps_r) + mean_r
     return out.to(x.dtype)
 
 

@@ -2,7 +2,7 @@
 frame, at every latent resolution a UNet's self-attention runs at.
 
 At a grid of ``h × w`` cells, the forward flow (resized to the grid, vectors scaled, rounded
-to whole cells) links cell ``(t, y, x)`` to ``(t+1, y+dy, x+dx)``. A link that leaves the
+to whole cells; see :data:`FLOW_RESIZE`) links cell ``(t, y, x)`` to ``(t+1, y+dy, x+dx)``. A link that leaves the
 grid ends its trajectory. When several cells link to the same target, one of them (a seeded
 random choice: the official code uses Python's unseeded ``random``) continues into it and the
 others end. Cells of frame ``t+1`` that no link continues into start new trajectories. Every
@@ -25,6 +25,14 @@ from .resize import resize_flow
 
 DEFAULT_LEVELS = 4  # SD1.5/2.x attend at latent /1, /2, /4, /8; SDXL at /2, /4
 
+# How the flow is brought to each cell grid (ids → ``flow.resize`` modes):
+# - "official": nearest, as yrcong/flatten's ``interpolate(flow, scale_factor=r/512)``: each
+#   cell moves by the flow of the pixel at its top-left corner;
+# - "antialiased": each cell moves by the mean flow of the pixels it covers (smoother, ignores
+#   single-pixel outliers). On real flows the rounded cell displacements of the two differ in
+#   a few per cent of cells (README, "Differences from the official code").
+FLOW_RESIZE = {"official": "nearest", "antialiased": "antialiased"}
+
 
 def latent_grid_sizes(height: int, width: int, levels: int = DEFAULT_LEVELS) -> list[tuple[int, int]]:
     """Token grids of a UNet's resolution levels for a latent of ``height × width``.
@@ -40,19 +48,28 @@ def latent_grid_sizes(height: int, width: int, levels: int = DEFAULT_LEVELS) -> 
     return sizes
 
 
-def cell_displacements(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _resize_mode(flow_resize: str) -> str:
+    try:
+        return FLOW_RESIZE[flow_resize]
+    except KeyError:
+        raise ValueError(f"flow_resize: expected one of {list(FLOW_RESIZE)}, got {flow_resize!r}") from None
+
+
+def cell_displacements(flow: torch.Tensor, size: tuple[int, int], flow_resize: str = "official") -> torch.Tensor:
     """Flow resized to a cell grid with its vectors in cells, rounded to whole cells.
 
     Args:
         flow: ``[F-1, H, W, 2]`` pixel displacements (dx, dy), any grid size.
         size: ``(h, w)`` target grid.
+        flow_resize: ``"official"`` (nearest) or ``"antialiased"`` (:data:`FLOW_RESIZE`).
 
     Returns:
         ``[F-1, h, w, 2]`` int64 (dx, dy) in cells, on the flow's device.
     """
+    mode = _resize_mode(flow_resize)
     if flow.shape[0] == 0:
         return torch.zeros(0, size[0], size[1], 2, dtype=torch.long, device=flow.device)
-    return torch.round(resize_flow(flow.float(), size)).long()
+    return torch.round(resize_flow(flow.float(), size, mode)).long()
 
 
 def link_cells(disp: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -138,13 +155,15 @@ class TrajectorySet:
     """``VE_TRAJECTORIES``: trajectories of one clip at every latent resolution.
 
     ``frames``: the clip's frame count; ``latent_size``: ``(h, w)`` of the latent (level 0);
-    ``levels``: grid ``(h, w)`` → :class:`Trajectories` (CPU tensors).
+    ``levels``: grid ``(h, w)`` → :class:`Trajectories` (CPU tensors); ``flow_resize``: how the
+    flow was brought to the grids (:data:`FLOW_RESIZE`).
     """
 
     frames: int
     latent_size: tuple[int, int]
     levels: dict[tuple[int, int], Trajectories] = field(default_factory=dict)
     seed: int = 0
+    flow_resize: str = "official"
 
     def at(self, size: tuple[int, int]) -> Trajectories:
         try:
@@ -163,7 +182,7 @@ class TrajectorySet:
 
 
 def sample_trajectories(flow: torch.Tensor, latent_size: tuple[int, int], levels: int = DEFAULT_LEVELS,
-                        seed: int = 0) -> TrajectorySet:
+                        seed: int = 0, flow_resize: str = "official") -> TrajectorySet:
     """Trajectories of a clip at every latent resolution.
 
     Args:
@@ -172,18 +191,20 @@ def sample_trajectories(flow: torch.Tensor, latent_size: tuple[int, int], levels
         latent_size: ``(h, w)`` of the latent (image size / 8 for SD).
         levels: how many resolutions, each ``ceil(n/2)`` of the previous.
         seed: seed of the collision choices.
+        flow_resize: ``"official"`` (nearest, yrcong/flatten) or ``"antialiased"``.
 
     Returns:
         :class:`TrajectorySet` with CPU tensors.
     """
     if flow.ndim != 4 or flow.shape[-1] != 2:
         raise ValueError(f"flow must be [frames-1, H, W, 2], got {list(flow.shape)}")
+    _resize_mode(flow_resize)
     gen = torch.Generator().manual_seed(int(seed))
     out = TrajectorySet(frames=int(flow.shape[0]) + 1, latent_size=(int(latent_size[0]), int(latent_size[1])),
-                        seed=int(seed))
+                        seed=int(seed), flow_resize=flow_resize)
     for size in latent_grid_sizes(*latent_size, levels):
         if size in out.levels:
             continue
-        ids = link_cells(cell_displacements(flow, size), gen)
+        ids = link_cells(cell_displacements(flow, size, flow_resize), gen)
         out.levels[size] = Trajectories.from_ids(ids.cpu())
     return out

@@ -19,7 +19,7 @@ import torch
 
 # transformer_options key under which the inversion (which runs the clip in chunks of frames)
 # and the capture helpers list the global frame indices of the batch a UNet call holds.
-from ..attention.frames import FRAME_INDICES_KEY, FRAME_TOTAL_KEY
+from ..attention.keys import FRAME_INDICES_KEY, FRAME_TOTAL_KEY
 from .record import InversionRecord
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ algorithm modules, report progress. Nothing here runs at import beyond class def
 
 from comfy_api.latest import ComfyExtension, io
 
-from .paths import register_model_folders
+from ..adapters.paths import register_model_folders
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:

@@ -1,16 +1,40 @@
-"""Small helpers shared by the node modules (ComfyUI-side only)."""
+"""What the node modules share: the pack's custom types, the one set of IMAGE / OPTICAL_FLOW
+validators, and option parsing."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import torch
+
+from ..flow.resize import resize_flow
 
 
-def comfy_attention():
-    """ComfyUI's own attention kernel (honours the user's --use-*-attention choice) with the
-    ``attn_fn(q, k, v, heads)`` signature the attention modules take."""
-    from comfy.ldm.modules.attention import optimized_attention
+def check_image(images, name: str = "images") -> torch.Tensor:
+    """An IMAGE batch ``[F, H, W, C >= 3]``, returned as it is; ValueError naming the input otherwise."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] < 3:
+        raise ValueError(f"{name}: expected an IMAGE batch [F,H,W,3], got {_shape(images)}")
+    return images
 
-    return lambda q, k, v, heads: optimized_attention(q, k, v, heads)
+
+def check_flow(flow, name: str, frames: int | None = None, size: tuple[int, int] | None = None,
+               missing: str = "", against: str = "the clip") -> torch.Tensor:
+    """An OPTICAL_FLOW ``[F-1, H, W, 2]`` as float32; with ``frames``, it must hold ``frames - 1``
+    pairs; with ``size`` ``(H, W)``, it is resized (and its vectors rescaled) to that grid.
+    ``missing`` is the advice given when the input is not connected (``None``)."""
+    if flow is None:
+        raise ValueError(f"{name}: connect the clip's {name} (Estimate Optical Flow){missing}")
+    if not isinstance(flow, torch.Tensor) or flow.ndim != 4 or flow.shape[-1] != 2:
+        raise ValueError(f"{name}: expected OPTICAL_FLOW [F-1,H,W,2] (from Estimate Optical Flow), got {_shape(flow)}")
+    if frames is not None and flow.shape[0] != frames - 1:
+        raise ValueError(f"{name} has {flow.shape[0]} frame pairs ({flow.shape[0] + 1} frames) but {against} has "
+                         f"{frames} frames: use the flow of the same clip")
+    flow = flow.float()
+    if size is not None and tuple(flow.shape[1:3]) != tuple(size):
+        flow = resize_flow(flow, tuple(size))
+    return flow
+
+
+def _shape(value) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def parse_int_list(text: str, input_name: str) -> list[int]:
@@ -25,39 +49,6 @@ def parse_int_list(text: str, input_name: str) -> list[int]:
     if any(v < 0 for v in values):
         raise ValueError(f"{input_name}: frame numbers must be >= 0, got '{text}'")
     return sorted(set(values))
-
-
-def check_choice(value, ids, input_name: str):
-    """``value`` if it is one of ``ids`` (a combo's option ids; ComfyUI 0.3.75 does not check V3
-    combos), else a ValueError naming the input and listing the choices."""
-    ids = list(ids)
-    if value not in ids:
-        shown = ", ".join(repr(i) for i in ids[:12]) + (", …" if len(ids) > 12 else "")
-        raise ValueError(f"{input_name}: {value!r} is not one of the choices ({shown}); pick one of them")
-    return value
-
-
-def choice_id(value, options: dict, input_name: str):
-    """The option id of a combo value given as its label (a key of ``options``) or as the id
-    itself (a value); anything else is a ValueError naming the input (ComfyUI 0.3.75 does
-    not check V3 combos)."""
-    if value in options:
-        return options[value]
-    if value in options.values():
-        return value
-    return check_choice(value, list(options), input_name)
-
-
-@contextmanager
-def input_errors(input_name: str):
-    """Re-raise a ValueError from a parser as one naming ``input_name`` (the original kept as
-    ``__cause__``)."""
-    try:
-        yield
-    except ValueError as err:
-        if str(err).startswith(f"{input_name}:"):
-            raise
-        raise ValueError(f"{input_name}: {err}") from err
 
 
 def check_filename_prefix(prefix, input_name: str = "filename_prefix") -> str:

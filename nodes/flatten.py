@@ -9,31 +9,22 @@ import time
 import torch
 from comfy_api.latest import io
 
-from ..attention.flatten_patch import FlattenAttention, FlattenConfig, FlattenRuntime, attention_levels
-from ..attention.patching import attach_attn1, self_attention_keys
-from ..attention.pnp import PnPSchedule, PnPWrapper
-from ..attention.resnet_hooks import resblock_of
-from ..attention.unet_blocks import parse_block_list
-from ..flow.trajectories import TrajectorySet, sample_trajectories
-from .common import OPTICAL_FLOW, VE_INVERSION, VE_TRAJECTORIES, choice_id, comfy_attention, input_errors
+from ..adapters.flatten import FlattenOptions, flatten_model
+from ..adapters.source import source_branch_from
+from ..flow.trajectories import FLOW_RESIZE, sample_trajectories
+from ..options import check_choice
+from .common import OPTICAL_FLOW, VE_INVERSION, VE_TRAJECTORIES, check_flow
 
 log = logging.getLogger(__name__)
-PNP_WRAPPER_KEY = "videoedit_pnp"
-LEVELS = {"highest (paper)": "highest", "all": "all"}
-MODES = {"dense (paper)": "dense", "bounded (anchor frames)": "bounded"}
+TRAJECTORY_FLOW_RESIZE = "official"  # default of Sample Trajectories' flow_resize (flow/trajectories.py)
 
 
 def _check_flow_and_latent(flow, latent) -> tuple[torch.Tensor, int, int, int]:
-    if not isinstance(flow, torch.Tensor) or flow.ndim != 4 or flow.shape[-1] != 2:
-        shape = tuple(flow.shape) if isinstance(flow, torch.Tensor) else type(flow).__name__
-        raise ValueError(f"flow: expected OPTICAL_FLOW [F-1,H,W,2] forward flow (from Estimate Flow), got {shape}")
     samples = latent["samples"]
     if samples.ndim != 4:
         raise ValueError(f"latent: expected an image-model video latent [frames, C, h, w], got {tuple(samples.shape)}")
     frames, _, h, w = samples.shape
-    if flow.shape[0] + 1 != frames:
-        raise ValueError(f"flow has {flow.shape[0]} frame pairs ({flow.shape[0] + 1} frames) but the latent has "
-                         f"{frames} frames: use the forward flow of the same clip that was encoded")
+    flow = check_flow(flow, "flow", frames, against="the latent")
     flow = crop_like_vae_encode(flow, h * 8, w * 8)
     flow_aspect, latent_aspect = flow.shape[2] / flow.shape[1], w / h
     if abs(flow_aspect / latent_aspect - 1) > 0.05:
@@ -75,89 +66,28 @@ class SampleTrajectories(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              tooltip="Seed of the choice among cells that flow onto the same cell (deterministic; "
                                      "the official code's choice is unseeded)."),
+                io.Combo.Input("flow_resize", options=list(FLOW_RESIZE), default=TRAJECTORY_FLOW_RESIZE,
+                               tooltip="How the flow is brought to each latent grid before rounding. official: "
+                                       "nearest (each cell moves with the pixel at its top-left corner, as the "
+                                       "official code); antialiased: with the mean motion of the pixels it covers."),
             ],
             outputs=[VE_TRAJECTORIES.Output(display_name="trajectories")],
         )
 
     @classmethod
-    def execute(cls, flow, latent, seed) -> io.NodeOutput:
+    def execute(cls, flow, latent, seed, flow_resize=TRAJECTORY_FLOW_RESIZE) -> io.NodeOutput:
+        check_choice("flow_resize", flow_resize, FLOW_RESIZE)
         flow, _, h, w = _check_flow_and_latent(flow, latent)
         start = time.perf_counter()
-        trajectories = sample_trajectories(flow, (h, w), seed=seed)
+        trajectories = sample_trajectories(flow, (h, w), seed=seed, flow_resize=flow_resize)
         log.info("FLATTEN trajectories for %s sampled in %.3f s", trajectories.describe(), time.perf_counter() - start)
         return io.NodeOutput(trajectories)
-
-
-def flatten_model(model, trajectories, mode="dense", levels="highest", old_qk=False, anchor_stride=4,
-                  max_anchors=4, source=None, inject_step=0.8, pnp_attn_blocks="output 4-9",
-                  pnp_resnet_blocks="output 3, 4, 6"):
-    """MODEL clone with FLATTEN on every self-attention layer and, with a ``source`` branch
-    (``attention.pnp.PnPWrapper``'s protocol), PnP injection for the first ``inject_step``
-    fraction of the source's steps."""
-    if not isinstance(trajectories, TrajectorySet):
-        raise ValueError(f"trajectories: expected VE_TRAJECTORIES from VideoEdit Sample Trajectories, got "
-                         f"{type(trajectories).__name__}")
-    levels = choice_id(levels, LEVELS, "levels")
-    mode = choice_id(mode, MODES, "mode")
-    keys = self_attention_keys(model)
-    level_of = attention_levels(model.get_model_object("diffusion_model"))
-    top = min(level_of[k] for k in keys)
-    flow_keys = set(keys) if levels == "all" else {k for k in keys if level_of[k] == top}
-    config = FlattenConfig(mode=MODES.get(mode, mode), old_qk=bool(old_qk), anchor_stride=int(anchor_stride),
-                           max_anchors=int(max_anchors))
-    runtime = FlattenRuntime(trajectories, config, comfy_attention())
-    m = attach_attn1(model, lambda key, prev: FlattenAttention(runtime, key, key in flow_keys, prev), keys)
-    if source is not None:
-        from comfy.patcher_extension import WrappersMP
-
-        with input_errors("pnp_attn_blocks"):
-            attn_keys = tuple(parse_block_list(pnp_attn_blocks, keys))
-        res_keys = parse_resblocks(pnp_resnet_blocks, model)
-        steps = int(source.num_steps * float(inject_step) + 1e-6)
-        schedule = PnPSchedule(attn_keys=attn_keys, res_keys=res_keys, attn_steps=steps, res_steps=steps)
-        m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, PNP_WRAPPER_KEY,
-                               PnPWrapper(source, schedule, model.get_model_object("model_sampling")))
-    return m
-
-
-def parse_resblocks(spec: str, model) -> tuple[tuple[str, int], ...]:
-    """``"output 3, 4, 6"`` (also ``"output 3-4; input 7"``) → ResBlock keys, checked against the model."""
-    keys = []
-    for part in (spec or "").replace(";", "|").split("|"):
-        name, _, ids = part.strip().lower().partition(" ")
-        if not name:
-            continue
-        try:
-            ranges = [item.partition("-") for item in ids.replace(" ", "").split(",") if item]
-            numbers = [n for lo, _, hi in ranges for n in range(int(lo), int(hi or lo) + 1)]
-        except ValueError:
-            numbers = []
-        if name not in ("input", "output") or not numbers:
-            raise ValueError(f"pnp_resnet_blocks: '{part.strip()}' is not like 'output 3, 4, 6'")
-        keys.extend((name, n) for n in numbers)
-    dm = model.get_model_object("diffusion_model")
-    for key in keys:
-        if key[1] >= len(getattr(dm, f"{key[0]}_blocks")):
-            raise ValueError(f"pnp_resnet_blocks: this model has no {key[0]}_blocks[{key[1]}]")
-        resblock_of(dm, key)
-    return tuple(keys)
-
-
-def _source_branch(inversion, model):
-    try:
-        from .source_branch import source_branch_from
-    except ModuleNotFoundError as e:
-        if e.name and e.name.endswith("source_branch"):
-            raise RuntimeError("Apply FLATTEN: the inversion input needs the source-branch adapter "
-                               "(nodes/source_branch.py), which this install of ComfyUI-VideoEdit lacks; "
-                               "disconnect inversion or update the pack") from None
-        raise
-    return source_branch_from(inversion, model)
 
 
 class ApplyFLATTEN(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        spec = FlattenOptions.spec
         return io.Schema(
             node_id="VideoEdit_ApplyFLATTEN",
             display_name="Apply FLATTEN",
@@ -171,30 +101,31 @@ class ApplyFLATTEN(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model to patch (a clone is returned; the input is not changed)."),
                 VE_TRAJECTORIES.Input("trajectories", tooltip="From VideoEdit Sample Trajectories, for the latent "
                                                               "that will be sampled (same frames and size)."),
-                io.Combo.Input("mode", options=list(MODES), default=list(MODES)[0],
+                io.Combo.Input("mode", **spec("mode"),
                                tooltip="dense: every frame attends to all frames (the paper; cost grows with frames²). "
                                        "bounded: every frame attends to the anchor frames and its neighbours ±1, "
                                        "so time and memory grow linearly with frames; trajectory attention is the "
                                        "same in both."),
-                io.Combo.Input("levels", options=list(LEVELS), default=list(LEVELS)[0],
-                               tooltip="Resolutions that get the trajectory attention: the highest one the UNet "
-                                       "attends at (the paper), or all of them."),
-                io.Boolean.Input("old_qk", default=False,
+                io.Combo.Input("levels", **spec("levels"),
+                               tooltip="Resolutions that get the trajectory attention. highest: the highest one the "
+                                       "UNet attends at (the paper); all: every resolution."),
+                io.Boolean.Input("old_qk", **spec("old_qk"),
                                  tooltip="Trajectory attention with the layer's own (possibly injected) q and k and "
                                          "v = H, instead of q = k = v = H (the official --old_qk 1)."),
-                io.Int.Input("anchor_stride", default=4, min=1, max=4096,
+                io.Int.Input("anchor_stride", **spec("anchor_stride"),
                              tooltip="bounded mode: frames whose index is a multiple of this are anchors "
                                      "(1 with max_anchors 0 = every frame = dense)."),
-                io.Int.Input("max_anchors", default=4, min=0, max=4096,
+                io.Int.Input("max_anchors", **spec("max_anchors"),
                              tooltip="bounded mode: at most this many anchors, spread evenly over the strided "
                                      "ones, so the cost per frame stays fixed for long clips (0 = no limit)."),
-                io.Float.Input("inject_step", default=0.8, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("inject_step", **spec("inject_step"),
                                tooltip="With an inversion: fraction of the steps (from the start) during which the "
                                        "source's features replace the edit's (the official 40 of 50 steps)."),
-                io.String.Input("pnp_attn_blocks", default="output 4-9",
+                io.String.Input("pnp_attn_blocks", **spec("pnp_attn_blocks"),
                                 tooltip="With an inversion: self-attention layers whose q/k come from the source "
-                                        "(ComfyUI block ids; the official SD decoder layers 4-9)."),
-                io.String.Input("pnp_resnet_blocks", default="output 3, 4, 6",
+                                        "(ComfyUI block ids such as 'output 4-9' or 'input 1,2; output 9-11'; the "
+                                        "official SD decoder layers 4-9). 'none' disables."),
+                io.String.Input("pnp_resnet_blocks", **spec("pnp_resnet_blocks"),
                                 tooltip="With an inversion: ResBlocks whose residual branch comes from the source "
                                         "(output_blocks[3, 4, 6][0] as the official code). Empty disables."),
                 VE_INVERSION.Input("inversion", optional=True,
@@ -206,11 +137,9 @@ class ApplyFLATTEN(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, trajectories, mode, levels, old_qk, anchor_stride, max_anchors, inject_step,
-                pnp_attn_blocks, pnp_resnet_blocks, inversion=None) -> io.NodeOutput:
-        source = _source_branch(inversion, model) if inversion is not None else None
-        return io.NodeOutput(flatten_model(model, trajectories, mode, levels, old_qk, anchor_stride, max_anchors,
-                                           source, inject_step, pnp_attn_blocks, pnp_resnet_blocks))
+    def execute(cls, model, trajectories, inversion=None, **options) -> io.NodeOutput:
+        source = source_branch_from(inversion, model) if inversion is not None else None
+        return io.NodeOutput(flatten_model(model, trajectories, source, **options))
 
 
 NODES = [SampleTrajectories, ApplyFLATTEN]

@@ -12,32 +12,23 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
+from ..adapters.paths import raft_weight_files
+from ..adapters.raft import raft_model
 from ..flow.consistency import occlusion_mask
 from ..flow.dis import dis_flow
 from ..flow.estimate import bidirectional_flow
 from ..flow.raft import DEFAULT_FLOW_UPDATES, RAFT_ARCHITECTURES, raft_flow
-from ..flow.raft_checkpoint import RaftCache
 from ..flow.visualize import flow_to_rgb
 from ..flow.warp import PADDING_MODES, warp_backward
-from .common import OPTICAL_FLOW, check_choice
-from .paths import raft_weight_files, resolve_raft_weights
+from ..options import check_choice
+from .common import OPTICAL_FLOW, check_flow, check_image
 
 METHODS = ("dis", *RAFT_ARCHITECTURES)
 _CHUNK = 16  # frames per warp/mask call: bounds the temporary sampling grids
-_RAFT_MODELS = RaftCache()
-
-
-def _check_frames(images: torch.Tensor, name: str = "images") -> torch.Tensor:
-    if images.ndim != 4 or images.shape[-1] < 3:
-        raise ValueError(f"{name}: expected an IMAGE batch [F,H,W,3], got shape {tuple(images.shape)}")
-    return images
 
 
 def _check_flow(flow, name: str) -> torch.Tensor:
-    if not isinstance(flow, torch.Tensor) or flow.ndim != 4 or flow.shape[-1] != 2:
-        shape = tuple(flow.shape) if isinstance(flow, torch.Tensor) else type(flow).__name__
-        raise ValueError(f"{name}: expected OPTICAL_FLOW [F-1,H,W,2] (from Estimate Flow), got {shape}")
-    return flow.to(device=mm.intermediate_device(), dtype=torch.float32)
+    return check_flow(flow, name).to(device=mm.intermediate_device())
 
 
 def _chunked(fn, *tensors: torch.Tensor) -> torch.Tensor:
@@ -107,7 +98,7 @@ class EstimateFlow(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, method, raft_weights, num_flow_updates, batch_size, scale) -> io.NodeOutput:
-        frames = _check_frames(images)
+        frames = check_image(images)
         if frames.shape[0] < 2:
             raise ValueError(f"images: optical flow needs at least 2 frames, got {frames.shape[0]}")
         if method not in METHODS:
@@ -120,7 +111,7 @@ class EstimateFlow(io.ComfyNode):
 
         if method == "dis":
             return io.NodeOutput(*bidirectional_flow(frames, dis_flow, batch_size, scale, on_batch))
-        model = _RAFT_MODELS.get(method, resolve_raft_weights(method, raft_weights))
+        model = raft_model(method, raft_weights)
         model.to(mm.get_torch_device())
         try:
             estimator = functools.partial(raft_flow, model, num_flow_updates=num_flow_updates)
@@ -254,10 +245,10 @@ class WarpImages(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, flow, flow_direction, padding_mode) -> io.NodeOutput:
-        frames = _check_frames(images)
+        frames = check_image(images)
         flow = _check_flow(flow, "flow")
-        check_choice(flow_direction, ("forward", "backward"), "flow_direction")
-        check_choice(padding_mode, PADDING_MODES, "padding_mode")
+        check_choice("flow_direction", flow_direction, ("forward", "backward"))
+        check_choice("padding_mode", padding_mode, PADDING_MODES)
         if frames.shape[0] == flow.shape[0] + 1:
             frames = frames[1:] if flow_direction == "forward" else frames[:-1]
         elif frames.shape[0] != flow.shape[0]:

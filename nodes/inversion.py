@@ -7,7 +7,8 @@ import comfy.model_management as mm
 import comfy.samplers
 from comfy_api.latest import io, ui
 
-from ..inversion import comfy_adapter as adapter
+from ..adapters import inversion as adapter
+from ..adapters import nulltext
 from ..inversion import metrics
 from .common import VE_INVERSION, available_ram
 
@@ -161,8 +162,8 @@ class NullTextOptimization(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, inversion, negative, cfg, inner_steps, frame_batch_size, positive=None) -> io.NodeOutput:
-        record, reports = adapter.optimize_null_text(model, inversion, negative, positive, cfg, inner_steps,
-                                                     frame_batch_size)
+        record, reports = nulltext.optimize_null_text(model, inversion, negative, positive, cfg, inner_steps,
+                                                      frame_batch_size)
         first = sum(r.first_loss for r in reports) / max(len(reports), 1)
         last = sum(r.last_loss for r in reports) / max(len(reports), 1)
         iters = sum(r.iterations for r in reports)
@@ -188,7 +189,7 @@ class ApplyNullText(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, inversion) -> io.NodeOutput:
-        return io.NodeOutput(adapter.apply_null_text(model, inversion))
+        return io.NodeOutput(nulltext.apply_null_text(model, inversion))
 
 
 NODES = [DDIMInversion, InversionReconstruction, NullTextOptimization, ApplyNullText]

@@ -9,86 +9,39 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..flow.dis import dis_flow
-from ..flow.fusion import adain, fidelity_encode
-from ..flow.propagate import BLEND_MODES, COLOUR_SPACES, chain_flow, propagate_keyframes
-from ..flow.raft import RAFT_ARCHITECTURES, raft_flow
-from ..flow.raft_checkpoint import RaftCache
-from ..flow.resize import resize_flow
-from .common import OPTICAL_FLOW, check_choice, choice_id, parse_int_list
-from .rerender_pipeline import RerenderRun, RerenderSettings, check_vae_multiple, vae_decode_chw, vae_encode_chw
+from ..adapters.rerender import (
+    CROSS_FRAME_STORE_DEFAULT,
+    FIDELITY_MODES,
+    RerenderConfig,
+    check_vae_multiple,
+    render_keyframes,
+    vae_decode_chw,
+    vae_encode_chw,
+)
+from ..attention.crossframe import STORE_PRECISIONS
+from ..flow.fusion import ADAIN_FORMULAS, adain, fidelity_encode
+from ..flow.propagate import BLEND_MODES, COLOUR_SPACES, propagate_keyframes
+from ..options import check_choice
+from .common import OPTICAL_FLOW, check_flow, check_image, parse_int_list
 
-FLOW_METHODS = {
-    "dis (direct between the two frames)": "dis",
-    "chain input flows": "chain",
-    "raft_large (direct, models/raft)": "raft_large",
-    "raft_small (direct, models/raft)": "raft_small",
-}
-FIDELITY_MODES = {
-    "code: x_r + (1 - M_E)*lambda*(x_r - x_rr), M_E over threshold, grown": "code",
-    "paper: x_r + M_E*lambda*(x_r - x_rr), M_E under threshold": "paper",
-}
-_RAFT = RaftCache()
+LATENT_ADAIN_FORMULA = "exact"  # the node matches the moments; Rerender Keyframes uses the official formula
 
 
-def _frames(images: torch.Tensor, name: str = "images") -> torch.Tensor:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] < 3:
-        raise ValueError(f"{name}: expected an IMAGE batch [F,H,W,3], got {getattr(images, 'shape', type(images))}")
-    return images[..., :3].float()
+def _frames(images, name: str = "images") -> torch.Tensor:
+    return check_image(images, name)[..., :3].float()
 
 
 def _flows_for(frames: torch.Tensor, flow, name: str) -> torch.Tensor:
     count, height, width = frames.shape[:3]
-    if flow is None:
-        raise ValueError(f"{name}: connect the clip's {name} (Estimate Optical Flow), or pick a direct flow method")
-    if not isinstance(flow, torch.Tensor) or flow.ndim != 4 or flow.shape[-1] != 2 or flow.shape[0] != count - 1:
-        raise ValueError(f"{name}: expected OPTICAL_FLOW [{count - 1},H,W,2] for {count} frames, got "
-                         f"{tuple(getattr(flow, 'shape', ()))}")
+    flow = check_flow(flow, name, count, missing=", or pick a direct flow method")
     if abs((flow.shape[2] / flow.shape[1]) / (width / height) - 1) > 0.05:
         raise ValueError(f"{name}: is {flow.shape[2]}x{flow.shape[1]} (w x h) but the frames are {width}x{height}: "
                          "their aspect ratios differ; estimate the flow on these frames (any scale of them)")
-    flow = flow.float().to(frames.device)
-    return resize_flow(flow, (height, width)) if tuple(flow.shape[1:3]) != (height, width) else flow
+    return check_flow(flow, name, size=(height, width)).to(frames.device)
 
 
-class FlowBetween:
-    """``(from, to) -> [1, H, W, 2]`` flow on ``from``'s grid, cached: computed directly between
-    the two frames (as the official code does with GMFlow) or chained from adjacent flows."""
-
-    def __init__(self, frames: torch.Tensor, method: str, forward=None, backward=None):
-        self.frames, self.method, self.cache = frames, method, {}
-        if method == "chain":
-            self.forward = _flows_for(frames, forward, "forward_flow")
-            self.backward = _flows_for(frames, backward, "backward_flow")
-        elif method in RAFT_ARCHITECTURES:
-            from .paths import resolve_raft_weights
-
-            self.raft = _RAFT.get(method, resolve_raft_weights(method, "auto"))
-
-    def __call__(self, a: int, b: int) -> torch.Tensor:
-        if (a, b) not in self.cache:
-            src, dst = self.frames[a:a + 1], self.frames[b:b + 1]
-            if self.method == "chain":
-                flow = chain_flow(self.forward, self.backward, a, b)
-            elif self.method == "dis":
-                flow = dis_flow(src, dst)
-            else:
-                self.raft.to(mm.get_torch_device())
-                try:
-                    flow = raft_flow(self.raft, src, dst)
-                finally:
-                    self.raft.to(mm.unet_offload_device())
-            self.cache[(a, b)] = flow.float().to(self.frames.device)
-        return self.cache[(a, b)]
-
-
-def _window(name: str, start: float, end: float) -> tuple[float, float]:
-    if start < 0 or end > 1:
-        raise ValueError(f"{name}: the window is a fraction of the steps, 0..1 (got {start}..{end})")
-    return float(start), float(end)
-
-
-def _window_inputs(name: str, start: float, end: float, what: str) -> list:
+def _window_inputs(name: str, what: str) -> list:
+    start, end = RerenderConfig.default(name)
     return [
         io.Float.Input(f"{name}_start", default=start, min=0.0, max=1.0, step=0.01,
                        tooltip=f"{what} Start of its window, as a fraction of the steps. A window whose end is not "
@@ -101,12 +54,13 @@ def _window_inputs(name: str, start: float, end: float, what: str) -> list:
 class RerenderKeyframes(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        spec = RerenderConfig.spec
         return io.Schema(
             node_id="VideoEdit_RerenderKeyframes",
             display_name="Rerender Keyframes (Rerender-A-Video)",
             category="VideoEdit/rerender",
-            description="Rerender-A-Video key-frame translation. Frames 0, K, 2K, ... are rendered in order; frame 0 is "
-                        "the anchor. Later keyframes get cross-frame attention to the anchor and previous keyframe, "
+            description="Rerender-A-Video key-frame translation. Frames 0, K, 2K, ... (keyframe_layout official: 0, 1, "
+                        "1+K, 1+2K, ...) are rendered in order; frame 0 is the anchor. Later keyframes get cross-frame attention to the anchor and previous keyframe, "
                         "shape-aware fusion of the anchor's warped x0 (early steps), AdaIN to the anchor's x0 "
                         "statistics (late steps) and pixel-aware fusion: a first pass is decoded, overlaid with the "
                         "warped previous/anchor keyframes, re-encoded with the fidelity-oriented encoder and used as "
@@ -119,53 +73,74 @@ class RerenderKeyframes(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="Negative conditioning (same ControlNet handling)."),
                 io.Vae.Input("vae", tooltip="VAE for encoding frames and for the pixel-aware fusion round trips."),
                 io.Image.Input("images", tooltip="The source clip [F,H,W,3]; H and W multiples of the VAE's 8."),
-                io.Int.Input("keyframe_interval", default=10, min=1, max=10000,
-                             tooltip="K: frames 0, K, 2K, ... are rendered (the official code uses 10; 5-20 recommended)."),
-                io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps (the official code: 20)."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, tooltip="Classifier-free guidance scale."),
-                io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
+                io.Int.Input("keyframe_interval", **spec("keyframe_interval"),
+                             tooltip="K: frames 0, K, 2K, ... are rendered (keyframe_layout official: 0, 1, 1+K, "
+                                     "...; the official code uses 10; 5-20 recommended)."),
+                io.Int.Input("steps", **spec("steps"), tooltip="Sampling steps (the official code: 20)."),
+                io.Float.Input("cfg", **spec("cfg"), tooltip="Classifier-free guidance scale."),
+                io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), **spec("sampler_name"),
                                tooltip="ComfyUI sampler. euler with ddim_uniform is DDIM (eta 0), the official choice; "
                                        "first-order deterministic samplers keep the two-pass split exact."),
-                io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="ddim_uniform",
+                io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), **spec("scheduler"),
                                tooltip="Sigma schedule."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                io.Int.Input("seed", **spec("seed"),
                              tooltip="Noise seed, the same for every keyframe and both passes (as the official code)."),
-                io.Float.Input("x0_strength", default=0.75, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("x0_strength", **spec("x0_strength"),
                                tooltip="SDEdit start: sampling starts at step int(steps·(1 - x0_strength)) from the "
                                        "noised frame (0.75 → step 5 of 20). 1 starts from pure noise (structure then "
                                        "comes from a ControlNet only, the official default)."),
-                io.Combo.Input("flow_method", options=list(FLOW_METHODS), default=list(FLOW_METHODS)[0],
-                               tooltip="Flow between a keyframe and the anchor / previous keyframe: computed directly "
-                                       "between the two frames (as the official code; DIS needs no weights, RAFT "
-                                       "reads models/raft), or chained from the adjacent flows given below."),
-                *_window_inputs("cross_frame", 0.0, 1.0, "Cross-frame attention (decoder self-attention attends to the "
+                io.Combo.Input("flow_method", **spec("flow_method"),
+                               tooltip="Flow between a keyframe and the anchor / previous keyframe. dis: computed "
+                                       "directly between the two frames with OpenCV DIS (as the official code does "
+                                       "with GMFlow; no weights). raft_large / raft_small: directly with RAFT "
+                                       "(weights from models/raft). chain: chained from the adjacent flows given "
+                                       "below."),
+                *_window_inputs("cross_frame", "Cross-frame attention (decoder self-attention attends to the "
                                                          "anchor and previous keyframe)."),
-                *_window_inputs("shape_fusion", 0.0, 0.1, "Shape-aware fusion (the anchor's warped x0 replaces the "
+                *_window_inputs("shape_fusion", "Shape-aware fusion (the anchor's warped x0 replaces the "
                                                           "keyframe's where not occluded; paper Ts = 0.1)."),
-                *_window_inputs("pixel_fusion", 0.5, 0.8, "Pixel-aware fusion: the second pass inpaints towards the "
+                *_window_inputs("pixel_fusion", "Pixel-aware fusion: the second pass inpaints towards the "
                                                           "fused frame at steps strictly inside this window (paper "
                                                           "Tp0 = 0.5, Tp1 = 0.8); off = one pass per keyframe."),
-                *_window_inputs("adain", 0.8, 1.0, "AdaIN of the x0 to the anchor's channel statistics (the configs' "
+                *_window_inputs("adain", "AdaIN of the x0 to the anchor's channel statistics (the configs' "
                                                    "0.8..1; the code's default 1..1 is off)."),
-                io.Float.Input("mask_strength", default=0.5, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("mask_strength", **spec("mask_strength"),
                                tooltip="Inpainting weight w = mask·mask_strength of the fused frame at each window step."),
-                io.Float.Input("inner_strength", default=0.9, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("inner_strength", **spec("inner_strength"),
                                tooltip="Noise kept inside the inpainted region: rescale = max(1 - w, sqrt(1 - w²)·this)."),
-                io.Boolean.Input("smooth_boundary", default=True,
+                io.Boolean.Input("smooth_boundary", **spec("smooth_boundary"),
                                  tooltip="Use 1 - w as the noise rescale on the mask's boundary (official default on)."),
-                io.Float.Input("fidelity_threshold", default=0.25, min=0.0, max=2.0, step=0.01,
+                io.Float.Input("fidelity_threshold", **spec("fidelity_threshold"),
                                tooltip="Fidelity-oriented encoding: compensation is switched off where the compensated "
                                        "decode errs by more than this (mean |error| on the [-1, 1] image scale)."),
-                io.Float.Input("fidelity_lambda", default=1.0, min=0.0, max=4.0, step=0.05,
+                io.Float.Input("fidelity_lambda", **spec("fidelity_lambda"),
                                tooltip="λ: strength of the encoding-loss compensation (1 in code and paper)."),
-                io.Combo.Input("fidelity_mode", options=list(FIDELITY_MODES), default=list(FIDELITY_MODES)[0],
-                               tooltip="Which form of E* to use: the official code's (mask grown by a latent cell) "
-                                       "or the paper's Eq. 9."),
-                io.String.Input("cross_frame_blocks", default="decoder",
+                io.Combo.Input("fidelity_mode", **spec("fidelity_mode"),
+                               tooltip="Which form of E* to use. code: the official code's, x_r + (1 - M_E)·λ·"
+                                       "(x_r - x_rr) with M_E over the threshold, grown by a latent cell. paper: "
+                                       "Eq. 9, x_r + M_E·λ·(x_r - x_rr) with M_E under the threshold."),
+                io.String.Input("cross_frame_blocks", **spec("cross_frame_blocks"),
                                 tooltip="Self-attention layers with cross-frame attention: 'decoder' (all output "
                                         "blocks, official) or a list such as 'output 6-11' (loose_cfattn). Memory: the "
                                         "anchor's and previous keyframe's layer inputs are kept per step and branch in "
                                         "fp16 off the GPU, about 0.55 GB each for SD1.5 at 512², 20 steps, CFG."),
+                io.Int.Input("style_update_freq", **spec("style_update_freq"),
+                             tooltip="The cross-frame attention's 'previous keyframe' moves on at a keyframe only "
+                                     "when its distance in frames from the first keyframe after the anchor is a "
+                                     "multiple of this (official default 10: with K = 10 every keyframe). The "
+                                     "pixel-aware fusion always uses the last rendered keyframe."),
+                io.Combo.Input("keyframe_layout", **spec("keyframe_layout"),
+                               tooltip="even: frames 0, K, 2K, ... (evenly spaced, the anchor is one of them). "
+                                       "official: the anchor 0, then 1, 1+K, 1+2K, ... as the official code, whose "
+                                       "output video starts at frame 1."),
+                io.Combo.Input("latent_flow_resize", **spec("latent_flow_resize"),
+                               tooltip="How the flow to the anchor is brought to the latent grid for shape-aware "
+                                       "fusion. official: plain bilinear (the 2x2 pixels at each cell's centre); "
+                                       "antialiased: the mean motion of all the pixels a cell covers."),
+                io.Combo.Input("cross_frame_store", options=list(STORE_PRECISIONS), default=CROSS_FRAME_STORE_DEFAULT,
+                               tooltip="Precision of the stored anchor/previous attention inputs. fp16: half the "
+                                       "memory of an fp32 model's store, ~1e-3 relative change of the attention "
+                                       "output; model: the model's own dtype, as the official code."),
                 OPTICAL_FLOW.Input("forward_flow", optional=True,
                                    tooltip="Adjacent forward flow of the clip (for 'chain input flows')."),
                 OPTICAL_FLOW.Input("backward_flow", optional=True,
@@ -175,50 +150,15 @@ class RerenderKeyframes(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, vae, images, keyframe_interval, steps, cfg, sampler_name, scheduler,
-                seed, x0_strength, flow_method, cross_frame_start, cross_frame_end, shape_fusion_start,
-                shape_fusion_end, pixel_fusion_start, pixel_fusion_end, adain_start, adain_end, mask_strength,
-                inner_strength, smooth_boundary, fidelity_threshold, fidelity_lambda, fidelity_mode,
-                cross_frame_blocks, forward_flow=None, backward_flow=None) -> io.NodeOutput:
+    def execute(cls, model, positive, negative, vae, images, forward_flow=None, backward_flow=None,
+                **options) -> io.NodeOutput:
         frames = _frames(images)
-        check_choice(sampler_name, comfy.samplers.KSampler.SAMPLERS, "sampler_name")
-        check_choice(scheduler, comfy.samplers.KSampler.SCHEDULERS, "scheduler")
-        fidelity_mode = choice_id(fidelity_mode, FIDELITY_MODES, "fidelity_mode")
-        flow_method = choice_id(flow_method, FLOW_METHODS, "flow_method")
-        settings = RerenderSettings(
-            steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, seed=seed, x0_strength=x0_strength,
-            cross_frame=_window("cross_frame", cross_frame_start, cross_frame_end),
-            shape_fusion=_window("shape_fusion", shape_fusion_start, shape_fusion_end),
-            pixel_fusion=_window("pixel_fusion", pixel_fusion_start, pixel_fusion_end),
-            adain=_window("adain", adain_start, adain_end), mask_strength=mask_strength,
-            inner_strength=inner_strength, smooth_boundary=smooth_boundary, fidelity_threshold=fidelity_threshold,
-            fidelity_strength=fidelity_lambda, fidelity_mode=FIDELITY_MODES.get(fidelity_mode, fidelity_mode),
-            cross_frame_blocks=cross_frame_blocks)
-        method = FLOW_METHODS.get(flow_method, flow_method)
-        result, keys = render_keyframes(model, positive, negative, vae, frames, keyframe_interval, settings, method,
-                                        forward_flow, backward_flow)
+        config = RerenderConfig.from_inputs(**options)
+        if config.flow_method == "chain" and frames.shape[0] > config.keyframe_interval:  # a 2nd keyframe needs them
+            forward_flow = _flows_for(frames, forward_flow, "forward_flow")
+            backward_flow = _flows_for(frames, backward_flow, "backward_flow")
+        result, keys = render_keyframes(model, positive, negative, vae, frames, config, forward_flow, backward_flow)
         return io.NodeOutput(result, ", ".join(str(k) for k in keys))
-
-
-def render_keyframes(model, positive, negative, vae, frames, interval, settings: RerenderSettings, flow_method="dis",
-                     forward_flow=None, backward_flow=None):
-    """Render frames 0, K, 2K, ... → (IMAGE [n, H, W, 3] on the intermediate device, indices)."""
-    check_vae_multiple(frames, vae, "images")
-    if flow_method not in FLOW_METHODS.values():
-        raise ValueError(f"flow_method: expected one of {list(FLOW_METHODS)}, got {flow_method!r}")
-    keys = list(range(0, frames.shape[0], max(1, int(interval))))
-    flows = FlowBetween(frames, flow_method, forward_flow, backward_flow) if len(keys) > 1 else None
-    pbar = comfy.utils.ProgressBar(len(keys))
-    run = RerenderRun(model, vae, positive, negative, settings, frames.shape[0])
-    chw = frames.movedim(-1, 1)
-    results = []
-    for n, k in enumerate(keys):
-        mm.throw_exception_if_processing_interrupted()
-        image = chw[k:k + 1]
-        results.append(run.render_anchor(k, image) if n == 0 else run.render_keyframe(k, image, flows))
-        pbar.update(1)
-    out = torch.cat(results).movedim(1, -1).clamp(0, 1).to(mm.intermediate_device())
-    return out, keys
 
 
 class PropagateKeyframes(io.ComfyNode):
@@ -260,8 +200,8 @@ class PropagateKeyframes(io.ComfyNode):
     def execute(cls, images, keyframes, keyframe_indices, forward_flow, backward_flow, blend, colour_space,
                 analysis_scale, error_scale) -> io.NodeOutput:
         frames = _frames(images)
-        check_choice(blend, BLEND_MODES, "blend")
-        check_choice(colour_space, COLOUR_SPACES, "colour_space")
+        check_choice("blend", blend, BLEND_MODES)
+        check_choice("colour_space", colour_space, COLOUR_SPACES)
         keys = parse_int_list(keyframe_indices, "keyframe_indices")
         key_images = _frames(keyframes, "keyframes")
         if len(keys) != key_images.shape[0]:
@@ -293,6 +233,7 @@ class PropagateKeyframes(io.ComfyNode):
 class FidelityEncode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        spec = RerenderConfig.spec
         return io.Schema(
             node_id="VideoEdit_FidelityEncode",
             display_name="VAE Encode (fidelity-oriented)",
@@ -304,12 +245,13 @@ class FidelityEncode(io.ComfyNode):
             inputs=[
                 io.Vae.Input("vae", tooltip="The VAE."),
                 io.Image.Input("image", tooltip="Images to encode (H, W multiples of the VAE's 8)."),
-                io.Float.Input("threshold", default=0.25, min=0.0, max=2.0, step=0.01,
+                io.Float.Input("threshold", **spec("fidelity_threshold"),
                                tooltip="Compensation is switched off where the compensated decode errs by more than "
                                        "this (mean |error| on the [-1, 1] image scale; official 0.25)."),
-                io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05, tooltip="λ (official 1)."),
-                io.Combo.Input("mode", options=list(FIDELITY_MODES), default=list(FIDELITY_MODES)[0],
-                               tooltip="Official code's form (mask grown by a latent cell) or the paper's Eq. 9."),
+                io.Float.Input("strength", **spec("fidelity_lambda"), tooltip="λ (official 1)."),
+                io.Combo.Input("mode", **spec("fidelity_mode"),
+                               tooltip="code: the official code's form (mask over the threshold, grown by a "
+                                       "latent cell). paper: Eq. 9 (mask under the threshold)."),
             ],
             outputs=[io.Latent.Output(display_name="latent"),
                      io.Mask.Output(display_name="compensated", tooltip="1 where the compensation was applied.")],
@@ -318,11 +260,10 @@ class FidelityEncode(io.ComfyNode):
     @classmethod
     def execute(cls, vae, image, threshold, strength, mode) -> io.NodeOutput:
         pixels = _frames(image, "image")
-        mode = choice_id(mode, FIDELITY_MODES, "mode")
         check_vae_multiple(pixels, vae, "image")
         latent, compensated = fidelity_encode(pixels.movedim(-1, 1), lambda x: vae_encode_chw(vae, x),
                                               lambda z: vae_decode_chw(vae, z), threshold, strength,
-                                              FIDELITY_MODES.get(mode, mode))
+                                              check_choice("mode", mode, FIDELITY_MODES))
         mask = torch.nn.functional.interpolate(compensated.float(), size=tuple(pixels.shape[1:3]), mode="nearest")
         return io.NodeOutput({"samples": latent.to(mm.intermediate_device())}, mask[:, 0].to(mm.intermediate_device()))
 
@@ -341,12 +282,17 @@ class LatentAdaIN(io.ComfyNode):
                 io.Latent.Input("reference", tooltip="Reference latent: one for all, or one per latent."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Blend between the input (0) and the fully matched latent (1)."),
+                io.Combo.Input("formula", options=list(ADAIN_FORMULAS), default=LATENT_ADAIN_FORMULA,
+                               tooltip="exact: the output's channel mean/std equal the reference's (biased std on "
+                                       "both sides). official: Rerender's update_x0, instance_norm(x)·σ + μ with the "
+                                       "reference's unbiased std and eps 1e-5 (std larger by about 1/(2·h·w))."),
             ],
             outputs=[io.Latent.Output()],
         )
 
     @classmethod
-    def execute(cls, latent, reference, strength) -> io.NodeOutput:
+    def execute(cls, latent, reference, strength, formula=LATENT_ADAIN_FORMULA) -> io.NodeOutput:
+        check_choice("formula", formula, ADAIN_FORMULAS)
         x, ref = latent["samples"], reference["samples"]
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or getattr(x, "is_nested", False):
             raise ValueError(f"latent: expected an image latent [B,C,h,w], got {tuple(getattr(x, 'shape', ()))}")
@@ -355,7 +301,7 @@ class LatentAdaIN(io.ComfyNode):
                              f"{x.shape[1]} channels, got {tuple(ref.shape)}")
         if ref.shape[0] not in (1, x.shape[0]):
             raise ValueError(f"reference: holds {ref.shape[0]} latents; give one, or one per latent ({x.shape[0]})")
-        matched = adain(x, ref.to(x.device))
+        matched = adain(x, ref.to(x.device), formula)
         out = latent.copy()
         out["samples"] = torch.lerp(x, matched, float(strength)) if strength < 1.0 else matched
         return io.NodeOutput(out)

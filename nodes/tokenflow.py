@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import comfy.samplers
-import torch
 from comfy_api.latest import io
 
+from ..adapters.model_patch import attach_attn1, comfy_attention
+from ..adapters.tokenflow import TokenFlowOptions, apply_tokenflow, sample_tokenflow
 from ..attention.extended_patch import ExtendedAttentionPatch
-from ..attention.patching import attach_attn1, self_attention_keys
-from ..attention.tokenflow_patch import (
-    TokenFlowAttention,
-    TokenFlowConfig,
-    TokenFlowInputCapture,
-    TokenFlowRunReset,
-    TokenFlowRuntime,
-    TokenFlowWrapper,
-)
-from ..attention.unet_blocks import parse_block_list
-from .common import VE_INVERSION, choice_id, comfy_attention, input_errors, parse_int_list
-
-WRAPPER_KEY = "videoedit_tokenflow"
-NN_FEATURES = {"self-attention input (official)": "input", "self-attention output": "output"}
-BLENDS = {"official (own + previous window, sigmoid)": "official", "paper (previous + next keyframe, linear)": "paper"}
+from .common import VE_INVERSION, parse_int_list
 
 
 class ApplyExtendedAttention(io.ComfyNode):
@@ -48,81 +35,39 @@ class ApplyExtendedAttention(io.ComfyNode):
     @classmethod
     def execute(cls, model, keyframe_stride, keyframes) -> io.NodeOutput:
         listed = parse_int_list(keyframes, "keyframes")
-        attn = comfy_attention()
-        patched = attach_attn1(model, lambda key, prev: ExtendedAttentionPatch(keyframe_stride, listed, prev, attn))
+        patched = attach_attn1(model, lambda key, prev: ExtendedAttentionPatch(keyframe_stride, listed, prev,
+                                                                               comfy_attention))
         return io.NodeOutput(patched)
 
 
-def _parse_resblocks(spec: str) -> tuple[tuple[str, int], ...]:
-    out = []
-    for part in (spec or "").replace(";", ",").split(","):
-        part = part.strip().lower()
-        if not part:
-            continue
-        name, _, num = part.partition(" ")
-        if name not in ("input", "output") or not num.strip().isdigit():
-            raise ValueError(f"pnp_resnet_blocks: '{part}' is not like 'output 4'")
-        out.append((name, int(num)))
-    return tuple(out)
-
-
-def apply_tokenflow(model, inversion, window, pnp_attn_t, pnp_f_t, seed, nn_feature, blend,
-                    pnp_attn_blocks, pnp_resnet_blocks):
-    """MODEL clone carrying TokenFlow (attention replace patches on every self-attention layer,
-    an input-capture attn1 patch, and the per-call DIFFUSION_MODEL wrapper)."""
-    from .source_branch import source_branch_from
-
-    return tokenflow_model(model, source_branch_from(inversion, model), window, pnp_attn_t, pnp_f_t, seed,
-                           nn_feature, blend, pnp_attn_blocks, pnp_resnet_blocks)
-
-
-def tokenflow_model(model, source, window=8, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1, nn_feature="input",
-                    blend="official", pnp_attn_blocks="output 4-11", pnp_resnet_blocks="output 4",
-                    share_batch=True):
-    """The patching itself, for any source branch (``attention.tokenflow_patch.SourceBranch``)."""
-    from comfy.patcher_extension import WrappersMP
-
-    keys = self_attention_keys(model)
-    with input_errors("pnp_attn_blocks"):
-        attn_keys = tuple(parse_block_list(pnp_attn_blocks, keys))
-    config = TokenFlowConfig(window=window, pnp_attn_t=pnp_attn_t, pnp_f_t=pnp_f_t, seed=seed,
-                             nn_feature=choice_id(nn_feature, NN_FEATURES, "nn_feature"),
-                             blend=choice_id(blend, BLENDS, "blend"), pnp_attn_keys=attn_keys,
-                             pnp_res_keys=_parse_resblocks(pnp_resnet_blocks), share_batch=share_batch)
-    runtime = TokenFlowRuntime(config, source, model.get_model_object("model_sampling"), comfy_attention())
-    m = attach_attn1(model, lambda key, prev: TokenFlowAttention(runtime, key, prev), keys)
-    m.set_model_attn1_patch(TokenFlowInputCapture(runtime))
-    m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, TokenFlowWrapper(runtime))
-    m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, TokenFlowRunReset(runtime))
-    return m
-
-
 def tokenflow_inputs():
+    spec = TokenFlowOptions.spec
     return [
-        io.Int.Input("window", default=8, min=1, max=256,
+        io.Int.Input("window", **spec("window"),
                      tooltip="TokenFlow batch_size: one random keyframe is drawn in every window of this many frames "
                              "at every step; propagation also runs in chunks of this size (memory)."),
-        io.Float.Input("pnp_attn_t", default=0.5, min=0.0, max=1.0, step=0.01,
+        io.Float.Input("pnp_attn_t", **spec("pnp_attn_t"),
                        tooltip="Fraction of the steps (from the start) during which the source's self-attention "
                                "q/k replace the edit's in the PnP layers (keyframe pass)."),
-        io.Float.Input("pnp_f_t", default=0.8, min=0.0, max=1.0, step=0.01,
+        io.Float.Input("pnp_f_t", **spec("pnp_f_t"),
                        tooltip="Fraction of the steps during which the source's ResBlock residual features replace "
                                "the edit's in the PnP ResBlocks."),
-        io.Int.Input("seed", default=1, min=0, max=2**31 - 1,
+        io.Int.Input("seed", **spec("seed"),
                      tooltip="Seed of the per-step random keyframe choice (the official default is 1)."),
-        io.Combo.Input("nn_feature", options=list(NN_FEATURES), default=list(NN_FEATURES)[0],
-                       tooltip="Source features the nearest-neighbour fields are computed on. The official code "
-                               "uses the self-attention input."),
-        io.Combo.Input("blend", options=list(BLENDS), default=list(BLENDS)[0],
-                       tooltip="How each frame blends its two keyframes: the released code's sigmoid of window "
-                               "distances (w in 0.62..0.73 on the own window), or the paper's linear weights "
-                               "between the previous and next keyframe."),
-        io.String.Input("pnp_attn_blocks", default="output 4-11",
-                        tooltip="Self-attention layers that get the source q/k (ComfyUI block ids; SD1.5/2.x "
-                                "decoder layers 4-11 as the official code). 'none' disables."),
-        io.String.Input("pnp_resnet_blocks", default="output 4",
-                        tooltip="ResBlocks whose residual branch gets the source's (output_blocks[4][0] as the "
-                                "official code). Empty disables."),
+        io.Combo.Input("nn_feature", **spec("nn_feature"),
+                       tooltip="Source features the nearest-neighbour fields are computed on. input: the "
+                               "self-attention input (the official code); output: the self-attention output."),
+        io.Combo.Input("blend", **spec("blend"),
+                       tooltip="How each frame blends its two keyframes. official: the released code's sigmoid of "
+                               "window distances over its own and the previous window (w in 0.62..0.73 on the own "
+                               "window); paper: linear weights between the previous and next keyframe."),
+        io.String.Input("pnp_attn_blocks", **spec("pnp_attn_blocks"),
+                        tooltip="Self-attention layers that get the source q/k (ComfyUI block ids such as "
+                                "'output 4-11' or 'input 1,2; output 9-11'; SD1.5/2.x decoder layers 4-11 as the "
+                                "official code). 'none' disables, 'all' takes every layer."),
+        io.String.Input("pnp_resnet_blocks", **spec("pnp_resnet_blocks"),
+                        tooltip="ResBlocks whose residual branch gets the source's, same block ids "
+                                "(output_blocks[4][0] as the official code). Empty or 'none' disables."),
     ]
 
 
@@ -147,37 +92,8 @@ class ApplyTokenFlow(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, inversion, window, pnp_attn_t, pnp_f_t, seed, nn_feature, blend,
-                pnp_attn_blocks, pnp_resnet_blocks) -> io.NodeOutput:
-        return io.NodeOutput(apply_tokenflow(model, inversion, window, pnp_attn_t, pnp_f_t, seed, nn_feature,
-                                             blend, pnp_attn_blocks, pnp_resnet_blocks))
-
-
-def sample_tokenflow(model, positive, negative, inversion, cfg, sampler_name, window=8, pnp_attn_t=0.5, pnp_f_t=0.8,
-                     seed=1, nn_feature="input", blend="official", pnp_attn_blocks="output 4-11",
-                     pnp_resnet_blocks="output 4") -> dict:
-    """Apply TokenFlow to a clone of ``model`` and sample the inversion's x_T along the
-    inversion's sigmas with ``sampler_name`` (no added noise), with ComfyUI's progress bar and
-    previews as SamplerCustom. Returns a LATENT dict."""
-    import comfy.sample
-    import comfy.utils
-    import latent_preview
-
-    from ..inversion.comfy_adapter import output_latent
-
-    if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
-        raise ValueError(f"sampler_name: unknown sampler '{sampler_name}'; pick one of KSampler's samplers")
-    patched = apply_tokenflow(model, inversion, window, pnp_attn_t, pnp_f_t, seed, nn_feature, blend,
-                              pnp_attn_blocks, pnp_resnet_blocks)
-    latent = output_latent(model, inversion)
-    x_t = latent["samples"]
-    sigmas = inversion.sigmas.clone()
-    callback = latent_preview.prepare_callback(patched, len(sigmas) - 1)
-    latent["samples"] = comfy.sample.sample_custom(patched, torch.zeros_like(x_t), float(cfg),
-                                                   comfy.samplers.sampler_object(sampler_name), sigmas, positive,
-                                                   negative, x_t, callback=callback,
-                                                   disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=int(seed))
-    return latent
+    def execute(cls, model, inversion, **options) -> io.NodeOutput:
+        return io.NodeOutput(apply_tokenflow(model, inversion, **options))
 
 
 class TokenFlowSampler(io.ComfyNode):
@@ -207,11 +123,8 @@ class TokenFlowSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, inversion, cfg, sampler_name, window, pnp_attn_t, pnp_f_t, seed,
-                nn_feature, blend, pnp_attn_blocks, pnp_resnet_blocks) -> io.NodeOutput:
-        return io.NodeOutput(sample_tokenflow(model, positive, negative, inversion, cfg, sampler_name, window,
-                                              pnp_attn_t, pnp_f_t, seed, nn_feature, blend, pnp_attn_blocks,
-                                              pnp_resnet_blocks))
+    def execute(cls, model, positive, negative, inversion, cfg, sampler_name, **options) -> io.NodeOutput:
+        return io.NodeOutput(sample_tokenflow(model, positive, negative, inversion, cfg, sampler_name, **options))
 
 
 NODES = [ApplyExtendedAttention, ApplyTokenFlow, TokenFlowSampler]

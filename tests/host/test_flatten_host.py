@@ -28,7 +28,7 @@ def _trajectories(latent, dx=8.0, seed=0):
 def _apply(model, ts, **kw):
     from comfyui_videoedit.nodes.flatten import ApplyFLATTEN
 
-    args = dict(mode="dense (paper)", levels="highest (paper)", old_qk=False, anchor_stride=4, max_anchors=4,
+    args = dict(mode="dense", levels="highest", old_qk=False, anchor_stride=4, max_anchors=4,
                 inject_step=0.8, pnp_attn_blocks="output 4-9", pnp_resnet_blocks="output 3, 4, 6")
     args.update(kw)
     (patched,) = ApplyFLATTEN.execute(model, ts, **args).args
@@ -116,10 +116,10 @@ def test_modes_levels_and_seed(host, pack_nodes, tiny_model, tiny_clip, inferenc
 
     a = _sample(dense, pos, neg, latent, sigmas)
     # bounded with every frame an anchor is the dense mode
-    all_anchors = _sample(_apply(tiny_model, ts, mode="bounded (anchor frames)", anchor_stride=1, max_anchors=0),
+    all_anchors = _sample(_apply(tiny_model, ts, mode="bounded", anchor_stride=1, max_anchors=0),
                           pos, neg, latent, sigmas)
     assert (all_anchors - a).abs().max() <= 1e-5 * a.abs().max()
-    bounded = _sample(_apply(tiny_model, ts, mode="bounded (anchor frames)", anchor_stride=4, max_anchors=1),
+    bounded = _sample(_apply(tiny_model, ts, mode="bounded", anchor_stride=4, max_anchors=1),
                       pos, neg, latent, sigmas)
     assert torch.isfinite(bounded).all() and (bounded - a).abs().max() > 1e-4
     for other in (_apply(tiny_model, ts, levels="all"), _apply(tiny_model, ts, old_qk=True)):
@@ -206,7 +206,7 @@ def test_bad_input(host, pack_nodes, tiny_model, tiny_clip, inference_mode):
     ts = _trajectories(latent)
     with pytest.raises(ValueError, match="inversion: expected a VE_INVERSION"):
         _apply(tiny_model, ts, inversion="not an inversion")
-    from comfyui_videoedit.nodes.flatten import flatten_model
+    from comfyui_videoedit.adapters.flatten import flatten_model
 
     source = object()
     with pytest.raises(ValueError, match="pnp_resnet_blocks: 'output three' is not like 'output 3, 4, 6'"):

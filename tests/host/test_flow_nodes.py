@@ -86,25 +86,27 @@ def test_dis_flow_masks_preview_and_warp(flow_nodes, inference_mode):
 
 
 def test_raft_from_the_registered_folder(flow_nodes, raft_folder, inference_mode):
+    import comfyui_videoedit.adapters.raft as raft_cache
+
     options = next(i for i in flow_nodes.EstimateFlow.define_schema().inputs if i.id == "raft_weights").options
     assert options[0] == "auto" and "raft_small_C_T_V2-01064c6d.pth" in options
 
     clip = _smooth_clip()
-    loads = flow_nodes._RAFT_MODELS.loads
+    loads = raft_cache.RAFT_MODELS.loads
     forward, backward = _estimate(flow_nodes, clip, method="raft_small", batch_size=1)
     assert forward.shape == backward.shape == (2, H, W, 2) and forward.dtype == torch.float32
     assert torch.isfinite(forward).all() and torch.isfinite(backward).all()
-    assert flow_nodes._RAFT_MODELS.loads == loads + 1
+    assert raft_cache.RAFT_MODELS.loads == loads + 1
 
     again, _ = _estimate(
         flow_nodes, clip, method="raft_small", raft_weights="raft_small_C_T_V2-01064c6d.pth", batch_size=2
     )
-    assert flow_nodes._RAFT_MODELS.loads == loads + 1  # cached: same file, same mtime
+    assert raft_cache.RAFT_MODELS.loads == loads + 1  # cached: same file, same mtime
     torch.testing.assert_close(again, forward, atol=1e-4, rtol=0)  # batching does not change results
 
     from comfyui_videoedit.flow.raft import raft_flow
 
-    model = flow_nodes._RAFT_MODELS.get("raft_small", str(raft_folder / "raft_small_C_T_V2-01064c6d.pth"))
+    model = raft_cache.RAFT_MODELS.get("raft_small", str(raft_folder / "raft_small_C_T_V2-01064c6d.pth"))
     assert next(model.parameters()).device == torch.device("cpu")  # back on the offload device
     torch.testing.assert_close(
         forward[:1], raft_flow(model, clip[:1], clip[1:2], num_flow_updates=2), atol=1e-4, rtol=0

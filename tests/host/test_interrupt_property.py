@@ -160,7 +160,7 @@ def _flatten_model(tiny_model, setup, inversion=None):
 def test_flatten_inversion_then_pnp_sampling(host, tiny_model, setup, inference_mode):
     """FLATTEN in the inversion (memory cache on: an interrupted inversion must store nothing)
     and in the PnP-injected sampling."""
-    from comfyui_videoedit.inversion.comfy_adapter import MEMORY_CACHE
+    from comfyui_videoedit.adapters.inversion import MEMORY_CACHE
     from comfyui_videoedit.nodes.inversion import DDIMInversion
 
     plain = _flatten_model(tiny_model, setup)

@@ -26,7 +26,7 @@ def inv(host):
 
 @pytest.fixture
 def adapter(host):
-    from comfyui_videoedit.inversion import comfy_adapter
+    from comfyui_videoedit.adapters import inversion as comfy_adapter
 
     comfy_adapter.MEMORY_CACHE.clear()
     yield comfy_adapter

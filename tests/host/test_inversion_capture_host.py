@@ -41,8 +41,8 @@ def reference_features(dm, x_vp, t, ctx):
 
 
 def test_capture_matches_forward_hooks(host, tiny_model, record, inference_mode):
+    from comfyui_videoedit.adapters import source as comfy_adapter
     from comfyui_videoedit.attention.capture import CaptureSpec
-    from comfyui_videoedit.inversion import comfy_adapter
 
     spec = CaptureSpec(attn1_inputs=[("output", 4, 0), ("input", 1, 0)], qk=[("output", 4, 0)],
                        resnets=[("output", 6)])
@@ -76,8 +76,8 @@ def test_capture_matches_forward_hooks(host, tiny_model, record, inference_mode)
 
 
 def test_replay_is_exact_and_rejects_foreign_sigmas(host, tiny_model, record, inference_mode):
+    from comfyui_videoedit.adapters import source as comfy_adapter
     from comfyui_videoedit.attention.capture import CaptureSpec
-    from comfyui_videoedit.inversion import comfy_adapter
 
     replay = comfy_adapter.source_replay(tiny_model, record)
     for i, s in enumerate(record.sigmas[:-1].tolist()):

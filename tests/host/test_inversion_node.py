@@ -136,7 +136,7 @@ def test_bad_input_gives_clear_errors(host, inv, tiny_model, tiny_clip, inferenc
         invert(inv, tiny_model, good, [])
     record, _, _ = invert(inv, tiny_model, good, cond, steps=2)
     other = build_tiny_model(seed=5)
-    from comfyui_videoedit.inversion import comfy_adapter
+    from comfyui_videoedit.adapters import source as comfy_adapter
 
     with pytest.raises(ValueError, match="different model"):
         inv.InversionReconstruction.execute(other, record, 1.0, False)
@@ -169,7 +169,7 @@ class FakeControl:
 
 
 def test_chunks_get_their_own_frames_of_per_frame_conditioning(host):
-    from comfyui_videoedit.inversion.comfy_adapter import slice_conditioning
+    from comfyui_videoedit.adapters.conditioning import slice_conditioning
 
     hints = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 3, 8, 8)
     still = torch.ones(1, 3, 8, 8)
@@ -190,7 +190,7 @@ def test_chunks_get_their_own_frames_of_per_frame_conditioning(host):
 def test_interrupting_the_inversion_caches_nothing(host, inv, tiny_model, tiny_clip, inference_mode):
     import comfy.model_management as mm
 
-    from comfyui_videoedit.inversion import comfy_adapter
+    from comfyui_videoedit.adapters import inversion as comfy_adapter
 
     comfy_adapter.MEMORY_CACHE.clear()
     cond = encode_prompt(tiny_clip, "")

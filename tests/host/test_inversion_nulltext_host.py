@@ -17,7 +17,8 @@ def inv(host):
 def per_step_losses(host, model, record, positive, negative, cfg):
     """Sample with ComfyUI's own sampler (euler = DDIM, no noise) from x_T along the inversion's
     sigmas and return, per step, the MSE of the VP latent against the cached inversion latent."""
-    from comfyui_videoedit.inversion import comfy_adapter, ddim
+    from comfyui_videoedit.adapters import inversion as comfy_adapter
+    from comfyui_videoedit.inversion import ddim
 
     xs = {}
 
@@ -64,7 +65,7 @@ def test_null_text_pulls_cfg_sampling_back_onto_the_inversion(host, inv, tiny_mo
 
 
 def test_null_text_swap_replaces_only_the_uncond_chunk(host, inference_mode):
-    from comfyui_videoedit.inversion.comfy_adapter import NullTextSwap
+    from comfyui_videoedit.adapters.nulltext import NullTextSwap
     from comfyui_videoedit.inversion.record import InversionRecord
 
     sigmas = torch.tensor([4.0, 1.0, 0.0])

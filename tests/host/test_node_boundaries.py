@@ -35,10 +35,10 @@ def inversion(host, pack_nodes, tiny_model, tiny_clip):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(nn_feature="outptu"), r"nn_feature: 'outptu' is not one of the choices"),
-    (dict(blend="smooth"), r"blend: 'smooth' is not one of the choices"),
-    (dict(pnp_attn_blocks="output 4-1l"), r"pnp_attn_blocks: block list .*'4-1l'.* is not a block number"),
-    (dict(pnp_attn_blocks="outptu 4"), r"pnp_attn_blocks: block list .*'outptu' is not input/middle/output"),
+    (dict(nn_feature="outptu"), r"^nn_feature: 'outptu' is not one of input, output$"),
+    (dict(blend="smooth"), r"^blend: 'smooth' is not one of official, paper$"),
+    (dict(pnp_attn_blocks="output 4-1l"), r"^pnp_attn_blocks: 'output 4-1l' is not like 'output 4-11'"),
+    (dict(pnp_attn_blocks="outptu 4"), r"^pnp_attn_blocks: 'outptu 4' is not like 'output 4-11' \(input/middle/output"),
 ])
 def test_tokenflow_options_are_checked(host, tiny_model, inversion, bad, match, inference_mode):
     from comfyui_videoedit.nodes.tokenflow import ApplyTokenFlow
@@ -55,30 +55,28 @@ def test_the_short_option_ids_are_accepted(host, tiny_model, inversion, inferenc
 
 
 def test_check_choice_names_the_input():
-    from comfyui_videoedit.nodes.common import check_choice, choice_id
+    from comfyui_videoedit.options import check_choice
 
-    assert check_choice("a", ["a", "b"], "x") == "a"
-    with pytest.raises(ValueError, match=r"^x: 'c' is not one of the choices \('a', 'b'\)"):
-        check_choice("c", ["a", "b"], "x")
-    assert choice_id("label", {"label": "id"}, "x") == "id" and choice_id("id", {"label": "id"}, "x") == "id"
+    assert check_choice("x", "a", ["a", "b"]) == "a"
+    with pytest.raises(ValueError, match=r"^x: 'c' is not one of a, b$"):
+        check_choice("x", "c", ["a", "b"])
 
 
 def test_flatten_and_rerender_combos_are_checked(host, tiny_model, tiny_vae, tiny_clip, inference_mode):
-    from comfyui_videoedit.nodes.flatten import flatten_model
+    from comfyui_videoedit.adapters.flatten import flatten_model
     from comfyui_videoedit.nodes.rerender import FidelityEncode, PropagateKeyframes, RerenderKeyframes
 
-    with pytest.raises(ValueError, match="mode: 'sparse' is not one of the choices"):
+    with pytest.raises(ValueError, match="^mode: 'sparse' is not one of dense, bounded$"):
         flatten_model(tiny_model, _trajectories(3), mode="sparse")
     images = torch.rand(2, 32, 32, 3)
-    with pytest.raises(ValueError, match="mode: 'clever' is not one of the choices"):
+    with pytest.raises(ValueError, match="^mode: 'clever' is not one of code, paper$"):
         FidelityEncode.execute(tiny_vae, images, 0.25, 1.0, "clever")
-    with pytest.raises(ValueError, match="blend: 'avg' is not one of the choices"):
+    with pytest.raises(ValueError, match="^blend: 'avg' is not one of "):
         PropagateKeyframes.execute(images, images[:1], "0", None, None, "avg", "ycbcr", 1.0, 1.0)
     cond = encode_prompt(tiny_clip, "x")
-    with pytest.raises(ValueError, match="sampler_name: 'eulerr' is not one of the choices"):
-        RerenderKeyframes.execute(tiny_model, cond, cond, tiny_vae, images, 1, 2, 5.0, "eulerr", "normal", 0, 0.75,
-                                  "dis", 0.0, 1.0, 0.0, 0.1, 0.5, 0.8, 0.8, 1.0, 0.5, 0.9, True, 0.25, 1.0, "code",
-                                  "decoder")
+    with pytest.raises(ValueError, match="^sampler_name: 'eulerr' is not one of "):
+        RerenderKeyframes.execute(tiny_model, cond, cond, tiny_vae, images, keyframe_interval=1, steps=2,
+                                  sampler_name="eulerr", scheduler="normal", flow_method="dis")
 
 
 # -- FLATTEN: the crop VAE Encode makes ----------------------------------------------------------
@@ -209,7 +207,7 @@ def test_load_video_memory_guard_names_the_inputs(host, pack_nodes, tmp_path, mo
 # -- the inversion cache -------------------------------------------------------------------------
 def test_an_edited_cache_manifest_recomputes_and_says_so_in_the_ui(host, tiny_model, tiny_clip, tmp_path,
                                                                    inference_mode):
-    from comfyui_videoedit.inversion import comfy_adapter
+    from comfyui_videoedit.adapters import inversion as comfy_adapter
     from comfyui_videoedit.inversion.cache import MANIFEST
     from comfyui_videoedit.nodes.inversion import DDIMInversion
 
@@ -234,7 +232,7 @@ def test_an_edited_cache_manifest_recomputes_and_says_so_in_the_ui(host, tiny_mo
 
 
 def test_inversion_memory_guards(host, tiny_model, tiny_clip, inference_mode):
-    from comfyui_videoedit.inversion import comfy_adapter
+    from comfyui_videoedit.adapters import inversion as comfy_adapter
     from comfyui_videoedit.nodes.inversion import DDIMInversion
 
     latent = {"samples": torch.randn(8, 4, 64, 64)}
@@ -249,7 +247,7 @@ def test_inversion_memory_guards(host, tiny_model, tiny_clip, inference_mode):
 def test_flatten_inversion_in_chunks_checks_the_whole_clip(host, tiny_model, tiny_clip, inference_mode):
     """DDIM Inversion runs the clip in chunks with the chunk's frame indices; the trajectories
     are still checked against the whole latent, and the message names the node's input."""
-    from comfyui_videoedit.nodes.flatten import flatten_model
+    from comfyui_videoedit.adapters.flatten import flatten_model
     from comfyui_videoedit.nodes.inversion import DDIMInversion
 
     model = flatten_model(tiny_model, _trajectories(4))

@@ -25,7 +25,7 @@ def test_entrypoint_lists_well_formed_nodes(host):
 
 
 def test_raft_model_folder_registered(host):
-    import comfyui_videoedit.nodes.paths as paths
+    import comfyui_videoedit.adapters.paths as paths
 
     paths.register_model_folders()
     paths.register_model_folders()  # idempotent

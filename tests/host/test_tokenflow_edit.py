@@ -24,8 +24,8 @@ def edit_setup(host, pack_nodes, tiny_model, tiny_clip):
 def _apply(model, inversion, **kw):
     from comfyui_videoedit.nodes.tokenflow import ApplyTokenFlow
 
-    args = dict(window=4, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1, nn_feature="self-attention input (official)",
-                blend="official (own + previous window, sigmoid)", pnp_attn_blocks="output 4-11",
+    args = dict(window=4, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1, nn_feature="input",
+                blend="official", pnp_attn_blocks="output 4-11",
                 pnp_resnet_blocks="output 4")
     args.update(kw)
     return ApplyTokenFlow.execute(model, inversion, **args).args[0]
@@ -108,8 +108,8 @@ def test_sampler_node_equals_apply_then_sampler_custom(host, tiny_model, edit_se
     before = repr(tiny_model.model_options)
     (latent,) = TokenFlowSampler.execute(
         tiny_model, edit_setup["pos"], edit_setup["neg"], edit_setup["inversion"], 5.0, "euler", window=4,
-        pnp_attn_t=0.5, pnp_f_t=0.8, seed=1, nn_feature="self-attention input (official)",
-        blend="official (own + previous window, sigmoid)", pnp_attn_blocks="output 4-11",
+        pnp_attn_t=0.5, pnp_f_t=0.8, seed=1, nn_feature="input",
+        blend="official", pnp_attn_blocks="output 4-11",
         pnp_resnet_blocks="output 4").args
     expected = _sampler_custom(host, _apply(tiny_model, edit_setup["inversion"]), edit_setup)
     assert torch.equal(latent["samples"], expected)
@@ -117,7 +117,7 @@ def test_sampler_node_equals_apply_then_sampler_custom(host, tiny_model, edit_se
 
 
 def test_sampler_node_rejects_an_unknown_sampler(host, tiny_model, edit_setup, inference_mode):
-    from comfyui_videoedit.nodes.tokenflow import sample_tokenflow
+    from comfyui_videoedit.adapters.tokenflow import sample_tokenflow
 
     with pytest.raises(ValueError, match="sampler_name"):
         sample_tokenflow(tiny_model, edit_setup["pos"], edit_setup["neg"], edit_setup["inversion"], 5.0, "nope")
@@ -141,7 +141,7 @@ def test_a_lora_on_the_model_composes(host, tiny_model, tiny_clip, edit_setup, i
                                                    scheduler="ddim_uniform", frame_batch_size=16, cache_mode="off",
                                                    cache_limit_mb=0, clear_cache=False).args
     s = dict(edit_setup, inversion=inversion, x_t=x_t, sigmas=sigmas)
-    reduced = dict(window=1, blend="paper (previous + next keyframe, linear)", pnp_attn_blocks="none",
+    reduced = dict(window=1, blend="paper", pnp_attn_blocks="none",
                    pnp_resnet_blocks="")
     a = _sampler_custom(host, _apply(lora_model, inversion, **reduced), s)
     (ext,) = ApplyExtendedAttention.execute(lora_model, keyframe_stride=1, keyframes="").args

@@ -29,7 +29,7 @@ def _sample_custom(host, model, pos, neg, sigmas, latent, cfg=4.0):
 
 def test_tokenflow_runs_deterministic_and_leaves_model_unchanged(host, pack_nodes, tiny_model, tiny_clip,
                                                                inference_mode):
-    from comfyui_videoedit.nodes.tokenflow import tokenflow_model
+    from comfyui_videoedit.adapters.tokenflow import tokenflow_model
 
     pos, neg, sigmas, src, latent = _setup(host, tiny_model, tiny_clip)
     before = repr(tiny_model.model_options)
@@ -46,7 +46,8 @@ def test_tokenflow_runs_deterministic_and_leaves_model_unchanged(host, pack_node
 
 def test_window_one_equals_extended_attention_over_all_frames(host, pack_nodes, tiny_model, tiny_clip,
                                                               inference_mode):
-    from comfyui_videoedit.nodes.tokenflow import ApplyExtendedAttention, tokenflow_model
+    from comfyui_videoedit.adapters.tokenflow import tokenflow_model
+    from comfyui_videoedit.nodes.tokenflow import ApplyExtendedAttention
 
     pos, neg, sigmas, src, latent = _setup(host, tiny_model, tiny_clip, frames=5)
     tf = tokenflow_model(tiny_model, src, window=1, blend="paper", pnp_attn_blocks="none", pnp_resnet_blocks="")
@@ -61,7 +62,7 @@ def test_split_cond_uncond_calls_equal_joint_call(host, pack_nodes, tiny_model, 
     """ComfyUI may run uncond and cond as separate UNet calls when memory is short."""
     import comfy.patcher_extension as pe
 
-    from comfyui_videoedit.nodes.tokenflow import tokenflow_model
+    from comfyui_videoedit.adapters.tokenflow import tokenflow_model
 
     pos, neg, sigmas, src, latent = _setup(host, tiny_model, tiny_clip, frames=6)
     model = tokenflow_model(tiny_model, src, window=3, seed=2)
@@ -89,7 +90,8 @@ def test_controlnet_in_the_conditioning_reaches_every_pass_frame_by_frame(host, 
     """With window 1, w = 1 and no PnP, TokenFlow equals extended attention over all frames; it
     still does with a per-frame ControlNet, which holds only if every keyframe and propagation
     pass receives the control residuals of exactly its own frames."""
-    from comfyui_videoedit.nodes.tokenflow import ApplyExtendedAttention, tokenflow_model
+    from comfyui_videoedit.adapters.tokenflow import tokenflow_model
+    from comfyui_videoedit.nodes.tokenflow import ApplyExtendedAttention
 
     pos, neg, sigmas, src, latent = _setup(host, tiny_model, tiny_clip, frames=5)
     cpos, cneg = _controlnet_conditioning(host, pos, neg, frames=5)
@@ -123,7 +125,7 @@ def _counting(model):
 
 
 def test_full_tokenflow_with_a_controlnet_is_deterministic(host, pack_nodes, tiny_model, tiny_clip, inference_mode):
-    from comfyui_videoedit.nodes.tokenflow import tokenflow_model
+    from comfyui_videoedit.adapters.tokenflow import tokenflow_model
 
     pos, neg, sigmas, src, latent = _setup(host, tiny_model, tiny_clip, frames=7)
     cpos, cneg = _controlnet_conditioning(host, pos, neg, frames=7)
@@ -142,7 +144,7 @@ def test_full_tokenflow_with_a_controlnet_is_deterministic(host, pack_nodes, tin
 def test_source_rows_share_the_batch_of_the_sampler_rows(host, pack_nodes, tiny_model, tiny_clip, inference_mode):
     """As the official code: one UNet call for the keyframes and one per propagation chunk,
     each holding the source rows then the cond/uncond rows; same result as separate calls."""
-    from comfyui_videoedit.nodes.tokenflow import tokenflow_model
+    from comfyui_videoedit.adapters.tokenflow import tokenflow_model
 
     pos, neg, sigmas, src, latent = _setup(host, tiny_model, tiny_clip, frames=7)
     cpos, cneg = _controlnet_conditioning(host, pos, neg, frames=7)
@@ -159,7 +161,7 @@ def test_source_rows_share_the_batch_of_the_sampler_rows(host, pack_nodes, tiny_
 def test_a_longer_source_prompt_still_shares_the_batch(host, pack_nodes, tiny_model, tiny_clip, inference_mode):
     """A source prompt of 154 tokens next to a 77-token target: both contexts are repeated to
     the common length (attention over repeated tokens is unchanged)."""
-    from comfyui_videoedit.nodes.tokenflow import tokenflow_model
+    from comfyui_videoedit.adapters.tokenflow import tokenflow_model
 
     pos, neg, sigmas, src, latent = _setup(host, tiny_model, tiny_clip, frames=4)
     long_context = encode_prompt(tiny_clip, "a small red car on a wet road at night " * 12)[0][0]

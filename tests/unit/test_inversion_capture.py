@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from comfyui_videoedit.adapters.source import install_capture
 from comfyui_videoedit.attention.capture import (
     CAPTURE_KEY,
     AttnInputCapture,
@@ -10,7 +11,6 @@ from comfyui_videoedit.attention.capture import (
     FeatureStore,
     QKCapture,
     capture_pass,
-    install_capture,
 )
 
 

@@ -36,3 +36,27 @@ def test_requirements_do_not_pin_torch():
     reqs = [line for line in lines if line]
     assert reqs, "requirements.txt lists nothing"
     assert not [r for r in reqs if r.startswith(("torch", "torchvision", "torchaudio"))]
+
+
+def test_pure_folders_import_no_comfy():
+    """``flow/``, ``attention/``, ``inversion/``, ``media/`` are pure torch: only ``nodes/`` and
+    ``adapters/`` may import ComfyUI (``comfy``, ``comfy_api``, ``folder_paths``, ``latent_preview``)."""
+    import ast
+
+    host_modules = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "nodes", "server")
+    offenders = []
+    for folder in ("flow", "attention", "inversion", "media"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    names = [node.module or ""]
+                else:
+                    continue
+                offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names
+                              if n.split(".")[0] in host_modules]
+    assert not offenders, offenders
+    text = subprocess.run(["grep", "-rlE", "import comfy|from comfy", "flow", "attention", "inversion", "media"],
+                          cwd=ROOT, capture_output=True, text=True).stdout
+    assert text == "", text

@@ -1,21 +1,21 @@
-"""The one module of ``inversion/`` that touches ComfyUI objects (ModelPatcher, samplers,
-conditioning, folder_paths). Everything here is imported lazily by the nodes.
+"""DDIM inversion of a video through ComfyUI's real sampling path, its cache key and the
+model identity it depends on, and the reconstruction check.
 
-- :func:`invert_video` — DDIM inversion through ComfyUI's real sampling path
-  (``comfy.sample.sample_custom`` with a custom ``KSAMPLER``), so every patch, wrapper and
-  conditioning-borne model (ControlNet) on the MODEL applies; memory/disk cache around it.
+- :func:`invert_video` — DDIM inversion through ``comfy.sample.sample_custom`` with a custom
+  ``KSAMPLER``, so every patch, wrapper and conditioning-borne model (ControlNet) on the MODEL
+  applies; memory/disk cache around it (``inversion/cache.py``), keyed by :func:`inversion_key`.
 - :func:`weights_id`, :func:`patches_id` — model identity for cache keys and "same model" checks.
 - :func:`sample_back` — DDIM (euler) from x_T with the inversion's sigmas (reconstruction).
-- :func:`optimize_null_text`, :func:`apply_null_text` — Video-P2P shared null-text.
-- :func:`source_replay`, :func:`install_feature_capture`, :func:`capture_source_features` —
-  the source branch for editing methods.
+
+Null-text: ``adapters/nulltext.py``; source replay and feature capture: ``adapters/source.py``;
+conditioning slicing: ``adapters/conditioning.py``.
 
 Why a custom KSAMPLER and not euler on flipped sigmas: the inversion step must evaluate the
-model at the *target* (noisier) sigma on the current VP latent (see ``ddim.py``). Running it
-as a sampler inside ``sample_custom`` keeps ComfyUI's model loading, conditioning processing,
-cond batching, ControlNet and wrappers; the sampler function only does the step algebra and
-records ``x`` at the editing sigmas. With ascending sigmas starting at 0 and zero noise,
-``noise_scaling`` returns the latent itself, ``process_latent_in`` is applied to the input
+model at the *target* (noisier) sigma on the current VP latent (see ``inversion/ddim.py``).
+Running it as a sampler inside ``sample_custom`` keeps ComfyUI's model loading, conditioning
+processing, cond batching, ControlNet and wrappers; the sampler function only does the step
+algebra and records ``x`` at the editing sigmas. With ascending sigmas starting at 0 and zero
+noise, ``noise_scaling`` returns the latent itself, ``process_latent_in`` is applied to the input
 (unless the latent is all zeros — the same rule KSampler applies) and the output comes back
 ``process_latent_out``-ed.
 """
@@ -27,24 +27,20 @@ import math
 import os
 import time
 from collections.abc import Callable
-from itertools import chain
 from pathlib import Path
 
 import torch
 
-from ..attention import capture as capture_mod
-from ..attention.frames import FRAME_TOTAL_KEY, LATENT_INPUT_KEY
-from ..attention.nested import map_tensors
-from . import ddim, identity, nulltext, schedule
-from .cache import CACHE_DIR_NAME, DiskCache, MemoryCache, cache_key
-from .record import InversionRecord, record_from_tensors, record_tensors
-from .replay import FRAME_INDICES_KEY, SourceReplay, source_context
+from ..attention.keys import FRAME_INDICES_KEY, FRAME_TOTAL_KEY, LATENT_INPUT_KEY
+from ..inversion import ddim, identity, schedule
+from ..inversion.cache import CACHE_DIR_NAME, DiskCache, MemoryCache, cache_key
+from ..inversion.record import InversionRecord, record_from_tensors, record_tensors
+from .conditioning import cpu_conditioning, slice_conditioning
 
 log = logging.getLogger(__name__)
 
 CACHE_MODES = ("off", "memory", "disk")
 MEMORY_CACHE = MemoryCache()  # process-wide: survives ComfyUI's node-cache evictions, not restarts
-NULLTEXT_WRAPPER_KEY = "videoedit_nulltext"
 
 
 # -- model checks -----------------------------------------------------------------------------------
@@ -128,72 +124,6 @@ def patches_id(model) -> str:
 
 def conditioning_id(conditioning: list) -> str:
     return identity.digest(conditioning)
-
-
-# -- conditioning -----------------------------------------------------------------------------------
-def cpu_conditioning(conditioning: list) -> list:
-    """A copy of a CONDITIONING with its tensors (cross-attn, pooled output, …) on CPU; other
-    values (ControlNet objects, hooks) are kept by reference."""
-    if not isinstance(conditioning, list):
-        raise ValueError("conditioning: expected a CONDITIONING (CLIP Text Encode output)")
-    return [[c[0].detach().cpu(), map_tensors(dict(c[1]), lambda t: t.detach().cpu())] for c in conditioning]
-
-
-def _per_frame(t, total: int) -> bool:
-    return isinstance(t, torch.Tensor) and t.ndim > 0 and t.shape[0] == total and total > 1
-
-
-def slice_control(control, frames: slice, total: int):
-    """A ControlNet chain whose per-frame hints (batch == total frames) are cut to ``frames``
-    (ComfyUI would otherwise broadcast the *first* frames' hints to every chunk). Copies are made
-    with the control's own ``copy()``; the input chain is not modified."""
-    if control is None:
-        return None
-    prev = getattr(control, "previous_controlnet", None)
-    new_prev = slice_control(prev, frames, total)
-    hint = getattr(control, "cond_hint_original", None)
-    if not _per_frame(hint, total) and new_prev is prev:
-        return control
-    c = control.copy()
-    if _per_frame(hint, total):
-        c.cond_hint_original = hint[frames]
-    c.set_previous_controlnet(new_prev)
-    return c
-
-
-def slice_conditioning(conditioning: list, frames: slice, total: int) -> list:
-    """Per-frame conditioning (tensors or ControlNet hints with batch == total frames) cut to
-    ``frames``; batch-1 entries are kept as they are."""
-    def cut(key, v):
-        if key == "control":
-            return slice_control(v, frames, total)
-        return v[frames] if _per_frame(v, total) else v
-    return [[cut(None, c[0]), {k: cut(k, v) for k, v in c[1].items()}] for c in conditioning]
-
-
-def model_conds(model, cond_entry, x: torch.Tensor, prompt_type: str = "positive") -> dict:
-    """The model-specific conds (``c_crossattn``, ``y``, ``c_concat``…) of one CONDITIONING entry
-    for a batch like ``x``, as ``BaseModel.apply_model`` takes them (ComfyUI's own
-    ``extra_conds``, as the samplers use it)."""
-    base = model.model
-    params = dict(cond_entry[1])
-    params.update(cross_attn=cond_entry[0], device=x.device, noise=x)
-    params.setdefault("width", x.shape[3] * 8)
-    params.setdefault("height", x.shape[2] * 8)
-    params.setdefault("prompt_type", prompt_type)
-    conds = base.extra_conds(**params)
-    return {k: v.process_cond(batch_size=x.shape[0], area=None, device=x.device).cond for k, v in conds.items()}
-
-
-def _transformer_options(model) -> dict:
-    """What a sampler would pass to the UNet: the patcher's transformer_options with its
-    wrappers and callbacks merged in (``sampler_helpers.prepare_model_patcher`` does this)."""
-    import comfy.patcher_extension as pe
-
-    to = pe.copy_nested_dicts(model.model_options.get("transformer_options", {}))
-    pe.merge_nested_dicts(to.setdefault("wrappers", {}), model.wrappers, copy_dict1=False)
-    pe.merge_nested_dicts(to.setdefault("callbacks", {}), model.callbacks, copy_dict1=False)
-    return to
 
 
 # -- schedules ------------------------------------------------------------------------------------
@@ -471,219 +401,9 @@ def sample_back(model, record: InversionRecord, cfg: float = 1.0, positive: list
     record.check_weights(weights_id(model))
     positive = record.conditioning if positive is None else positive
     negative = positive if negative is None else negative
+    from .nulltext import apply_null_text  # nulltext depends on this module's weights_id
+
     m = apply_null_text(model, record) if use_null_text else model
     x_T = output_latent(model, record)["samples"]
     return comfy.sample.sample_custom(m, torch.zeros_like(x_T), float(cfg), comfy.samplers.sampler_object("euler"),
                                       record.sigmas.clone(), positive, negative, x_T, disable_pbar=True, seed=0)
-
-
-# -- null-text --------------------------------------------------------------------------------------
-class _ApplyModel(torch.nn.Module):
-    """Lets ``torch.func.functional_call`` substitute the UNet's parameters while still going
-    through ``BaseModel.apply_model`` (input scaling, timestep, casting, APPLY_MODEL and
-    DIFFUSION_MODEL wrappers, attention patches, ``calculate_denoised``)."""
-
-    def __init__(self, base):
-        super().__init__()
-        self.base = base
-
-    def forward(self, x, sigma, **kwargs):
-        return self.base.apply_model(x, sigma, **kwargs)
-
-
-class GradDenoiser:
-    """``denoised(x, sigma, conds, cond_or_uncond)`` with autograd inside ComfyUI's inference
-    mode: the UNet's weights (inference tensors) are cloned once into ordinary tensors and
-    substituted with ``torch.func.functional_call``. Build and call it inside
-    ``torch.inference_mode(False)``."""
-
-    def __init__(self, model, sample_sigmas: torch.Tensor):
-        import comfy.model_management
-
-        comfy.model_management.load_models_gpu([model], force_full_load=True)
-        self.model = model
-        self.device = model.load_device
-        self.module = _ApplyModel(model.model)
-        dm = model.model.diffusion_model
-        self.params = {f"base.diffusion_model.{k}": v.detach().clone()
-                       for k, v in chain(dm.named_parameters(), dm.named_buffers())}
-        self.options = _transformer_options(model)
-        self.options["sample_sigmas"] = sample_sigmas.to(self.device)
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, conds: dict, cond_or_uncond: int,
-                 frames: slice | None = None) -> torch.Tensor:
-        sig = sigma.reshape(1).to(x.device, torch.float32).expand(x.shape[0])
-        to = dict(self.options, sigmas=sig, cond_or_uncond=[cond_or_uncond])
-        if frames is not None:
-            to[FRAME_INDICES_KEY] = list(range(frames.start, frames.stop))
-        return torch.func.functional_call(self.module, self.params, (x, sig),
-                                          dict(conds, transformer_options=to))
-
-
-def optimize_null_text(model, record: InversionRecord, negative: list, positive: list | None = None,
-                       cfg: float = 7.5, inner_steps: int = 10, frame_batch_size: int = 8,
-                       progress: Callable[[int, int], None] | None = None
-                       ) -> tuple[InversionRecord, list[nulltext.StepReport]]:
-    """Video-P2P shared null-text optimisation on ``record``; returns a new record (the input
-    is not changed) with one embedding per step, and per-step loss reports.
-
-    The UNet runs through ``BaseModel.apply_model`` with the model's transformer options, so
-    attention patches and APPLY_MODEL / DIFFUSION_MODEL wrappers apply; sampler-level pieces
-    (ControlNet in the conditioning, cfg functions, ``model_function_wrapper``) do not. Only the
-    first entry of each CONDITIONING is used. Needs the whole UNet loaded plus a copy of its
-    weights (autograd cannot use ComfyUI's inference-mode weights)."""
-    import comfy.model_management
-    import comfy.utils
-
-    record.check_weights(weights_id(model))
-    if not negative:
-        raise ValueError("negative: empty CONDITIONING; encode the negative prompt (usually empty text)")
-    positive = record.conditioning if positive is None else cpu_conditioning(positive)
-    negative = cpu_conditioning(negative)
-    if inner_steps < 0 or frame_batch_size < 1:
-        raise ValueError("inner_steps must be >= 0 and frame_batch_size >= 1")
-    bar = comfy.utils.ProgressBar(record.num_steps)
-    device = model.load_device
-    settings = nulltext.NullTextSettings(cfg=float(cfg), inner_steps=int(inner_steps))
-
-    def on_step(report: nulltext.StepReport):
-        bar.update(1)
-        if progress is not None:
-            progress(report.step + 1, record.num_steps)
-        comfy.model_management.throw_exception_if_processing_interrupted()
-
-    with torch.inference_mode(False):
-        den = GradDenoiser(model, record.sigmas)
-        x_T = record.x_T.clone().to(device)
-        pos_conds, neg_conds = {}, {}
-
-        def conds_for(table, cond, p, x, prompt_type):
-            key = (p.start, p.stop)
-            if key not in table:
-                entry = slice_conditioning(cond, p, record.num_frames)[0]
-                table[key] = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v
-                              for k, v in model_conds(model, entry, x, prompt_type).items()}
-            return table[key]
-
-        def eps_cond(x, sigma, p):
-            d = den(x, sigma, conds_for(pos_conds, positive, p, x, "positive"), 0, p)
-            return ddim.eps_from_denoised(x, d, sigma)
-
-        def eps_uncond(x, sigma, embedding, p):
-            conds = dict(conds_for(neg_conds, negative, p, x, "negative"))
-            ctx = conds["c_crossattn"]
-            emb = embedding.to(ctx.device, ctx.dtype)
-            if emb.shape[1] != ctx.shape[1]:  # CONDCrossAttn pads by repetition; keep the token count
-                emb = emb.repeat(1, ctx.shape[1] // emb.shape[1], 1)
-            conds["c_crossattn"] = emb.expand(x.shape[0], -1, -1)
-            d = den(x, sigma, conds, 1, p)
-            return ddim.eps_from_denoised(x, d, sigma)
-
-        init = source_context(negative)[:1].to(device)
-        embeddings, reports = nulltext.optimize_null_text(
-            eps_cond, eps_uncond, x_T, record.latents_vp, record.sigmas.to(device), init, settings,
-            frame_chunk=frame_batch_size, on_step=on_step)
-    out = record.with_null_text(embeddings.cpu(), cfg, null_text_inner_steps=int(inner_steps))
-    return out, reports
-
-
-class NullTextSwap:
-    """``APPLY_MODEL`` wrapper: in every uncond chunk of the batch, the cross-attention context
-    becomes the inversion's optimised embedding of the current step (all frames share it)."""
-
-    def __init__(self, record: InversionRecord):
-        self.record = record
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def cache_key(self) -> str:
-        return f"videoedit.nulltext({self.record.key}, {self.record.null_text_cfg})"
-
-    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
-                 *args, **kwargs):
-        to = transformer_options or {}
-        groups = to.get("cond_or_uncond") or []
-        if c_crossattn is not None and 1 in groups:
-            emb = self.record.null_text_at(t.flatten()[0]).to(c_crossattn.device, c_crossattn.dtype)
-            if emb.shape[1] != c_crossattn.shape[1]:
-                emb = emb.repeat(1, max(1, c_crossattn.shape[1] // emb.shape[1]), 1)[:, :c_crossattn.shape[1]]
-            n = x.shape[0] // len(groups)
-            c_crossattn = c_crossattn.clone()
-            for g, kind in enumerate(groups):
-                if kind == 1:
-                    c_crossattn[g * n:(g + 1) * n] = emb
-        return executor(x, t, c_concat, c_crossattn, control, transformer_options, *args, **kwargs)
-
-
-def apply_null_text(model, record: InversionRecord):
-    """MODEL clone whose unconditional branch uses the per-step null-text embeddings."""
-    import comfy.patcher_extension as pe
-
-    if record.null_text is None:
-        raise ValueError("inversion: this VE_INVERSION has no null-text embeddings; run VideoEdit Null-Text "
-                         "Optimization on it first")
-    record.check_weights(weights_id(model))
-    m = model.clone()
-    m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, NULLTEXT_WRAPPER_KEY, NullTextSwap(record))
-    return m
-
-
-# -- source branch --------------------------------------------------------------------------------
-def comfy_attention(q, k, v, heads):
-    """ComfyUI's attention kernel (the user's --use-*-attention choice), looked up per call."""
-    from comfy.ldm.modules.attention import optimized_attention
-
-    return optimized_attention(q, k, v, heads)
-
-
-def source_replay(model, record: InversionRecord, check: bool = True) -> SourceReplay:
-    """The source branch of ``record`` for sampling with ``model`` (same weights required).
-    Computes the model's extra vector conditioning (SDXL ``y``) from the source prompt."""
-    if check:
-        record.check_weights(weights_id(model))
-    c, h, w = record.latent_shape
-    probe = torch.zeros(1, c, h, w)
-    conds = model_conds(model, record.conditioning[0], probe)
-    return SourceReplay(record, context=conds.get("c_crossattn", source_context(record.conditioning)),
-                        y=conds.get("y"))
-
-
-def install_feature_capture(model, spec: capture_mod.CaptureSpec):
-    """Clone of ``model`` with the capture patches (inert outside a capture pass)."""
-    return capture_mod.install_capture(model, spec, comfy_attention)
-
-
-def capture_source_features(model, record: InversionRecord, sigma: float, frames=None,
-                            spec: capture_mod.CaptureSpec | None = None, device=None, dtype=None
-                            ) -> capture_mod.FeatureStore:
-    """Run the UNet once on the cached source latents of ``frames`` at ``sigma`` with the source
-    prompt and return the captured features. ``model`` must carry the capture patches
-    (:func:`install_feature_capture`); patches and wrappers it carries apply. Standalone form of
-    what an editing wrapper does inside sampling with ``capture.capture_pass``."""
-    import comfy.model_management
-
-    replay = source_replay(model, record)
-    comfy.model_management.load_models_gpu([model])
-    dev = model.load_device
-    x = replay.latent(sigma, frames).to(dev)
-    n = x.shape[0]
-    sig = torch.full((n,), float(record.sigmas[record.step_index(sigma)]), device=dev)
-    conds = model_conds(model, record.conditioning[0], x)
-    to = _transformer_options(model)
-    frame_list = list(range(record.num_frames)) if frames is None else [int(f) for f in torch.as_tensor(frames).flatten()]
-    to.update(sigmas=sig, cond_or_uncond=[0], sample_sigmas=record.sigmas.to(dev))
-    to[FRAME_INDICES_KEY] = frame_list
-    spec = spec or capture_mod.CaptureSpec()
-
-    def run(options):
-        with torch.no_grad():
-            return model.model.apply_model(x, sig, transformer_options=options, **conds)
-
-    store, _ = capture_mod.capture_pass(run, to, spec, diffusion_model=model.model.diffusion_model,
-                                        device=device, dtype=dtype)
-    missing = store.missing()
-    if missing:
-        raise ValueError(f"capture: this model produced no {', '.join(missing[:6])}; check the layer keys "
-                         "(and that the model carries the capture patches: install_feature_capture)")
-    return store

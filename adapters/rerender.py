@@ -1,8 +1,9 @@
 """Rerender-A-Video keyframe translation driven through ComfyUI's own samplers.
 
 The one module of the Rerender area that touches ComfyUI objects (ModelPatcher, conditioning,
-ControlNet, VAE, ``comfy.sample``); the maths lives in ``flow/fusion.py``,
-``attention/crossframe.py`` and ``flow/propagate.py``.
+ControlNet, VAE, ``comfy.sample``); the maths lives in ``flow/fusion.py`` (shape- and
+pixel-aware fusion, fidelity-oriented encoding, AdaIN), ``attention/crossframe.py`` and
+``flow/propagate.py``.
 
 How each stage hooks in (on a clone of the user's model; the user's model is never changed):
 
@@ -40,11 +41,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention.crossframe import CrossFrameAttention, CrossFrameStore, SigmaSchedule, sigma_key
-from ..attention.patching import self_attention_keys
-from ..attention.unet_blocks import parse_block_list
+from ..attention.crossframe import STORE_PRECISIONS, CrossFrameAttention, CrossFrameStore, SigmaSchedule, sigma_key
+from ..attention.modes import CrossFrameMode, X0Mode
 from ..flow.consistency import occlusion_mask
+from ..flow.dis import dis_flow
 from ..flow.fusion import (
+    ADAIN_FORMULAS,
+    LATENT_FLOW_RESIZE,
     adain,
     blended_latent_step,
     fidelity_encode,
@@ -56,35 +59,87 @@ from ..flow.fusion import (
     soft_occlusion,
     warp_latent,
 )
+from ..flow.keyframes import KEYFRAME_LAYOUTS, keyframe_indices, updates_previous_style
+from ..flow.propagate import chain_flow
+from ..flow.raft import RAFT_ARCHITECTURES, raft_flow
 from ..flow.warp import warp_backward
+from ..options import Options, check_choice, option
+from .conditioning import conditioning_for_frame
+from .model_patch import attention_keys_from_spec
+from .raft import raft_model
 
 log = logging.getLogger(__name__)
+
+FLOW_METHODS = ("dis", "chain", "raft_large", "raft_small")
+FIDELITY_MODES = ("code", "paper")
+
 
 FlowFn = Callable[[int, int], torch.Tensor]  # (from_frame, to_frame) -> [1, H, W, 2] on from_frame's grid
 
 
+WINDOWS = ("cross_frame", "shape_fusion", "pixel_fusion", "adain")
+CROSS_FRAME_STORE_DEFAULT = "fp16"  # the cross_frame_store id of RerenderConfig.store_dtype's default
+
+
 @dataclass
-class RerenderSettings:
-    steps: int = 20
-    cfg: float = 7.5
-    sampler_name: str = "euler"
+class RerenderConfig(Options):
+    """Rerender Keyframes' settings: the one place of their defaults and ranges. Windows are
+    ``(start, end)`` fractions of the steps; a window whose end is not after its start is off."""
+
+    keyframe_interval: int = option(10, min=1, max=10000)
+    steps: int = option(20, min=1, max=1000)
+    cfg: float = option(7.5, min=0.0, max=100.0, step=0.1)
+    sampler_name: str = "euler"  # checked against ComfyUI's samplers in from_inputs
     scheduler: str = "ddim_uniform"
-    seed: int = 0
-    x0_strength: float = 0.75
+    seed: int = option(0, min=0, max=0xFFFFFFFFFFFFFFFF)
+    x0_strength: float = option(0.75, min=0.0, max=1.0, step=0.01)
+    flow_method: str = option("dis", choices=FLOW_METHODS)
     cross_frame: tuple[float, float] = (0.0, 1.0)
     shape_fusion: tuple[float, float] = (0.0, 0.1)
     pixel_fusion: tuple[float, float] = (0.5, 0.8)
     adain: tuple[float, float] = (0.8, 1.0)
-    mask_strength: float = 0.5
-    inner_strength: float = 0.9
+    mask_strength: float = option(0.5, min=0.0, max=1.0, step=0.01)
+    inner_strength: float = option(0.9, min=0.0, max=1.0, step=0.01)
     smooth_boundary: bool = True
-    fidelity_threshold: float = 0.25
-    fidelity_strength: float = 1.0
-    fidelity_mode: str = "code"
+    fidelity_threshold: float = option(0.25, min=0.0, max=2.0, step=0.01)
+    fidelity_lambda: float = option(1.0, min=0.0, max=4.0, step=0.05)
+    fidelity_mode: str = option("code", choices=FIDELITY_MODES)
     warp_mode: str = "nearest"
     cross_frame_blocks: str = "decoder"
     include_current: bool = False
-    store_dtype: torch.dtype | None = torch.float16  # cross-frame stores (None: keep the model's dtype)
+    # cross-frame stores (None: keep the model's dtype, official); the node's cross_frame_store input
+    # ("fp16" | "model", attention/crossframe.py::STORE_PRECISIONS) sets it
+    store_dtype: torch.dtype | None = torch.float16
+    # official: the previous-keyframe store moves on every this many frames (flow/keyframes.py)
+    style_update_freq: int = option(10, min=1, max=10000)
+    # "even" 0, K, 2K, ...; "official" 0, 1, 1 + K, ... (flow/keyframes.py)
+    keyframe_layout: str = option("even", choices=KEYFRAME_LAYOUTS)
+    # flow → latent grid for shape fusion: "official" (bilinear) | "antialiased"
+    latent_flow_resize: str = option("official", choices=LATENT_FLOW_RESIZE)
+    # "official" (unbiased reference std, eps 1e-5) | "exact" (flow/fusion.py::adain)
+    adain_formula: str = option("official", choices=ADAIN_FORMULAS)
+
+    @classmethod
+    def from_inputs(cls, **inputs) -> RerenderConfig:
+        """From the node's inputs: ``<window>_start``/``<window>_end`` pairs become the windows;
+        sampler and scheduler are checked against ComfyUI's lists."""
+        import comfy.samplers
+
+        for name in WINDOWS:
+            if f"{name}_start" in inputs or f"{name}_end" in inputs:
+                start = inputs.pop(f"{name}_start", cls.default(name)[0])
+                end = inputs.pop(f"{name}_end", cls.default(name)[1])
+                if start < 0 or end > 1:
+                    raise ValueError(f"{name}: the window is a fraction of the steps, 0..1 (got {start}..{end})")
+                inputs[name] = (float(start), float(end))
+        if "sampler_name" in inputs:
+            check_choice("sampler_name", inputs["sampler_name"], comfy.samplers.KSampler.SAMPLERS)
+        if "scheduler" in inputs:
+            check_choice("scheduler", inputs["scheduler"], comfy.samplers.KSampler.SCHEDULERS)
+        if "cross_frame_store" in inputs:
+            store = check_choice("cross_frame_store", inputs.pop("cross_frame_store"), STORE_PRECISIONS)
+            inputs["store_dtype"] = STORE_PRECISIONS[store]
+        return super().from_inputs(**inputs)
 
     def start_step(self) -> int:
         """SDEdit start: ``int(steps·(1 − x0_strength))`` as the official code; ≥ 1 starts from noise."""
@@ -96,14 +151,7 @@ class RerenderSettings:
 def cross_frame_keys(model, spec: str) -> list:
     """Self-attention layers that get cross-frame attention. ``"decoder"`` = every ``output``
     block (the official default); ``"output 6-11"`` drops the 16² layers (``loose_cfattn``)."""
-    keys = self_attention_keys(model)
-    text = (spec or "").strip().lower()
-    if text in ("decoder", "up", "output"):
-        return [k for k in keys if k[0] == "output"]
-    try:
-        return parse_block_list(text, keys)
-    except ValueError as e:
-        raise ValueError(f"cross_frame_blocks: {e}") from None
+    return attention_keys_from_spec(model, spec, "cross_frame_blocks")
 
 
 # -- VAE on channel-first images ------------------------------------------------------------
@@ -126,52 +174,6 @@ def vae_decode_chw(vae, latent: torch.Tensor) -> torch.Tensor:
     return vae.decode(latent).movedim(-1, 1).float()
 
 
-# -- conditioning: per-frame ControlNet hints ---------------------------------------------------
-
-def _slice_batch(value, index: int, frames: int):
-    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == frames and frames > 1:
-        return value[index:index + 1]
-    return value
-
-
-def _control_for_frame(control, index: int, frames: int, cache: dict):
-    """A copy of a ControlNet/T2I-adapter chain whose hints (and extra concat inputs) hold only
-    frame ``index`` when they hold one image per frame. Shared objects stay shared."""
-    if control is None:
-        return None
-    if id(control) in cache:
-        return cache[id(control)]
-    hint = getattr(control, "cond_hint_original", None)
-    previous = _control_for_frame(getattr(control, "previous_controlnet", None), index, frames, cache)
-    if isinstance(hint, torch.Tensor) and hint.shape[0] not in (1, frames):
-        raise ValueError(f"positive/negative: a ControlNet hint holds {hint.shape[0]} images but the video has {frames} "
-                         f"frames; give one hint image per frame (or a single image for all)")
-    per_frame = isinstance(hint, torch.Tensor) and hint.shape[0] == frames and frames > 1
-    extra = list(getattr(control, "extra_concat_orig", []) or [])
-    if not per_frame and previous is getattr(control, "previous_controlnet", None):
-        cache[id(control)] = control
-        return control
-    sliced = control.copy()
-    if per_frame:
-        sliced.set_cond_hint(hint[index:index + 1], control.strength, control.timestep_percent_range,
-                             vae=getattr(control, "vae", None), extra_concat=[_slice_batch(e, index, frames) for e in extra])
-    sliced.set_previous_controlnet(previous)
-    cache[id(control)] = sliced
-    return sliced
-
-
-def conditioning_for_frame(conditioning: list, index: int, frames: int, cache: dict | None = None) -> list:
-    """The conditioning with every ControlNet in it restricted to frame ``index``'s hint."""
-    cache = {} if cache is None else cache
-    out = []
-    for embedding, options in conditioning:
-        opts = dict(options)
-        if "control" in opts:
-            opts["control"] = _control_for_frame(opts["control"], index, frames, cache)
-        out.append([embedding, opts])
-    return out
-
-
 # -- the x0 hook -------------------------------------------------------------------------------
 
 class X0Hook:
@@ -188,21 +190,21 @@ class X0Hook:
     def __call__(self, args):
         run = self.run
         den = args["denoised"]
-        if run.x0_mode == "off":
+        if run.x0_mode == X0Mode.OFF:
             return den
         sigma = float(args["sigma"].flatten()[0])
         step = run.schedule.step_of(sigma)
-        if run.x0_mode == "record_anchor":
+        if run.x0_mode == X0Mode.RECORD_ANCHOR:
             run.anchor_x0[sigma_key(sigma)] = den.detach().clone()
-        elif run.x0_mode == "fuse":
+        elif run.x0_mode == X0Mode.FUSE:
             reference = run.anchor_x0.get(sigma_key(sigma))
             s = run.settings
             if reference is not None:
                 reference = reference.to(den)
                 if run.schedule.in_window(step, s.adain):
-                    den = adain(den, reference)
+                    den = adain(den, reference, s.adain_formula)
                 if run.shape_keep is not None and run.schedule.in_window(step, s.shape_fusion):
-                    warped = warp_latent(reference, run.flow_to_anchor, s.warp_mode)
+                    warped = warp_latent(reference, run.flow_to_anchor, s.warp_mode, s.latent_flow_resize)
                     den = shape_fusion(den, warped, run.shape_keep)
         run.x0_by_step[step] = den
         return den
@@ -220,7 +222,7 @@ class Rendered:
 class RerenderRun:
     """Renders keyframes in order: :meth:`render_anchor` once, then :meth:`render_keyframe`."""
 
-    def __init__(self, model, vae, positive, negative, settings: RerenderSettings, frame_count: int,
+    def __init__(self, model, vae, positive, negative, settings: RerenderConfig, frame_count: int,
                  on_step: Callable[[], None] | None = None):
         import comfy.model_management as mm
         import comfy.samplers
@@ -242,7 +244,7 @@ class RerenderRun:
         self.model.set_model_sampler_post_cfg_function(X0Hook(self))
         self.model_sampling = model.get_model_object("model_sampling")
         self.latent_format = model.get_model_object("latent_format")
-        self.x0_mode = "off"
+        self.x0_mode = X0Mode.OFF
         self.anchor_x0: dict = {}
         self.x0_by_step: dict = {}
         self.shape_keep: torch.Tensor | None = None
@@ -350,22 +352,26 @@ class RerenderRun:
         """Frame 0 of the sequence: plain sampling that records the cross-frame and x0 stores."""
         conds = self._conds(index)
         latent, noise = self._initial(image)
-        self.store.begin("record_anchor")
-        self.x0_mode, self.anchor_x0, self.x0_by_step = "record_anchor", {}, {}
+        self.store.begin(CrossFrameMode.RECORD_ANCHOR)
+        self.x0_mode, self.anchor_x0, self.x0_by_step = X0Mode.RECORD_ANCHOR, {}, {}
         try:
             out = self._sample(latent, noise, conds, self.start, None)
         finally:
-            self.store.begin("off")
-            self.x0_mode = "off"
+            self.store.begin(CrossFrameMode.OFF)
+            self.x0_mode = X0Mode.OFF
         self.final_latents[index] = out
         result = self.decode(out)
         self.anchor = self.previous = Rendered(index, image, result)
         return result
 
-    def render_keyframe(self, index: int, image: torch.Tensor, flow: FlowFn) -> torch.Tensor:
+    def render_keyframe(self, index: int, image: torch.Tensor, flow: FlowFn, update_style: bool = True) -> torch.Tensor:
         """A later keyframe: pass 1 (cross-frame attention, shape fusion, AdaIN) → pixel-aware
         fusion with the warped previous and anchor results → fidelity-oriented encoding →
-        pass 2 with blended-latent inpainting in the mask window."""
+        pass 2 with blended-latent inpainting in the mask window.
+
+        ``update_style`` (``flow.keyframes.updates_previous_style``): whether this keyframe's
+        attention inputs become the cross-frame "previous keyframe" afterwards (the official
+        ``updatestyle`` task); the pixel-aware fusion's previous keyframe always moves on."""
         if self.anchor is None:
             raise RuntimeError("render_anchor must run before render_keyframe")
         s = self.settings
@@ -378,8 +384,8 @@ class RerenderRun:
         self.shape_keep = shape_fusion_mask(anchor_ref["occlusion"], size) if shape_on else None
         self.flow_to_anchor = anchor_ref["flow"]
         pixel_on = bool(self.mask_steps)
-        self.store.begin("attend", record=True)
-        self.x0_mode, self.x0_by_step = "fuse", {}
+        self.store.begin(CrossFrameMode.ATTEND, record=update_style)
+        self.x0_mode, self.x0_by_step = X0Mode.FUSE, {}
         try:
             direct_latent, mid = self._pass(latent, noise, conds)
             if not pixel_on:
@@ -392,7 +398,7 @@ class RerenderRun:
                                      anchor_ref["warped"], soft_occlusion(anchor_ref["occlusion"]))
                 known = inpaint_mask(previous_ref["occlusion"], anchor_ref["occlusion"], size)
                 target, _ = fidelity_encode(fused.clamp(0, 1), self.encode, self.decode, s.fidelity_threshold,
-                                            s.fidelity_strength, s.fidelity_mode)
+                                            s.fidelity_lambda, s.fidelity_mode)
                 target = self.latent_format.process_in(target * known)
                 flat = flat_region(known) if s.smooth_boundary else None
                 # pass 2 equals pass 1 up to the first inpainting step: resume from there
@@ -403,10 +409,11 @@ class RerenderRun:
                 self.final_latents[index] = final_latent
                 result = self.decode(final_latent)
         finally:
-            self.store.begin("off")
-            self.x0_mode = "off"
+            self.store.begin(CrossFrameMode.OFF)
+            self.x0_mode = X0Mode.OFF
             self.shape_keep = self.flow_to_anchor = None
-        self.store.commit_previous()
+        if update_style:
+            self.store.commit_previous()
         self.previous = Rendered(index, image, result)
         return result
 
@@ -424,3 +431,65 @@ class RerenderRun:
         occ = occlusion_mask(to_ref, from_ref, squared=False)
         warped = warp_backward(ref.result, to_ref.to(ref.result.device), padding_mode="zeros")
         return {"flow": to_ref, "occlusion": occ, "warped": warped}
+
+
+class FlowBetween:
+    """``(from, to) -> [1, H, W, 2]`` flow on ``from``'s grid, cached: computed directly between
+    the two frames (as the official code does with GMFlow) or chained from adjacent flows
+    (``forward``/``backward`` ``[F-1, H, W, 2]`` on the frames' grid, as ``nodes.common.check_flow``
+    returns them)."""
+
+    def __init__(self, frames: torch.Tensor, method: str, forward=None, backward=None):
+        self.frames, self.method, self.cache = frames, method, {}
+        if method == "chain":
+            self.forward = forward.float().to(frames.device)
+            self.backward = backward.float().to(frames.device)
+        elif method in RAFT_ARCHITECTURES:
+            self.raft = raft_model(method, "auto")
+
+    def __call__(self, a: int, b: int) -> torch.Tensor:
+        if (a, b) not in self.cache:
+            src, dst = self.frames[a:a + 1], self.frames[b:b + 1]
+            if self.method == "chain":
+                flow = chain_flow(self.forward, self.backward, a, b)
+            elif self.method == "dis":
+                flow = dis_flow(src, dst)
+            else:
+                import comfy.model_management
+
+                self.raft.to(comfy.model_management.get_torch_device())
+                try:
+                    flow = raft_flow(self.raft, src, dst)
+                finally:
+                    self.raft.to(comfy.model_management.unet_offload_device())
+            self.cache[(a, b)] = flow.float().to(self.frames.device)
+        return self.cache[(a, b)]
+
+
+def render_keyframes(model, positive, negative, vae, frames, config: RerenderConfig, forward_flow=None,
+                     backward_flow=None):
+    """Render the keyframes of ``frames`` ``[F, H, W, 3]`` (``config.keyframe_layout``: 0, K, 2K,
+    ... or the official 0, 1, 1 + K, ...) → (IMAGE ``[n, H, W, 3]`` on the intermediate device,
+    indices). ``forward_flow``/``backward_flow``: validated, on the frames'
+    grid (needed for ``flow_method="chain"``)."""
+    import comfy.model_management as mm
+    import comfy.utils
+
+    check_vae_multiple(frames, vae, "images")
+    keys = keyframe_indices(frames.shape[0], max(1, int(config.keyframe_interval)), config.keyframe_layout)
+    flows = FlowBetween(frames, config.flow_method, forward_flow, backward_flow) if len(keys) > 1 else None
+    pbar = comfy.utils.ProgressBar(len(keys))
+    run = RerenderRun(model, vae, positive, negative, config, frames.shape[0])
+    chw = frames.movedim(-1, 1)
+    results = []
+    for n, k in enumerate(keys):
+        mm.throw_exception_if_processing_interrupted()
+        image = chw[k:k + 1]
+        if n == 0:
+            results.append(run.render_anchor(k, image))
+        else:
+            update = updates_previous_style(keys, n, config.style_update_freq)
+            results.append(run.render_keyframe(k, image, flows, update_style=update))
+        pbar.update(1)
+    out = torch.cat(results).movedim(1, -1).clamp(0, 1).to(mm.intermediate_device())
+    return out, keys

@@ -1,0 +1,107 @@
+"""TokenFlow on a MODEL clone (attention replace patches on every self-attention layer, an
+input-capture attn1 patch, the per-call DIFFUSION_MODEL wrapper, the per-run OUTER_SAMPLE
+reset) and the one-box sampler.
+The method's core is ``attention/tokenflow.py`` (NN fields, keyframe blend, propagation) and
+``attention/tokenflow_patch.py`` (the per-call passes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..attention.keys import TOKENFLOW_WRAPPER_KEY
+from ..attention.tokenflow_patch import (
+    TokenFlowAttention,
+    TokenFlowConfig,
+    TokenFlowInputCapture,
+    TokenFlowRunReset,
+    TokenFlowRuntime,
+    TokenFlowWrapper,
+)
+from ..options import Options, option
+from .model_patch import (
+    attach_attn1,
+    attention_keys_from_spec,
+    comfy_attention,
+    resblock_keys_from_spec,
+    self_attention_keys,
+)
+from .source import source_branch_from
+
+_DEFAULT = TokenFlowConfig
+
+
+@dataclass(frozen=True)
+class TokenFlowOptions(Options):
+    """TokenFlow's node options (defaults of the numbers from ``TokenFlowConfig``)."""
+
+    window: int = option(_DEFAULT.window, min=1, max=256)
+    pnp_attn_t: float = option(_DEFAULT.pnp_attn_t, min=0.0, max=1.0, step=0.01)
+    pnp_f_t: float = option(_DEFAULT.pnp_f_t, min=0.0, max=1.0, step=0.01)
+    seed: int = option(_DEFAULT.seed, min=0, max=2**31 - 1)
+    nn_feature: str = option(_DEFAULT.nn_feature, choices=("input", "output"))
+    blend: str = option(_DEFAULT.blend, choices=("official", "paper"))
+    pnp_attn_blocks: str = option("output 4-11")
+    pnp_resnet_blocks: str = option("output 4")
+    share_batch: bool = option(_DEFAULT.share_batch)
+
+    def config(self, model) -> TokenFlowConfig:
+        """The runtime config with the block specs resolved against ``model``."""
+        return TokenFlowConfig(window=int(self.window), pnp_attn_t=float(self.pnp_attn_t),
+                               pnp_f_t=float(self.pnp_f_t), seed=int(self.seed), nn_feature=self.nn_feature,
+                               blend=self.blend,
+                               pnp_attn_keys=tuple(attention_keys_from_spec(model, self.pnp_attn_blocks,
+                                                                            "pnp_attn_blocks")),
+                               pnp_res_keys=resblock_keys_from_spec(model, self.pnp_resnet_blocks,
+                                                                    "pnp_resnet_blocks", "output 4"),
+                               share_batch=bool(self.share_batch))
+
+
+def apply_tokenflow(model, inversion, **options):
+    """MODEL clone carrying TokenFlow for the source branch of ``inversion``."""
+    settings = TokenFlowOptions.from_inputs(**options)
+    return tokenflow_model(model, source_branch_from(inversion, model), settings)
+
+
+def tokenflow_model(model, source, settings: TokenFlowOptions | None = None, **options):
+    """The patching itself, for any source branch (``attention.tokenflow_patch.SourceBranch``):
+    ``settings``, or the options as keywords."""
+    from comfy.patcher_extension import WrappersMP
+
+    settings = settings if settings is not None else TokenFlowOptions.from_inputs(**options)
+    config = settings.config(model)
+    runtime = TokenFlowRuntime(config, source, model.get_model_object("model_sampling"), comfy_attention)
+    m = attach_attn1(model, lambda key, prev: TokenFlowAttention(runtime, key, prev), self_attention_keys(model))
+    m.set_model_attn1_patch(TokenFlowInputCapture(runtime))
+    m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, TOKENFLOW_WRAPPER_KEY, TokenFlowWrapper(runtime))
+    # every sampling run starts without step state (an interrupted run leaves none behind)
+    m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, TOKENFLOW_WRAPPER_KEY, TokenFlowRunReset(runtime))
+    return m
+
+
+def sample_tokenflow(model, positive, negative, inversion, cfg, sampler_name, **options) -> dict:
+    """Apply TokenFlow to a clone of ``model`` and sample the inversion's x_T along the
+    inversion's sigmas with ``sampler_name`` (no added noise), with ComfyUI's progress bar and
+    previews as SamplerCustom. Returns a LATENT dict."""
+    import comfy.sample
+    import comfy.samplers
+    import comfy.utils
+    import latent_preview
+
+    from .inversion import output_latent
+
+    if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
+        raise ValueError(f"sampler_name: unknown sampler '{sampler_name}'; pick one of KSampler's samplers")
+    settings = TokenFlowOptions.from_inputs(**options)
+    patched = tokenflow_model(model, source_branch_from(inversion, model), settings)
+    latent = output_latent(model, inversion)
+    x_t = latent["samples"]
+    sigmas = inversion.sigmas.clone()
+    callback = latent_preview.prepare_callback(patched, len(sigmas) - 1)
+    latent["samples"] = comfy.sample.sample_custom(patched, torch.zeros_like(x_t), float(cfg),
+                                                   comfy.samplers.sampler_object(sampler_name), sigmas, positive,
+                                                   negative, x_t, callback=callback,
+                                                   disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+                                                   seed=int(settings.seed))
+    return latent
