@@ -23,6 +23,7 @@ noise, ``noise_scaling`` returns the latent itself, ``process_latent_in`` is app
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ..attention.keys import FRAME_INDICES_KEY
+from ..attention.keys import FRAME_INDICES_KEY, FRAME_TOTAL_KEY, LATENT_INPUT_KEY
 from ..inversion import ddim, identity, schedule
 from ..inversion.cache import CACHE_DIR_NAME, DiskCache, MemoryCache, cache_key
 from ..inversion.record import InversionRecord, record_from_tensors, record_tensors
@@ -194,7 +195,7 @@ def run_inversion(model, samples: torch.Tensor, conditioning: list, sigmas_up: t
         lat = samples[part]
         cond = slice_conditioning(conditioning, part, frames)
         recorder = _Recorder(sigmas_up, keep, tick)
-        m = with_frame_indices(model, range(part.start, part.stop))
+        m = with_frame_indices(model, range(part.start, part.stop), total=frames, input_name="latent")
         comfy.sample.sample_custom(m, torch.zeros_like(lat), 1.0, _inversion_sampler(recorder), sigmas_up,
                                    cond, cond, lat, disable_pbar=True, seed=0)
         kept_chunks.append(torch.stack(recorder.kept).flip(0))
@@ -202,12 +203,18 @@ def run_inversion(model, samples: torch.Tensor, conditioning: list, sigmas_up: t
     return torch.cat(kept_chunks, dim=1), torch.cat(xT_chunks)
 
 
-def with_frame_indices(model, frames) -> object:
+def with_frame_indices(model, frames, total: int | None = None, input_name: str | None = None) -> object:
     """Clone of ``model`` telling patches which global frames its batches hold
     (``transformer_options[FRAME_INDICES_KEY]``), for per-frame state such as FLATTEN's
-    trajectories while the inversion runs the clip chunk by chunk."""
+    trajectories while the inversion runs the clip chunk by chunk; ``total`` frames of the
+    clip and the node input holding it (``input_name``) let the patches check and name it."""
     m = model.clone()
-    m.model_options.setdefault("transformer_options", {})[FRAME_INDICES_KEY] = [int(f) for f in frames]
+    to = m.model_options.setdefault("transformer_options", {})
+    to[FRAME_INDICES_KEY] = [int(f) for f in frames]
+    if total is not None:
+        to[FRAME_TOTAL_KEY] = int(total)
+    if input_name is not None:
+        to[LATENT_INPUT_KEY] = input_name
     return honour_context_windows(m)  # core's windows over the chunk, if the model has them
 
 
@@ -235,14 +242,52 @@ def inversion_key(model, latent_hash: str, conditioning: list, steps: int, inver
     })
 
 
+def _entry_problem(entry, sigmas_edit: torch.Tensor, w_id: str, p_id: str, latent_hash: str) -> str | None:
+    """Why a disk entry (already integrity-checked) cannot serve this request, or None."""
+    if not torch.equal(entry.tensors["sigmas"], sigmas_edit):
+        return "has other sigmas than requested"
+    meta = entry.meta
+    if (meta.get("weights_id"), meta.get("patches_id"), meta.get("latent_hash")) != (w_id, p_id, latent_hash):
+        return "records another model, patches or latent than its key says"
+    return None
+
+
+def record_bytes(sigmas: int, frames: int, shape: tuple[int, ...]) -> int:
+    """RAM of an inversion record: fp16 latents at every editing sigma plus the fp32 x_T."""
+    per_frame = math.prod(int(v) for v in shape)
+    return sigmas * frames * per_frame * 2 + frames * per_frame * 4
+
+
+def check_record_memory(need: int, cache_mode: str, limit: int, available_bytes: int, frames: int,
+                        steps: int) -> None:
+    """Refuse, before inverting, a record that cannot fit in RAM or (``memory`` mode, where
+    RAM is the only copy) in ``cache_limit_mb``."""
+    mb = need / 2**20
+    if available_bytes > 0 and need > available_bytes:
+        raise ValueError(
+            f"latent/steps: the inversion of {frames} frames at {steps} steps needs {mb:.0f} MB of RAM but only "
+            f"{available_bytes / 2**20:.0f} MB is available; invert fewer frames (frame_load_cap), fewer steps or "
+            "a smaller size")
+    if cache_mode == "memory" and limit > 0 and need > limit:
+        raise ValueError(
+            f"cache_limit_mb: the inversion of {frames} frames at {steps} steps takes {mb:.0f} MB, more than "
+            f"cache_limit_mb ({limit // 2**20} MB) allows the RAM cache; raise cache_limit_mb to at least "
+            f"{math.ceil(mb)}, set it to 0 (no limit), or use cache_mode 'disk' or 'off'")
+
+
 def invert_video(model, latent: dict, conditioning: list, steps: int = 50, inversion_steps: int = 0,
                  scheduler: str = "ddim_uniform", frame_batch_size: int = 16, cache_mode: str = "disk",
                  cache_limit_mb: int = 0, clear_cache: bool = False, root: str | os.PathLike | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[InversionRecord, bool]:
+                 progress: Callable[[int, int], None] | None = None, available_bytes: int = 0,
+                 notes: list[str] | None = None) -> tuple[InversionRecord, bool]:
     """DDIM-invert the video latent (cfg 1, source ``conditioning``), reusing the cache.
 
     Returns ``(record, from_cache)``. ``progress(done, total)`` is called per step and chunk.
+    ``available_bytes`` > 0: refuse before inverting when the record would not fit in RAM.
+    ``notes`` receives what the user should see in the node's UI (cache entries recomputed,
+    the RAM copy skipped).
     """
+    notes = [] if notes is None else notes
     import comfy.utils
 
     if cache_mode not in CACHE_MODES:
@@ -261,6 +306,9 @@ def invert_video(model, latent: dict, conditioning: list, steps: int = 50, inver
     sigmas_up, keep = schedule.inversion_schedule(sigmas_edit, fine)
 
     limit = int(cache_limit_mb) * 2**20
+    frames, shape = samples.shape[0], tuple(samples.shape[1:])
+    need = record_bytes(len(sigmas_edit), frames, shape)
+    check_record_memory(need, cache_mode, limit, available_bytes, frames, steps)
     disk = DiskCache(root or cache_root(), limit) if cache_mode == "disk" else None
     if clear_cache:
         MEMORY_CACHE.clear()
@@ -271,7 +319,6 @@ def invert_video(model, latent: dict, conditioning: list, steps: int = 50, inver
     latent_hash = identity.tensor_digest(samples)
     key = inversion_key(model, latent_hash, conditioning, steps, inversion_steps, scheduler, sigmas_edit, sigmas_up,
                         frame_batch_size, w_id, p_id)
-    frames, shape = samples.shape[0], tuple(samples.shape[1:])
     if cache_mode != "off":
         hit = MEMORY_CACHE.get(key)
         if hit is not None:
@@ -282,13 +329,23 @@ def invert_video(model, latent: dict, conditioning: list, steps: int = 50, inver
                   "latents_vp": ((len(sigmas_edit), frames, *shape), torch.float16),
                   "x_T": ((frames, *shape), torch.float32)}
         entry = disk.load(key, expect)
+        notes.extend(disk.notes)
         if entry is not None:
-            if torch.equal(entry.tensors["sigmas"], sigmas_edit):
-                record = record_from_tensors(entry.tensors, entry.meta, conditioning)
-                MEMORY_CACHE.put(key, record, record.nbytes(), limit)
+            problem = _entry_problem(entry, sigmas_edit, w_id, p_id, latent_hash)
+            record = None
+            if problem is None:
+                try:
+                    record = record_from_tensors(entry.tensors, entry.meta, conditioning)
+                except (ValueError, KeyError, TypeError) as err:
+                    problem = f"has unusable metadata ({err})"
+            if record is not None:
+                if not (limit and record.nbytes() > limit):
+                    MEMORY_CACHE.put(key, record, record.nbytes(), limit)
                 log.info("VideoEdit inversion: disk cache hit %s", key[:12])
                 return record, True
-            log.warning("VideoEdit cache entry %s has other sigmas than requested: recomputing", key[:12])
+            text = f"cache entry {key[:12]} {problem}: recomputing"
+            log.warning("VideoEdit %s", text)
+            notes.append(text)
             disk.remove(key)
 
     chunks = -(-frames // frame_batch_size)
@@ -311,8 +368,11 @@ def invert_video(model, latent: dict, conditioning: list, steps: int = 50, inver
     record = InversionRecord(sigmas=sigmas_edit, latents_vp=latents_vp, x_T=x_T, conditioning=conditioning,
                              weights_id=w_id, patches_id=p_id, latent_hash=latent_hash,
                              key=key, info=info)
-    if cache_mode != "off":
+    if cache_mode == "memory" or (cache_mode == "disk" and not (limit and record.nbytes() > limit)):
         MEMORY_CACHE.put(key, record, record.nbytes(), limit)
+    elif cache_mode == "disk":
+        notes.append(f"inversion cache: {record.nbytes() / 2**20:.0f} MB exceed cache_limit_mb {cache_limit_mb}: "
+                     "kept on disk only (raise cache_limit_mb to keep a RAM copy)")
     if disk is not None:
         tensors, meta = record_tensors(record)
         try:

@@ -1,5 +1,6 @@
 """TokenFlow on a MODEL clone (attention replace patches on every self-attention layer, an
-input-capture attn1 patch, the per-call DIFFUSION_MODEL wrapper) and the one-box sampler.
+input-capture attn1 patch, the per-call DIFFUSION_MODEL wrapper, the per-run OUTER_SAMPLE
+reset) and the one-box sampler.
 The method's core is ``attention/tokenflow.py`` (NN fields, keyframe blend, propagation) and
 ``attention/tokenflow_patch.py`` (the per-call passes)."""
 
@@ -15,6 +16,7 @@ from ..attention.tokenflow_patch import (
     TokenFlowAttention,
     TokenFlowConfig,
     TokenFlowInputCapture,
+    TokenFlowRunReset,
     TokenFlowRuntime,
     TokenFlowWrapper,
 )
@@ -77,6 +79,8 @@ def tokenflow_model(model, source, settings: TokenFlowOptions | None = None, **o
     m = attach_attn1(model, lambda key, prev: TokenFlowAttention(runtime, key, prev), self_attention_keys(model))
     m.set_model_attn1_patch(TokenFlowInputCapture(runtime))
     m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, TOKENFLOW_WRAPPER_KEY, TokenFlowWrapper(runtime))
+    # every sampling run starts without step state (an interrupted run leaves none behind)
+    m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, TOKENFLOW_WRAPPER_KEY, TokenFlowRunReset(runtime))
     return honour_context_windows(m)
 
 

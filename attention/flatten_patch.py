@@ -33,6 +33,7 @@ from .flatten import (
     trajectory_groups,
 )
 from .frames import call_frame_indices, frame_window, groups_of
+from .keys import FRAME_TOTAL_KEY, LATENT_INPUT_KEY
 from .patching import kernel_from
 from .pnp import pnp_qk
 from .unet_blocks import BlockKey, unet_sections
@@ -99,14 +100,16 @@ def check_call(trajectories: TrajectorySet, extra_options: dict, frames: torch.T
     size = (int(original[-2]), int(original[-1])) if original is not None and len(original) >= 4 else None
     window = frame_window(extra_options)
     total = getattr(window, "total_frames", 0) if window is not None else len(frames)
+    total = int(extra_options.get(FRAME_TOTAL_KEY) or total)
+    name = extra_options.get(LATENT_INPUT_KEY, "latent_image")
     if (size is not None and size != trajectories.latent_size) or (total and total != trajectories.frames):
         got = f"{total or '?'} frames at latent {size[0]}x{size[1]}" if size else f"{total} frames"
         chunked = (" (A node that runs the UNet on chunks of the frames without passing their indices, e.g. DDIM "
                    "Inversion with frame_batch_size below the frame count, also gives this.)"
                    if window is None and total < trajectories.frames else "")
-        raise ValueError(f"FLATTEN: {want}, but the latent being sampled has {got}. {fix}{chunked}")
+        raise ValueError(f"{name} (FLATTEN): {want}, but the latent being sampled has {got}. {fix}{chunked}")
     if len(frames) and int(frames.max()) >= trajectories.frames:
-        raise ValueError(f"FLATTEN: {want}, but a context window holds frame {int(frames.max())}. {fix}")
+        raise ValueError(f"{name} (FLATTEN): {want}, but a context window holds frame {int(frames.max())}. {fix}")
 
 
 class FlattenRuntime:

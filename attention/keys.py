@@ -9,6 +9,14 @@ FRAME_INDICES_KEY = "ve_frame_indices"
 """list[int]: global frame indices of the rows of a UNet call the pack runs on part of a clip
 (inversion chunks, null-text, feature capture). Read by ``attention.frames.call_frame_indices``."""
 
+FRAME_TOTAL_KEY = "ve_frame_total"
+"""int: set with ``FRAME_INDICES_KEY``: the frame count of the whole clip those chunks come from, so
+per-call checks (FLATTEN trajectories, source replay) compare against the clip, not the chunk."""
+
+LATENT_INPUT_KEY = "ve_latent_input"
+"""str: set with ``FRAME_INDICES_KEY``: the name of the node input that holds that clip, for error
+messages naming it."""
+
 CAPTURE_KEY = "ve_capture"
 """``capture.FeatureStore``: capture patches record into it during ``capture.capture_pass``."""
 

@@ -114,6 +114,7 @@ class PnPWrapper:
         groups = len(to.get("cond_or_uncond") or [0])
         n = x.shape[0] // groups
         sigma = float(to["sigmas"][0])
+        self.source.check_call(tuple(x.shape[1:]), call_frame_indices(to, n), to)
         step = self.source.step_index(sigma)
         sched = self.schedule
         attn_on, res_on = step < sched.attn_steps, step < sched.res_steps

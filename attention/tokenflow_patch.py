@@ -56,6 +56,8 @@ class SourceBranch(Protocol):
     """What TokenFlow needs from the inversion (implemented by the node layer)."""
 
     def step_index(self, sigma: float) -> int: ...  # raises ValueError naming both schedules
+    def check_call(self, sample_shape: tuple[int, ...], frames: torch.Tensor, transformer_options: dict
+                   ) -> None: ...  # raises ValueError naming latent_image when the latent does not match
     @property
     def num_steps(self) -> int: ...
     def latent(self, sigma: float, frames: torch.Tensor) -> torch.Tensor: ...  # VE latent [n,C,h,w]
@@ -243,6 +245,25 @@ class TokenFlowAttention:
         return out.reshape(-1, *out.shape[2:])
 
 
+class TokenFlowRunReset:
+    """``OUTER_SAMPLE`` wrapper: every sampling run starts (and ends) without a step state, so
+    nothing computed by an earlier run, finished or interrupted, is reused by the next one
+    (ComfyUI keeps the patched MODEL, and this runtime with it, across prompts)."""
+
+    def __init__(self, runtime: TokenFlowRuntime):
+        self.runtime = runtime
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, executor, *args, **kwargs):
+        self.runtime.state = None
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self.runtime.state = None  # also frees the source features of the last step
+
+
 class _PhaseResiduals:
     """The ResBlock hook's handler during one wrapper call: keeps the source rows' residuals of
     the pass that runs now (``phase``) and, while injection is on, gives the edit rows the source's."""
@@ -284,17 +305,19 @@ class TokenFlowWrapper:
         rt, cfg = self.runtime, self.runtime.config
         key = tuple(frames.tolist())
         if rt.state is not None and rt.state.frames == key and abs(rt.state.sigma - sigma) <= 1e-6 * max(1.0, sigma):
-            return rt.state, False
+            return rt.state, False  # only ever a state whose source passes all completed
         step = rt.source.step_index(sigma)
         gen = torch.Generator().manual_seed(int(cfg.seed) * 100003 + step)
         # keyframes of the whole clip, also when this call holds a context window of it
         total = int(getattr(rt.source, "num_frames", 0) or 0)
         kf_pos, slots, weights = keyframes_for_call(frames, total, cfg.window, cfg.blend, gen)
         total = rt.source.num_steps
-        rt.state = StepState(sigma=sigma, frames=key, kf_pos=kf_pos, slots=slots, weights=weights,
-                             inject_attn=step < int(total * cfg.pnp_attn_t),
-                             inject_res=step < int(total * cfg.pnp_f_t))
-        return rt.state, True
+        # not stored on the runtime yet: the wrapper commits it once the call has completed, so an
+        # interrupt inside a UNet call never leaves a half-filled state for the next run to reuse
+        state = StepState(sigma=sigma, frames=key, kf_pos=kf_pos, slots=slots, weights=weights,
+                          inject_attn=step < int(total * cfg.pnp_attn_t),
+                          inject_res=step < int(total * cfg.pnp_f_t))
+        return state, True
 
     # -- the wrapper ------------------------------------------------------------------------
     def __call__(self, executor, *args, **kwargs):
@@ -307,6 +330,7 @@ class TokenFlowWrapper:
         n = x.shape[0] // groups
         frames = call_frame_indices(to, n)
         sigma = float(to["sigmas"][0]) if "sigmas" in to else float(rt.model_sampling.sigma(timesteps[0]))
+        rt.source.check_call(tuple(x.shape[1:]), frames, to)
         st, fresh = self._state(sigma, frames)
         all_pos = torch.arange(n)
         passes = [(TokenFlowPass.KEYFRAMES, st.kf_pos)] + [(TokenFlowPass.PROPAGATE, all_pos[i:i + cfg.window])
@@ -343,6 +367,7 @@ class TokenFlowWrapper:
                 pred = run(name, positions, source_rows, groups, *inputs)
                 if name == TokenFlowPass.PROPAGATE:
                     out[rows] = pred[source_rows:].to(out.dtype)
+        rt.state = st  # every pass completed: later calls at this sigma (split cond/uncond) reuse it
         return out
 
     @staticmethod

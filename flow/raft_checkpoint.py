@@ -83,18 +83,43 @@ def pick_raft_weights(arch: str, names: Iterable[str]) -> str | None:
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` file or a pickled state dict (tensors only:
     ``weights_only=True``), on the CPU. A dict nested under ``state_dict``/``model`` is
-    unwrapped."""
+    unwrapped. Unreadable or unsafe files raise a ValueError naming ``raft_weights`` (the
+    library's own error kept as ``__cause__``)."""
+    import pickle
+
+    name = f"raft_weights: '{os.path.basename(path)}'"
+    fix = "choose a torchvision RAFT checkpoint (raft_large_C_T_SKHT_V2.pth …) or the original raft-things.pth"
     if path.lower().endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path, device="cpu")
-    data = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(path, device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{name} is not a readable safetensors file ({err}); {fix}") from err
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{name} holds Python objects besides tensors (or is not a PyTorch file), so it was not loaded: "
+            f"the pack only reads plain tensors, never code from a pickle; {fix}, or re-save the weights as a "
+            "state dict of tensors / .safetensors") from err
+    except Exception as err:  # torch.load fails on foreign bytes with any error type (EOFError, IndexError…)
+        raise ValueError(f"{name} cannot be read as a PyTorch checkpoint ({type(err).__name__}: {err}); {fix}") from err
     for key in ("state_dict", "model"):
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
             data = data[key]
     if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: not a RAFT state dict (found {type(data).__name__})")
+        raise ValueError(f"{name} is not a RAFT state dict (found {type(data).__name__}); {fix}")
     return dict(data)
+
+
+_RAFT_KEY_PREFIXES = ("feature_encoder.", "context_encoder.", "update_block.", "fnet.", "cnet.")
+
+
+def has_raft_weights(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether any key looks like a RAFT module's (either layout, ``module.`` prefix allowed)."""
+    return any(str(k).removeprefix("module.").startswith(_RAFT_KEY_PREFIXES) for k in state_dict)
 
 
 # --- original layout → torchvision layout -------------------------------------------------
@@ -208,6 +233,9 @@ def load_raft(arch: str, state_dict: Mapping[str, torch.Tensor], source: str = "
     """
     if arch not in RAFT_ARCHITECTURES:
         raise ValueError(f"unknown RAFT architecture {arch!r}; expected one of {RAFT_ARCHITECTURES}")
+    if not has_raft_weights(state_dict):
+        raise ValueError(f"{source} holds no RAFT weights ({len(state_dict)} tensors such as "
+                         f"[{_preview(sorted(map(str, state_dict)), 4)}]); choose a RAFT checkpoint for {arch}")
     sd = convert_original_state_dict(state_dict) if is_original_layout(state_dict) else dict(state_dict)
     found = raft_arch_of(sd)
     if found != arch:
@@ -251,7 +279,7 @@ class RaftCache:
         if hit is not None and hit[0] == mtime:
             return hit[1]
         self._models.pop(key, None)  # drop a stale model before loading its replacement
-        model = load_raft(arch, self._reader(path), source=os.path.basename(path))
+        model = load_raft(arch, self._reader(path), source=f"raft_weights: '{os.path.basename(path)}'")
         self.loads += 1
         log.info("loaded %s weights from %s", arch, path)
         self._models[key] = (mtime, model)

@@ -6,13 +6,18 @@ ComfyUI wipes its temp dir at every start, so the output dir is used)::
     <root>/<key>/tensors.safetensors   every tensor of the entry
     <root>/<key>/manifest.json         format version, key, file sizes + sha256, tensor shapes and
                                        dtypes, free metadata (sigmas, model ids, …), created and
-                                       last-used times (Unix seconds)
+                                       last-used times (Unix seconds), and the sha256 of all of it
+                                       but the last-used time
+    <root>/<key>/.videoedit_cache_entry  marker: the pack wrote this folder
 
 Entries are written into a temporary folder and renamed into place, so a reader never sees a
 half-written entry. On load every file is checked (size, sha256, tensor names, shapes and
 dtypes against the manifest and the caller's expectations); any mismatch logs a warning,
-deletes the entry and reports a miss: a stale or corrupt entry is never trusted. A size limit
-evicts least-recently-used entries first.
+deletes the entry and reports a miss: a stale or corrupt entry is never trusted (the manifest's
+own digest covers its metadata too, so an edited ``meta`` is a miss, not a hit that fails
+later). A size limit evicts least-recently-used entries first. Clearing and eviction delete
+only folders the pack wrote (the marker file, or a manifest of the first format naming its
+own folder), never anything else a user keeps under the cache root.
 """
 
 from __future__ import annotations
@@ -40,13 +45,15 @@ log = logging.getLogger(__name__)
 CACHE_DIR_NAME = "videoedit_cache"
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
-FORMAT_VERSION = 1
+MARKER = ".videoedit_cache_entry"
+KEY_VERSION = 1  # part of every key: changing it orphans every entry
+FORMAT_VERSION = 2  # the manifest's layout; 2 added the manifest digest and the marker file
 _KEY_RE = re.compile(r"^[0-9a-f]{16,64}$")
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:
-    """Hex key of everything that determines the cached result (plus the format version)."""
-    body = {"format": FORMAT_VERSION, **parts}
+    """Hex key of everything that determines the cached result (plus the key version)."""
+    body = {"format": KEY_VERSION, **parts}
     return sha256_hex(json.dumps(canonical(body), sort_keys=True, separators=(",", ":")))
 
 
@@ -70,6 +77,26 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the whole manifest except its last-used time (rewritten by every hit) and the
+    digest itself."""
+    body = {k: v for k, v in manifest.items() if k not in ("last_used", "digest")}
+    return sha256_hex(json.dumps(body, sort_keys=True, separators=(",", ":")))
+
+
+def is_pack_entry(folder: Path) -> bool:
+    """Whether the pack wrote ``folder``: its marker file, or (entries of the first format,
+    before the marker) a manifest of that format naming the folder as its key."""
+    if (folder / MARKER).is_file():
+        return True
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(manifest, dict) and manifest.get("format") == 1 and manifest.get("key") == folder.name
+            and TENSORS in (manifest.get("files") or {}))
+
+
 class CorruptEntry(Exception):
     pass
 
@@ -80,6 +107,7 @@ class DiskCache:
     def __init__(self, root: str | os.PathLike, limit_bytes: int = 0):
         self.root = Path(root)
         self.limit_bytes = int(limit_bytes)
+        self.notes: list[str] = []  # what the user should see (recomputed entries), for the node's UI
 
     # -- reading -------------------------------------------------------------------------------
     def load(self, key: str, expect: Mapping[str, tuple[tuple[int, ...] | None, torch.dtype | None]] | None = None
@@ -94,7 +122,9 @@ class DiskCache:
         try:
             entry = self._read(folder, key, expect or {})
         except CorruptEntry as err:
-            log.warning("VideoEdit cache entry %s is stale or corrupt (%s): recomputing", key[:16], err)
+            text = f"cache entry {key[:16]} is stale or corrupt ({err}): recomputing"
+            log.warning("VideoEdit %s", text)
+            self.notes.append(text)
             self.remove(key)
             return None
         try:  # LRU bookkeeping; a read-only cache dir still serves hits
@@ -111,8 +141,12 @@ class DiskCache:
             manifest = json.loads((folder / MANIFEST).read_text())
         except (OSError, ValueError) as err:
             raise CorruptEntry(f"unreadable manifest: {err}") from None
-        if manifest.get("format") != FORMAT_VERSION or manifest.get("key") != key:
-            raise CorruptEntry(f"manifest format {manifest.get('format')} / key mismatch")
+        if not isinstance(manifest, dict) or manifest.get("key") != key:
+            raise CorruptEntry("the manifest names another key")
+        if manifest.get("format") != FORMAT_VERSION:
+            raise CorruptEntry(f"manifest format {manifest.get('format')}, this version writes {FORMAT_VERSION}")
+        if manifest.get("digest") != manifest_digest(manifest):
+            raise CorruptEntry("the manifest was edited (its digest does not match its content)")
         for name, info in manifest.get("files", {}).items():
             path = folder / name
             if not path.is_file():
@@ -150,9 +184,13 @@ class DiskCache:
         from safetensors.torch import save_file
 
         self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / key
+        if final.exists() and not is_pack_entry(final):
+            raise OSError(f"{final} exists and was not written by VideoEdit; it is left alone")
         tmp = self.root / f".tmp-{key[:16]}-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
+            (tmp / MARKER).write_text(key)
             cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
             save_file(cpu, str(tmp / TENSORS))
             now = time.time()
@@ -165,8 +203,8 @@ class DiskCache:
                 "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in cpu.items()},
                 "meta": dict(meta or {}),
             }
+            manifest["digest"] = manifest_digest(json.loads(json.dumps(manifest)))  # as it will read back
             _write_json_atomic(tmp / MANIFEST, manifest)
-            final = self.root / key
             if final.exists():
                 shutil.rmtree(final, ignore_errors=True)
             try:
@@ -186,7 +224,7 @@ class DiskCache:
         if not self.root.is_dir():
             return out
         for folder in self.root.iterdir():
-            if not (folder.is_dir() and _KEY_RE.match(folder.name)):
+            if not (folder.is_dir() and _KEY_RE.match(folder.name) and is_pack_entry(folder)):
                 continue
             size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
             try:
@@ -220,16 +258,19 @@ class DiskCache:
         return removed
 
     def remove(self, key: str) -> None:
-        if _KEY_RE.match(key):
-            shutil.rmtree(self.root / key, ignore_errors=True)
+        folder = self.root / key
+        if _KEY_RE.match(key) and folder.is_dir() and is_pack_entry(folder):
+            shutil.rmtree(folder, ignore_errors=True)
 
     def clear(self) -> int:
-        """Remove every entry (and leftover temp folders); other files are left alone."""
+        """Remove every entry the pack wrote (and its leftover temp folders); every other file
+        or folder under the root is left alone."""
         if not self.root.is_dir():
             return 0
         n = 0
         for folder in self.root.iterdir():
-            if folder.is_dir() and (_KEY_RE.match(folder.name) or folder.name.startswith(".tmp-")):
+            ours = _KEY_RE.match(folder.name) or folder.name.startswith(".tmp-")
+            if ours and folder.is_dir() and not folder.is_symlink() and is_pack_entry(folder):
                 shutil.rmtree(folder, ignore_errors=True)
                 n += 1
         return n

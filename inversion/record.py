@@ -159,7 +159,7 @@ class InversionRecord:
         """Raise when ``weights_id`` (of the model about to use the record) differs."""
         if weights_id != self.weights_id:
             raise ValueError(
-                f"the VE_INVERSION was computed with a different model than {what} (weights "
+                f"inversion: the VE_INVERSION was computed with a different model than {what} (weights "
                 f"{self.weights_id[:12]}… vs {weights_id[:12]}…). Run VideoEdit DDIM Inversion with the same "
                 "MODEL (same checkpoint and LoRAs) that samples the edit."
             )

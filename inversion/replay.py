@@ -19,6 +19,7 @@ import torch
 
 # transformer_options key under which the inversion (which runs the clip in chunks of frames)
 # and the capture helpers list the global frame indices of the batch a UNet call holds.
+from ..attention.keys import FRAME_INDICES_KEY, FRAME_TOTAL_KEY
 from .record import InversionRecord
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,46 @@ def source_context(conditioning: list) -> torch.Tensor:
         log.warning("VideoEdit replay: the source conditioning has %d entries; the source branch uses the first",
                     len(conditioning))
     return conditioning[0][0]
+
+
+SAMPLE_FIX = ("sample the inversion's own latent (DDIM Inversion's latent output, or the latent that was inverted) "
+              "with its SIGMAS, or invert the clip you are sampling")
+
+
+def check_sampled_latent(num_frames: int, latent_shape: tuple[int, int, int], sample_shape: tuple[int, ...],
+                         frames: torch.Tensor, total: int | None) -> None:
+    """Raise a ValueError naming ``latent_image`` when a UNet call of the edit does not match
+    the inversion being replayed.
+
+    ``sample_shape``: ``(C, h, w)`` of the call's rows; ``frames``: the call's global frame
+    indices; ``total``: frame count of the whole latent being sampled (None: the call holds
+    every frame; 0: a window of the latent whose total is unknown, only indices are checked).
+    """
+    c, h, w = latent_shape
+    have = f"the inversion holds {num_frames} frames of {c}x{h}x{w} (channels x height x width)"
+    if tuple(int(v) for v in sample_shape) != (c, h, w):
+        got = "x".join(str(int(v)) for v in sample_shape)
+        raise ValueError(f"latent_image: the latent being sampled has frames of {got} but {have}; {SAMPLE_FIX}")
+    count = len(frames) if total is None else int(total)
+    beyond = len(frames) and int(frames.max()) >= num_frames
+    if beyond or (count and count != num_frames):
+        count = max(count, int(frames.max()) + 1) if beyond else count
+        raise ValueError(f"latent_image: the latent being sampled has {count} frames but {have}; {SAMPLE_FIX}")
+
+
+def window_total(transformer_options: dict) -> int | None:
+    """Frame count of the whole latent when a UNet call holds a window of it (core context
+    windows, AnimateDiff ``sub_idxs``, the pack's own chunked passes): the count, 0 when the
+    window does not say, None when the call holds the whole latent."""
+    window = transformer_options.get("context_window")
+    if window is not None and getattr(window, "index_list", None) is not None:
+        return int(getattr(window, "total_frames", 0) or 0)
+    ad = transformer_options.get("ad_params") or {}
+    if ad.get("sub_idxs") is not None:
+        return int(ad.get("full_length", 0) or 0)
+    if transformer_options.get(FRAME_INDICES_KEY) is not None:
+        return int(transformer_options.get(FRAME_TOTAL_KEY) or 0)
+    return None
 
 
 class SourceReplay:
@@ -63,6 +104,12 @@ class SourceReplay:
     @property
     def num_frames(self) -> int:
         return self.record.num_frames
+
+    def check_call(self, sample_shape: tuple[int, ...], frames: torch.Tensor, transformer_options: dict) -> None:
+        """ValueError naming ``latent_image`` unless the call's rows (``(C, h, w)``, global
+        ``frames``) belong to a latent of the inverted clip's frame count and size."""
+        check_sampled_latent(self.num_frames, self.record.latent_shape, sample_shape, frames,
+                             window_total(transformer_options))
 
     def step_index(self, sigma: float | torch.Tensor) -> int:
         """0 for the noisiest sigma; ValueError naming both schedules when not cached."""

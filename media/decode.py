@@ -16,7 +16,7 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import av
 import numpy as np
@@ -43,13 +43,46 @@ class VideoInfo:
 @dataclass
 class LoadedVideo:
     """``frames``: ``[F, H, W, 3]`` float32 in 0..1 (or uint8 0..255 when asked for);
-    ``fps``: the source rate divided by the stride; ``source_*``: the file's own figures."""
+    ``fps``: the source rate divided by the stride; ``source_*``: the file's own figures;
+    ``warnings``: what the user should know about the load (shown in the node's UI text)."""
 
     frames: torch.Tensor
     fps: float
     source_fps: float
     source_width: int
     source_height: int
+    warnings: list[str] = field(default_factory=list)
+
+
+IMAGE_BYTES_PER_VALUE = 4  # ComfyUI's IMAGE is float32
+
+
+def image_bytes(frames: int, height: int, width: int) -> int:
+    """Bytes of an IMAGE batch ``[frames, height, width, 3]`` float32."""
+    return int(frames) * int(height) * int(width) * 3 * IMAGE_BYTES_PER_VALUE
+
+
+def check_memory(frames: int, height: int, width: int, available_bytes: int, name: str) -> None:
+    """Refuse a load whose IMAGE would not fit in ``available_bytes`` of RAM, naming the inputs
+    that make it smaller."""
+    need = image_bytes(frames, height, width)
+    if available_bytes > 0 and need > available_bytes:
+        fit = max(1, available_bytes // max(image_bytes(1, height, width), 1))
+        raise ValueError(
+            f"frame_load_cap/custom_width: loading {frames} frames of '{name}' at {width}x{height} needs "
+            f"{need / 2**30:.2f} GiB as an IMAGE (frames x height x width x 3 x 4 bytes) but only "
+            f"{available_bytes / 2**30:.2f} GiB of RAM is available; set frame_load_cap to at most {fit}, "
+            "raise select_every_nth, or set a smaller custom_width"
+        )
+
+
+def _stated_count(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                  fps: float) -> tuple[int, bool]:
+    """The container's frame count and whether it is exact (a sample table, as mp4/mov keep)
+    rather than an estimate from a duration (mkv/webm/avi)."""
+    if stream.frames:
+        return int(stream.frames), True
+    return _frame_count(container, stream, fps), False
 
 
 def _open(path: str | os.PathLike) -> av.container.InputContainer:
@@ -159,6 +192,7 @@ def read_video_frames(
     size_multiple: int = 8,
     as_float: bool = True,
     on_frame: Callable[[int], None] | None = None,
+    available_bytes: int = 0,
 ) -> LoadedVideo:
     """Decode frames ``skip, skip+nth, …`` of ``path`` (at most ``frame_load_cap``; 0 = all),
     each resized to :func:`~.resize.target_size` as it is decoded.
@@ -167,6 +201,12 @@ def read_video_frames(
     reporting and interruption (raise from it to stop) without this module knowing the host.
     Returns :class:`LoadedVideo`; ``frames`` is float32 0..1 ``[F, H, W, 3]`` (uint8 when
     ``as_float=False``). The file is only read.
+
+    Honest about what it read: when decoding ends before the frames the container lists (a
+    truncated or damaged file; PyAV's threaded decoder stops without an error there) it raises
+    a ValueError with both counts; when only a duration-based estimate disagrees (a header
+    that lies, e.g. variable frame rate) the load succeeds with a warning in ``warnings``.
+    ``available_bytes`` > 0: refuse before decoding when the IMAGE would not fit.
     """
     _check_selection(frame_load_cap, skip_first_frames, select_every_nth)
     check_size_request(custom_width, custom_height, size_multiple)
@@ -179,6 +219,13 @@ def read_video_frames(
         stream.thread_type = "AUTO"  # frame + slice threads: decoding is most of the cost
         source_fps = _stream_fps(stream)
         source_width, source_height = int(stream.codec_context.width), int(stream.codec_context.height)
+        stated, exact = _stated_count(container, stream, source_fps)
+        if stated and available_bytes > 0:
+            out_w, out_h = target_size(source_width, source_height, custom_width, custom_height, size_multiple)
+            check_memory(selected_count(stated, frame_load_cap, skip_first_frames, select_every_nth), out_h, out_w,
+                         available_bytes, name)
+        capped = False
+        failure = None
         try:
             for frame in container.decode(stream):
                 index = decoded
@@ -191,13 +238,14 @@ def read_video_frames(
                 if on_frame is not None:
                     on_frame(decoded)
                 if frame_load_cap and len(kept) >= frame_load_cap:
+                    capped = True
                     break
         except av.error.FFmpegError as err:
             if not kept:
                 raise ValueError(f"video: decoding '{name}' failed at frame {decoded} ({err}); "
                                  "the file may be damaged: re-encode it, e.g. to H.264 mp4") from None
-            log.warning("VideoEdit: decoding %s stopped at frame %d (%s); keeping the %d frames read",
-                        name, decoded, err, len(kept))
+            failure = str(err)
+    warnings = [] if capped else _check_decoded(name, decoded, stated, exact, failure, len(kept), frame_load_cap)
     if not kept:
         if decoded == 0:
             raise ValueError(f"video: '{name}' contains no decodable frames; choose another file or re-encode it")
@@ -215,4 +263,30 @@ def read_video_frames(
         source_fps=source_fps,
         source_width=source_width,
         source_height=source_height,
+        warnings=warnings,
     )
+
+
+def _check_decoded(name: str, decoded: int, stated: int, exact: bool, failure: str | None, kept: int,
+                   frame_load_cap: int) -> list[str]:
+    """After a load that read to the end: an error when frames the container lists could not
+    be decoded, a warning when only an estimate disagrees. Returns the warnings."""
+    # an exact count one frame above the decoded one is left to a warning: edit lists of some
+    # camera files hide a frame the sample table still lists
+    short = exact and decoded < stated - 1
+    if failure is not None or short:
+        listed = f"of the {stated} frames its container lists " if stated else ""
+        why = f" (FFmpeg: {failure})" if failure else ""
+        raise ValueError(
+            f"video: '{name}' is truncated or damaged: only {decoded} frames {listed}could be decoded{why}; "
+            f"re-encode or re-copy the file, or set frame_load_cap to {kept} or fewer to use the readable frames"
+            + ("" if not frame_load_cap else f" (frame_load_cap is {frame_load_cap})")
+        )
+    tolerance = 0 if exact else max(2, round(0.05 * stated))
+    if stated and abs(decoded - stated) > tolerance:
+        said = "its container lists" if exact else "its header's duration suggests about"
+        text = (f"video: '{name}': decoded {decoded} frames where {said} {stated} (a variable frame rate or a "
+                "wrong header); the frames loaded are all the file holds")
+        log.warning("VideoEdit: %s", text)
+        return [text]
+    return []

@@ -51,6 +51,34 @@ def parse_int_list(text: str, input_name: str) -> list[int]:
     return sorted(set(values))
 
 
+def check_filename_prefix(prefix, input_name: str = "filename_prefix") -> str:
+    """A save prefix that stays inside ComfyUI's output folder: no absolute path, no ``..``
+    component, no NUL or other control character. Returns it unchanged."""
+    if not isinstance(prefix, str):
+        raise ValueError(f"{input_name}: expected text, got {type(prefix).__name__}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in prefix):
+        raise ValueError(f"{input_name}: contains a control character (e.g. a NUL byte); use letters, digits, "
+                         "'_', '-', '/' for subfolders")
+    parts = prefix.replace("\\", "/").split("/")
+    if prefix.startswith(("/", "\\")) or (len(prefix) > 1 and prefix[1] == ":" and prefix[0].isalpha()):
+        raise ValueError(f"{input_name}: '{prefix}' is an absolute path; give a path inside ComfyUI's output "
+                         "folder, e.g. 'VideoEdit/my_edit'")
+    if ".." in parts:
+        raise ValueError(f"{input_name}: '{prefix}' climbs out of ComfyUI's output folder with '..'; give a path "
+                         "inside it, e.g. 'VideoEdit/my_edit'")
+    return prefix
+
+
+def available_ram() -> int:
+    """Bytes of RAM free for new tensors (0 = unknown: memory guards are off)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # psutil comes with ComfyUI; without it the guards are off, not the nodes
+        return 0
+
+
 def _custom_types():
     from comfy_api.latest import io
 

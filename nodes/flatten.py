@@ -25,11 +25,26 @@ def _check_flow_and_latent(flow, latent) -> tuple[torch.Tensor, int, int, int]:
         raise ValueError(f"latent: expected an image-model video latent [frames, C, h, w], got {tuple(samples.shape)}")
     frames, _, h, w = samples.shape
     flow = check_flow(flow, "flow", frames, against="the latent")
+    flow = crop_like_vae_encode(flow, h * 8, w * 8)
     flow_aspect, latent_aspect = flow.shape[2] / flow.shape[1], w / h
     if abs(flow_aspect / latent_aspect - 1) > 0.05:
-        raise ValueError(f"flow is {flow.shape[2]}x{flow.shape[1]} (w x h) but the latent is {w}x{h}: "
-                         "their aspect ratios differ; use the flow of the frames that were encoded")
+        raise ValueError(
+            f"flow: is {flow.shape[2]}x{flow.shape[1]} (w x h) but the latent is {w}x{h} ({w * 8}x{h * 8} pixels): "
+            "their aspect ratios differ. Estimate the flow on the frames that were VAE-encoded, at their size or "
+            f"any scale of it (e.g. crop or resize the frames to {w * 8}x{h * 8} before both VAE Encode and "
+            "Estimate Optical Flow)")
     return flow, frames, h, w
+
+
+def crop_like_vae_encode(flow: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``flow [F-1, H, W, 2]`` of frames that VAE Encode cropped to ``height x width`` (it
+    centre-crops each side to a multiple of 8, offset ``(side % 8) // 2``): the same crop of
+    the flow (displacements are unchanged by a crop). Any other flow is returned as it is."""
+    fh, fw = flow.shape[1], flow.shape[2]
+    if (fh, fw) == (height, width) or (fh // 8 * 8, fw // 8 * 8) != (height, width):
+        return flow
+    top, left = (fh % 8) // 2, (fw % 8) // 2
+    return flow[:, top:top + height, left:left + width]
 
 
 class SampleTrajectories(io.ComfyNode):

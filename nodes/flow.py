@@ -20,6 +20,7 @@ from ..flow.estimate import bidirectional_flow
 from ..flow.raft import DEFAULT_FLOW_UPDATES, RAFT_ARCHITECTURES, raft_flow
 from ..flow.visualize import flow_to_rgb
 from ..flow.warp import PADDING_MODES, warp_backward
+from ..options import check_choice
 from .common import OPTICAL_FLOW, check_flow, check_image
 
 METHODS = ("dis", *RAFT_ARCHITECTURES)
@@ -246,6 +247,8 @@ class WarpImages(io.ComfyNode):
     def execute(cls, images, flow, flow_direction, padding_mode) -> io.NodeOutput:
         frames = check_image(images)
         flow = _check_flow(flow, "flow")
+        check_choice("flow_direction", flow_direction, ("forward", "backward"))
+        check_choice("padding_mode", padding_mode, PADDING_MODES)
         if frames.shape[0] == flow.shape[0] + 1:
             frames = frames[1:] if flow_direction == "forward" else frames[:-1]
         elif frames.shape[0] != flow.shape[0]:

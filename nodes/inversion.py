@@ -10,7 +10,7 @@ from comfy_api.latest import io, ui
 from ..adapters import inversion as adapter
 from ..adapters import nulltext
 from ..inversion import metrics
-from .common import VE_INVERSION
+from .common import VE_INVERSION, available_ram
 
 # Per frame and step the cached latents take C*h*w*2 bytes (fp16): 32 KB at 512x512 for SD.
 _CACHE_TOOLTIP = ("Where the inversion is cached. 'disk': <ComfyUI output>/videoedit_cache/<key>/ (safetensors + "
@@ -63,9 +63,12 @@ class DDIMInversion(io.ComfyNode):
     @classmethod
     def execute(cls, model, latent, conditioning, steps, inversion_steps, scheduler, frame_batch_size, cache_mode,
                 cache_limit_mb, clear_cache) -> io.NodeOutput:
+        notes: list[str] = []
         record, cached = adapter.invert_video(model, latent, conditioning, steps, inversion_steps, scheduler,
-                                              frame_batch_size, cache_mode, cache_limit_mb, clear_cache)
+                                              frame_batch_size, cache_mode, cache_limit_mb, clear_cache,
+                                              available_bytes=available_ram(), notes=notes)
         text = record.summary() + (" (from cache)" if cached else f" (computed in {record.info.get('seconds')} s)")
+        text = "\n".join([text, *notes])
         return io.NodeOutput(record, adapter.output_latent(model, record, latent), record.sigmas.clone(),
                              ui=ui.PreviewText(text))
 
@@ -109,6 +112,10 @@ class InversionReconstruction(io.ComfyNode):
                 source_latent=None) -> io.NodeOutput:
         recon = adapter.sample_back(model, inversion, cfg, None, negative, use_null_text)
         source = (source_latent or {}).get("samples")
+        if source is not None and tuple(source.shape) != tuple(recon.shape):
+            raise ValueError(f"source_latent: has shape {tuple(source.shape)} but the inversion holds "
+                             f"{tuple(recon.shape)} (frames, channels, height, width); connect the latent that was "
+                             "inverted, or leave source_latent empty")
         if source is None:
             source = model.get_model_object("process_latent_out")(inversion.source_latent())
         source = source.to(recon.device)

@@ -32,8 +32,12 @@ def _frames(images, name: str = "images") -> torch.Tensor:
 
 
 def _flows_for(frames: torch.Tensor, flow, name: str) -> torch.Tensor:
-    return check_flow(flow, name, frames.shape[0], tuple(frames.shape[1:3]),
-                      missing=", or pick a direct flow method").to(frames.device)
+    count, height, width = frames.shape[:3]
+    flow = check_flow(flow, name, count, missing=", or pick a direct flow method")
+    if abs((flow.shape[2] / flow.shape[1]) / (width / height) - 1) > 0.05:
+        raise ValueError(f"{name}: is {flow.shape[2]}x{flow.shape[1]} (w x h) but the frames are {width}x{height}: "
+                         "their aspect ratios differ; estimate the flow on these frames (any scale of them)")
+    return check_flow(flow, name, size=(height, width)).to(frames.device)
 
 
 def _window_inputs(name: str, what: str) -> list:
@@ -197,6 +201,8 @@ class PropagateKeyframes(io.ComfyNode):
     def execute(cls, images, keyframes, keyframe_indices, forward_flow, backward_flow, blend, colour_space,
                 analysis_scale, error_scale) -> io.NodeOutput:
         frames = _frames(images)
+        check_choice("blend", blend, BLEND_MODES)
+        check_choice("colour_space", colour_space, COLOUR_SPACES)
         keys = parse_int_list(keyframe_indices, "keyframe_indices")
         key_images = _frames(keyframes, "keyframes")
         if len(keys) != key_images.shape[0]:

@@ -14,7 +14,7 @@ from comfy_api.latest import io, ui
 
 from ..media.decode import frames_to_decode, probe_video, read_video_frames
 from ..media.encode import h264_encoder, output_paths, write_video
-from .common import check_image
+from .common import available_ram, check_filename_prefix, check_image
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".m4v")
 
@@ -101,9 +101,13 @@ class LoadVideo(io.ComfyNode):
                              "upload it with the node's upload button or copy it there")
         total = frames_to_decode(probe_video(path).frame_count, frame_load_cap, skip_first_frames, select_every_nth)
         loaded = read_video_frames(path, frame_load_cap, skip_first_frames, select_every_nth, custom_width,
-                                   custom_height, size_multiple, on_frame=_interruptible_progress(total))
+                                   custom_height, size_multiple, on_frame=_interruptible_progress(total),
+                                   available_bytes=available_ram())
         frames = loaded.frames
-        return io.NodeOutput(frames, frames.shape[0], loaded.fps, frames.shape[2], frames.shape[1])
+        outputs = (frames, frames.shape[0], loaded.fps, frames.shape[2], frames.shape[1])
+        if loaded.warnings:
+            return io.NodeOutput(*outputs, ui=ui.PreviewText("\n".join(loaded.warnings)))
+        return io.NodeOutput(*outputs)
 
     @classmethod
     def validate_inputs(cls, video):
@@ -165,8 +169,13 @@ class SaveVideo(io.ComfyNode):
         fmt = SAVE_FORMATS.get(format)
         if fmt is None:
             raise ValueError(f"format: '{format}' is not one of {', '.join(SAVE_FORMATS)}")
-        folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
-            filename_prefix, folder_paths.get_output_directory(), images.shape[2], images.shape[1])
+        check_filename_prefix(filename_prefix)
+        try:
+            folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
+                filename_prefix, folder_paths.get_output_directory(), images.shape[2], images.shape[1])
+        except Exception as err:  # core's own check (e.g. a %variable% that expands outside the folder)
+            raise ValueError(f"filename_prefix: '{filename_prefix}' cannot be used ({err}); give a path inside "
+                             "ComfyUI's output folder, e.g. 'VideoEdit/my_edit'") from err
         while any(os.path.exists(p) for p in output_paths(os.path.join(folder, f"{filename}_{counter:05}_"), fmt,
                                                             images.shape[0])):
             counter += 1  # a file written since the counter was computed: never overwrite it

@@ -22,6 +22,10 @@ class FixedSource:
             raise ValueError(f"sigma {sigma} not in {self.sigmas.tolist()}")
         return i
 
+    def check_call(self, sample_shape, frames, transformer_options) -> None:
+        if tuple(sample_shape) != tuple(self.latents.shape[1:]) or int(frames.max()) >= len(self.latents):
+            raise ValueError(f"latent_image: {tuple(sample_shape)} / frames {frames.tolist()} do not match the source")
+
     def latent(self, sigma: float, frames: torch.Tensor) -> torch.Tensor:
         return self.latents[frames] * (1 + sigma)
 

@@ -1,0 +1,204 @@
+"""Interrupt safety as a property, for every method: ComfyUI's ``InterruptProcessingException``
+raised inside the k-th UNet call (between the encoder and the middle block, so the patches of
+the input blocks have already run) for every k of a short run, then the same node outputs (the
+same patched MODEL object, the same inversion) run again must give exactly the uninterrupted
+result. ComfyUI caches node outputs such as a patched MODEL across prompts, so any state an
+interrupted run leaves on them would reach the next prompt."""
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from ve_testkit.models import encode_prompt
+
+FRAMES, STEPS = 3, 2
+K_COUNTS: dict[str, int] = {}  # method -> number of k tried (printed at the end of the module)
+
+
+@contextmanager
+def unet_calls(model, interrupt_at: int | None = None):
+    """Count the UNet calls of ``model``'s diffusion model; with ``interrupt_at`` = k, raise
+    ComfyUI's interrupt (the flag, then ``throw_exception_if_processing_interrupted``, as the
+    executor's /interrupt does) when the k-th call reaches the middle block."""
+    import comfy.model_management as mm
+
+    count = {"n": 0}
+    middle = model.model.diffusion_model.middle_block[0]  # the blocks run layer by layer
+
+    def hook(module, args):
+        count["n"] += 1
+        if count["n"] == interrupt_at:
+            mm.interrupt_current_processing(True)
+            mm.throw_exception_if_processing_interrupted()
+
+    handle = middle.register_forward_pre_hook(hook)
+    try:
+        yield count
+    finally:
+        handle.remove()
+        mm.interrupt_current_processing(False)
+
+
+def _outputs(value):
+    """Every tensor of a result (tensor, LATENT dict, record, tuple) for bit comparison."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for k in sorted(value) for t in _outputs(value[k])]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _outputs(v)]
+    if hasattr(value, "null_text"):  # an InversionRecord
+        return _outputs([value.x_T, value.latents_vp, value.null_text, value.sigmas])
+    return []
+
+
+def check_interrupt_property(name, tiny_model, run):
+    """``run()`` → result. Interrupt it at every UNet call k, re-run, compare bit for bit."""
+    import comfy.model_management as mm
+
+    with unet_calls(tiny_model) as count:
+        reference = _outputs(run())
+    total = count["n"]
+    assert total >= 2, f"{name}: the run made only {total} UNet calls"
+    for k in range(1, total + 1):
+        with unet_calls(tiny_model, interrupt_at=k), pytest.raises(mm.InterruptProcessingException):
+            run()
+        again = _outputs(run())
+        assert len(again) == len(reference)
+        for a, b in zip(again, reference, strict=True):
+            assert torch.equal(a, b), f"{name}: the run after an interrupt at UNet call {k}/{total} differs"
+    K_COUNTS[name] = total
+    return total
+
+
+@pytest.fixture(scope="module")
+def setup(host, pack_nodes, tiny_model, tiny_clip):
+    from comfyui_videoedit.nodes.inversion import DDIMInversion
+
+    with torch.inference_mode():
+        latent = {"samples": torch.randn(FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.5}
+        src = encode_prompt(tiny_clip, "a car")
+        inversion, x_t, sigmas = DDIMInversion.execute(tiny_model, latent, src, steps=STEPS, inversion_steps=0,
+                                                       scheduler="ddim_uniform", frame_batch_size=16,
+                                                       cache_mode="off", cache_limit_mb=0, clear_cache=False).args
+        pos, neg = encode_prompt(tiny_clip, "a red car"), encode_prompt(tiny_clip, "")
+    yield {"latent": latent, "src": src, "inversion": inversion, "x_t": x_t, "sigmas": sigmas, "pos": pos, "neg": neg}
+    print("\ninterrupt property, k tried per method:", K_COUNTS)
+
+
+def _sampler_custom(host, model, s, cfg=5.0):
+    node = host.custom_sampler.SamplerCustom()
+    sampler = host.comfy.samplers.sampler_object("euler")
+    out = node.execute(model, False, 0, cfg, s["pos"], s["neg"], sampler, s["sigmas"], s["x_t"])
+    out = out.args if hasattr(out, "args") else out
+    return out[0]["samples"]
+
+
+TOKENFLOW = dict(window=2, pnp_attn_t=0.5, pnp_f_t=1.0, seed=1, nn_feature="input", blend="official", pnp_attn_blocks="output 4-11",
+                 pnp_resnet_blocks="output 4")
+
+
+def test_tokenflow_apply_then_sampler_custom(host, tiny_model, setup, inference_mode):
+    from comfyui_videoedit.nodes.tokenflow import ApplyTokenFlow
+
+    (model,) = ApplyTokenFlow.execute(tiny_model, setup["inversion"], **TOKENFLOW).args
+    assert check_interrupt_property("tokenflow_apply", tiny_model, lambda: _sampler_custom(host, model, setup)) >= 6
+
+
+def test_tokenflow_apply_with_split_cond_uncond_calls(host, tiny_model, setup, inference_mode):
+    """cfg with cond and uncond in separate UNet calls (ComfyUI splits when memory is short):
+    the second call of a step reuses the source results of the first."""
+    import comfy.patcher_extension as pe
+
+    from comfyui_videoedit.nodes.tokenflow import ApplyTokenFlow
+
+    (model,) = ApplyTokenFlow.execute(tiny_model, setup["inversion"], **dict(TOKENFLOW, window=3)).args
+
+    def split_calls(executor, model_, conds, x_in, timestep, model_options):
+        return [executor(model_, [c], x_in, timestep, model_options)[0] for c in conds]
+
+    split = model.clone()  # shares the TokenFlow runtime (and its step state) with ``model``
+    split.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, "test_split", split_calls)
+
+    def run():
+        return _sampler_custom(host, split, setup)
+
+    check_interrupt_property("tokenflow_apply_split", tiny_model, run)
+
+
+def test_tokenflow_sampler_one_box(host, tiny_model, setup, inference_mode):
+    from comfyui_videoedit.nodes.tokenflow import TokenFlowSampler
+
+    def run():
+        return TokenFlowSampler.execute(tiny_model, setup["pos"], setup["neg"], setup["inversion"], 5.0, "euler",
+                                        **TOKENFLOW).args[0]
+
+    check_interrupt_property("tokenflow_sampler", tiny_model, run)
+
+
+def test_extended_attention(host, tiny_model, setup, inference_mode):
+    from comfyui_videoedit.nodes.tokenflow import ApplyExtendedAttention
+
+    (model,) = ApplyExtendedAttention.execute(tiny_model, keyframe_stride=2, keyframes="").args
+    check_interrupt_property("extended_attention", tiny_model, lambda: _sampler_custom(host, model, setup))
+
+
+def _flatten_model(tiny_model, setup, inversion=None):
+    from comfyui_videoedit.nodes.flatten import ApplyFLATTEN, SampleTrajectories
+
+    flow = torch.zeros(FRAMES - 1, 64, 64, 2)
+    flow[..., 0] = 8.0
+    (ts,) = SampleTrajectories.execute(flow, setup["latent"], 0).args
+    (model,) = ApplyFLATTEN.execute(tiny_model, ts, mode="bounded", levels="highest",
+                                    old_qk=False, anchor_stride=2, max_anchors=2, inject_step=1.0,
+                                    pnp_attn_blocks="output 4-9", pnp_resnet_blocks="output 3, 4, 6",
+                                    inversion=inversion).args
+    return model
+
+
+def test_flatten_inversion_then_pnp_sampling(host, tiny_model, setup, inference_mode):
+    """FLATTEN in the inversion (memory cache on: an interrupted inversion must store nothing)
+    and in the PnP-injected sampling."""
+    from comfyui_videoedit.adapters.inversion import MEMORY_CACHE
+    from comfyui_videoedit.nodes.inversion import DDIMInversion
+
+    plain = _flatten_model(tiny_model, setup)
+
+    def invert():
+        MEMORY_CACHE.clear()
+        return DDIMInversion.execute(plain, setup["latent"], setup["src"], steps=STEPS, inversion_steps=0,
+                                     scheduler="ddim_uniform", frame_batch_size=16, cache_mode="memory",
+                                     cache_limit_mb=0, clear_cache=False).args
+
+    check_interrupt_property("flatten_inversion", tiny_model, invert)
+    inversion, x_t, sigmas = invert()
+    model = _flatten_model(tiny_model, setup, inversion)
+    s = dict(setup, x_t=x_t, sigmas=sigmas)
+    check_interrupt_property("flatten_sampling", tiny_model, lambda: _sampler_custom(host, model, s))
+
+
+def test_null_text_optimisation_and_apply(host, tiny_model, setup, inference_mode):
+    from comfyui_videoedit.nodes.inversion import ApplyNullText, NullTextOptimization
+
+    def optimise():
+        return NullTextOptimization.execute(tiny_model, setup["inversion"], setup["neg"], 5.0, 1, FRAMES).args[0]
+
+    check_interrupt_property("null_text_optimisation", tiny_model, optimise)
+    (model,) = ApplyNullText.execute(tiny_model, optimise()).args
+    check_interrupt_property("null_text_apply", tiny_model, lambda: _sampler_custom(host, model, setup))
+
+
+def test_rerender_keyframes(host, tiny_model, tiny_vae, setup, inference_mode):
+    from comfyui_videoedit.nodes.rerender import RerenderKeyframes
+
+    g = torch.Generator().manual_seed(4)
+    images = torch.rand(4, 32, 32, 3, generator=g)
+    args = dict(model=tiny_model, positive=setup["pos"], negative=setup["neg"], vae=tiny_vae, images=images,
+                keyframe_interval=3, steps=4, cfg=5.0, sampler_name="euler", scheduler="ddim_uniform", seed=3,
+                x0_strength=0.75, flow_method="dis", mask_strength=0.5,
+                inner_strength=0.9, smooth_boundary=True, fidelity_threshold=0.25, fidelity_lambda=1.0,
+                fidelity_mode="code", cross_frame_blocks="decoder",
+                cross_frame_start=0.0, cross_frame_end=1.0, shape_fusion_start=0.0, shape_fusion_end=0.5,
+                pixel_fusion_start=0.5, pixel_fusion_end=0.8, adain_start=0.8, adain_end=1.0)
+    check_interrupt_property("rerender_keyframes", tiny_model, lambda: RerenderKeyframes.execute(**args).result)
