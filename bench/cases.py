@@ -123,6 +123,10 @@ class RandomSource:
     def unet_conditioning(self, n: int, like: torch.Tensor, frames=None):
         return self.context.to(like.device, like.dtype).expand(n, -1, -1), None
 
+    def check_call(self, sample_shape, frames, transformer_options) -> None:
+        """``SourceReplay.check_call``'s place: the bench samples latents of this source's own
+        shape, so there is nothing to disagree."""
+
 
 def extended_attention_all(ctx: Context):
     """Every frame attends to the keyframes every 4 frames (the node's default stride)."""

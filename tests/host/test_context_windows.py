@@ -86,7 +86,9 @@ def test_extended_attention_with_the_keyframes_in_every_window_equals_no_windows
 def test_tokenflow_on_12_frames_in_windows_of_6(host, pack_nodes, tiny_model, clip_setup, inference_mode):
     """Keyframes are drawn over the whole clip and held across windows: every keyframe a
     window attends among is one of the clip's, so overlapping windows agree on them."""
+    from comfyui_videoedit.attention.keys import TOKENFLOW_PHASE_KEY
     from comfyui_videoedit.attention.tokenflow import sample_keyframes
+    from comfyui_videoedit.attention.wrapper_args import diffusion_model_args
     from comfyui_videoedit.nodes.tokenflow import ApplyTokenFlow
 
     s = clip_setup
@@ -94,13 +96,12 @@ def test_tokenflow_on_12_frames_in_windows_of_6(host, pack_nodes, tiny_model, cl
                 blend="official", pnp_attn_blocks="output 1/32#1-2, 1/16, 1/8",
                 pnp_resnet_blocks="output 1/32#1")
     model = ApplyTokenFlow.execute(_windows(tiny_model), s["record"], **args).args[0]
-    runtime = model.wrappers[host.comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL]["videoedit_tokenflow"][0].runtime
     used = []
 
-    class KeyframeProbe:  # innermost: sees the state TokenFlow set up for the call
+    class KeyframeProbe:  # innermost: sees the state TokenFlow set up for the call (in its phase)
         def __call__(self, executor, *a, **k):
             out = executor(*a, **k)
-            st = runtime.state
+            st = diffusion_model_args(a, k).transformer_options[TOKENFLOW_PHASE_KEY].state
             used.append((st.sigma, torch.as_tensor(st.frames)[st.kf_pos].tolist()))
             return out
 

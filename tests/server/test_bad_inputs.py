@@ -32,6 +32,7 @@ PROVIDERS = {
     "MODEL": ["ckpt", 0], "CLIP": ["ckpt", 1], "VAE": ["ckpt", 2], "IMAGE": ["load", 0],
     "CONDITIONING": ["pos", 0], "LATENT": ["enc", 0], "OPTICAL_FLOW": ["flow", 0], "VE_INVERSION": ["inv", 0],
     "SIGMAS": ["inv", 2], "VE_TRAJECTORIES": ["traj", 0], "MASK": ["cons", 0], "SAMPLER": ["ksel", 0],
+    "VE_P2P_EDIT": ["p2p", 0],
 }
 # An output of another type for each link input (a wrong-type wiring).
 WRONG_LINK = {"IMAGE": ["inv", 2]}
@@ -45,6 +46,8 @@ OVERRIDES = {
     "VideoEdit_NullTextOptimization": {"inner_steps": 1},
     "VideoEdit_TokenFlowSampler": {"sampler_name": "euler"},
     "VideoEdit_SaveVideo": {"filename_prefix": "bad_inputs/ok"},
+    "VideoEdit_P2PEdit": {"source_prompt": "a red car", "target_prompt": "a blue car", "blend_source": "car",
+                          "blend_target": "car", "reweight": "", "subtract": ""},
 }
 
 
@@ -95,6 +98,7 @@ class Matrix:
             "traj": node("VideoEdit_SampleTrajectories"),
             "cons": node("VideoEdit_FlowConsistency", backward_flow=["flow", 1]),
             "ksel": node("KSamplerSelect", sampler_name="euler"),
+            "p2p": node("VideoEdit_P2PEdit", clip=["ckpt", 1]),
         }
 
     def prompt(self, case: Case) -> dict:
