@@ -1,5 +1,5 @@
 """``python -m bench [--device cpu|cuda] [--frames 8] [--size 256] [--steps 2] [--repeats 3]
-[--cases a,b] [--noise] [--model]``
+[--cases a,b] [--noise] [--model] [--threads N]``
 
 Prints a table per case: seconds per sampling step (median of ``--repeats`` timed runs after a
 warm-up; wall and process CPU time), peak memory, and the ratio to the case's baseline measured
@@ -7,6 +7,11 @@ in the same run with its spread (min–max over the repeats); ratios come from C
 and from synchronised wall time on CUDA. ``--noise`` keeps one core busy with a second process
 for the whole run. ``--model`` adds the physical-limit model (FLOPs from the UNet's own shapes,
 and the FLOPs counted in each case's warm-up run) and the quotient measured / modelled.
+The timed repeats of all cases are interleaved (one of each case per round, after every
+case's warm-up), so a change of load hits a case and its baseline alike. OpenMP threads wait
+passively (``OMP_WAIT_POLICY=PASSIVE``, set here before torch loads unless the environment sets
+it): a thread that waits for a descheduled sibling sleeps instead of spinning, and spinning would
+count as CPU time. ``--threads N`` sets torch's intra-op threads.
 ``--gpu`` is the one-command GPU table (``make bench-gpu``). Writes ``bench/results/latest.json``.
 """
 
@@ -14,14 +19,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 
-import torch
 
-from .cases import BASELINE, CASES, FULL_SCHEDULE, MODELS, SHARES_SHAPES, WARMED_BY_SETUP, Context
-from .timing import busy_core, measure, ratio_with_spread
+def passive_wait_policy(environ=os.environ, modules=sys.modules) -> str:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the environment chose a policy, and return the
+    policy in force. When torch (and with it libgomp, which reads the variable once, at load) is
+    already imported, as when ``main`` is called from another program, nothing is changed and the
+    answer says so.
+
+    With the default (active) policy a thread that finishes its share of an operator spins until
+    its siblings are done; when a sibling is descheduled (2 threads on 2 cores, one core taken by
+    another process) the spinning is counted as this process's CPU time, and the CPU-time ratios
+    then depend on the machine's load."""
+    if "torch" in modules:
+        return environ.get("OMP_WAIT_POLICY", "default") + " (torch was imported before the bench)"
+    return environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+OMP_WAIT_POLICY = passive_wait_policy()  # before torch is imported below
+
+import torch  # noqa: E402
+
+from .cases import BASELINE, CASES, FULL_SCHEDULE, MODELS, SHARES_SHAPES, WARMED_BY_SETUP, Context  # noqa: E402
+from .timing import busy_core, measure_interleaved, ratio_with_spread  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # the GPU table: every method and the plain baselines (Rerender's CPU-only propagation/flow cases
@@ -62,6 +87,8 @@ def parse_args(argv=None):
     p.add_argument("--model", action="store_true", help="add the FLOP model and the counted FLOPs")
     p.add_argument("--gpu", action="store_true",
                    help="the GPU table: cuda, fp16, 512², 16 frames, 3 of 50 steps, 1 repeat, every method")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads (0 = torch's default, one per core)")
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
     a = p.parse_args(argv)
     if a.gpu:  # explicit flags still win over the preset where given
@@ -80,14 +107,16 @@ def parse_args(argv=None):
         p.error(f"unknown cases {unknown}; known: {sorted(CASES)}")
     if a.size % 8 or a.size < 64:
         p.error(f"--size must be a multiple of 8 and at least 64, got {a.size}")
-    if a.frames < 1 or a.steps < 1 or a.repeats < 1:
-        p.error("--frames, --steps and --repeats must be at least 1")
+    if a.frames < 1 or a.steps < 1 or a.repeats < 1 or a.threads < 0:
+        p.error("--frames, --steps and --repeats must be at least 1, --threads at least 0")
     a.names = _order(names)
     return a
 
 
 def main(argv=None) -> dict:
     a = parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     from .setup import build_sd15, random_conditioning, start_host
 
     t_start = time.perf_counter()
@@ -118,30 +147,33 @@ def main(argv=None) -> dict:
 
     kind = device.type
     rows: dict[str, dict] = {}
-    with busy_core(a.noise):
-        for name in a.names:
-            runner = CASES[name](ctx)
-            counted = {}
-            warm_up_fn = None
-            if a.model:
-                from .flops import counted_flops
+    runners, warm, counted, warm_up_fns = {}, {}, {}, {}
+    for name in a.names:
+        runners[name] = CASES[name](ctx)
+        counted[name] = {}
+        if a.model:
+            from .flops import counted_flops
 
-                def warm_up_fn(r, counted=counted):
-                    counted["flops"] = counted_flops(r)
-            # with --model every case runs its (counted) warm-up
-            warm = a.model or not ((name in SHARES_SHAPES and BASELINE.get(name) in rows) or name in WARMED_BY_SETUP)
-            tm = measure(runner, device, a.repeats, warm_up=warm, warm_up_fn=warm_up_fn)
-            steps = ctx.steps if name in FULL_SCHEDULE else ctx.run_steps
-            row = {"wall": tm.wall, "cpu": tm.cpu, "steps_run": steps, "peak_mb": tm.peak_bytes / 2**20,
-                   "peak_total_mb": tm.peak_total_bytes / 2**20 if tm.peak_total_bytes else None,
-                   "step_seconds": tm.median(kind) / steps, "step_wall": sorted(tm.wall)[len(tm.wall) // 2] / steps,
-                   "step_cpu": sorted(tm.cpu)[len(tm.cpu) // 2] / steps}
-            if "flops" in counted:
-                row["counted_flops_per_step"] = counted["flops"] / steps
-            if shapes is not None and name in MODELS:  # models are linear in ctx.steps
-                row["model_flops_per_step"] = MODELS[name](shapes, ctx) / ctx.steps
-            rows[name] = row
-            print(f"  measured {name}: wall {tm.wall}, cpu {tm.cpu}, peak {row['peak_mb']:.0f} MB", flush=True)
+            def warm_up_fn(r, counted=counted[name]):
+                counted["flops"] = counted_flops(r)
+            warm_up_fns[name] = warm_up_fn
+        # with --model every case runs its (counted) warm-up
+        warm[name] = a.model or not ((name in SHARES_SHAPES and BASELINE.get(name) in runners)
+                                     or name in WARMED_BY_SETUP)
+    with busy_core(a.noise):
+        timings = measure_interleaved(runners, device, a.repeats, warm, warm_up_fns)
+    for name, tm in timings.items():
+        steps = ctx.steps if name in FULL_SCHEDULE else ctx.run_steps
+        row = {"wall": tm.wall, "cpu": tm.cpu, "steps_run": steps, "peak_mb": tm.peak_bytes / 2**20,
+               "peak_total_mb": tm.peak_total_bytes / 2**20 if tm.peak_total_bytes else None,
+               "step_seconds": tm.median(kind) / steps, "step_wall": sorted(tm.wall)[len(tm.wall) // 2] / steps,
+               "step_cpu": sorted(tm.cpu)[len(tm.cpu) // 2] / steps}
+        if "flops" in counted[name]:
+            row["counted_flops_per_step"] = counted[name]["flops"] / steps
+        if shapes is not None and name in MODELS:  # models are linear in ctx.steps
+            row["model_flops_per_step"] = MODELS[name](shapes, ctx) / ctx.steps
+        rows[name] = row
+        print(f"  measured {name}: wall {tm.wall}, cpu {tm.cpu}, peak {row['peak_mb']:.0f} MB", flush=True)
 
     for name, row in rows.items():
         base = BASELINE.get(name, "plain_cfg")
@@ -168,7 +200,8 @@ def main(argv=None) -> dict:
     print(f"\n{'tiny test' if a.unet == 'tiny' else 'SD1.5'} UNet (random weights, {str(dtype)[6:]}), {a.frames} frames "
           f"at {a.size}² (latent {h}²), {a.steps}-step schedule"
           + (f", {ctx.run_steps} steps timed" if ctx.timed_steps else "")
-          + f", device {device} ({gpu}), {torch.get_num_threads()} threads, {a.repeats} repeats"
+          + f", device {device} ({gpu}), {torch.get_num_threads()} threads (OMP_WAIT_POLICY {OMP_WAIT_POLICY}),"
+          + f" {a.repeats} interleaved repeats"
           + (", one core kept busy (--noise)" if a.noise else "")
           + f"; ratios from {'synchronised wall' if kind == 'cuda' else 'process CPU'} time")
     if shapes is not None:
@@ -193,7 +226,8 @@ def main(argv=None) -> dict:
     print(f"whole run {total_s:.0f} s (model construction {build_s:.1f} s)")
     settings = {k: v for k, v in vars(a).items() if k != "names"}
     result = {"settings": settings, "device": str(device), "device_name": gpu, "host": platform.node(),
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "total_seconds": total_s,
+              "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "omp_wait_policy": OMP_WAIT_POLICY, "total_seconds": total_s,
               "build_seconds": build_s, "unet": shapes.summary() if shapes is not None else None, "cases": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))

@@ -38,6 +38,21 @@ class Timing:
         return statistics.median(self.metric(device_type))
 
 
+def _time_once(runner, device: torch.device, result: Timing) -> None:
+    """One timed call of ``runner``: wall and process CPU seconds and peak memory into ``result``."""
+    with PeakMemory(device) as mem:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        c0, t0 = time.process_time(), time.perf_counter()
+        runner()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        result.wall.append(time.perf_counter() - t0)
+        result.cpu.append(time.process_time() - c0)
+    result.peak_bytes = max(result.peak_bytes, mem.peak_bytes)
+    result.peak_total_bytes = max(result.peak_total_bytes, mem.total_peak_bytes)
+
+
 def measure(runner, device: torch.device, repeats: int, warm_up: bool = True, warm_up_fn=None) -> Timing:
     """Run ``runner`` once untimed (unless ``warm_up`` is False: on CPU the first call at a new
     batch size pays for oneDNN kernel generation, seconds that would otherwise be charged to
@@ -45,22 +60,27 @@ def measure(runner, device: torch.device, repeats: int, warm_up: bool = True, wa
 
     ``warm_up_fn(runner)`` replaces the plain warm-up call (the FLOP counter runs there, so
     counting costs no timed run)."""
-    if warm_up:
-        (warm_up_fn or (lambda r: r()))(runner)
-    result = Timing()
+    return measure_interleaved({"case": runner}, device, repeats, {"case": warm_up},
+                               {"case": warm_up_fn} if warm_up_fn else None)["case"]
+
+
+def measure_interleaved(runners: dict, device: torch.device, repeats: int, warm_up: dict | None = None,
+                        warm_up_fns: dict | None = None) -> dict[str, Timing]:
+    """Every runner's warm-up (in order; ``warm_up[name]`` False skips it, ``warm_up_fns[name]``
+    replaces it), then ``repeats`` rounds that time each runner once, in order: ABC ABC ABC.
+
+    A change of load on a shared machine (another job starting or ending) then falls on a
+    case's repeats and on its baseline's alike instead of on the one timed before or after it,
+    and the repeats of one round ran under the same conditions."""
+    warm_up, warm_up_fns = warm_up or {}, warm_up_fns or {}
+    for name, runner in runners.items():
+        if warm_up.get(name, True):
+            (warm_up_fns.get(name) or (lambda r: r()))(runner)
+    results = {name: Timing() for name in runners}
     for _ in range(max(int(repeats), 1)):
-        with PeakMemory(device) as mem:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            c0, t0 = time.process_time(), time.perf_counter()
-            runner()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            result.wall.append(time.perf_counter() - t0)
-            result.cpu.append(time.process_time() - c0)
-        result.peak_bytes = max(result.peak_bytes, mem.peak_bytes)
-        result.peak_total_bytes = max(result.peak_total_bytes, mem.total_peak_bytes)
-    return result
+        for name, runner in runners.items():
+            _time_once(runner, device, results[name])
+    return results
 
 
 def ratio_with_spread(case: list[float], base: list[float]) -> tuple[float, float, float]:

@@ -46,6 +46,27 @@ def test_measure_times_every_repeat_after_one_warm_up():
     assert tm.metric("cpu") is tm.cpu and tm.metric("cuda") is tm.wall
 
 
+def test_interleaved_repeats_alternate_the_cases_after_all_warm_ups():
+    timing = _bench("timing")
+    calls = []
+    runners = {name: (lambda name=name: calls.append(name)) for name in "ABC"}
+    tm = timing.measure_interleaved(runners, torch.device("cpu"), repeats=3, warm_up={"B": False},
+                                    warm_up_fns={"C": lambda r: calls.append("warm C")})
+    # warm-ups first (B skipped, C's replaced), then one timed call of each case per round
+    assert calls == ["A", "warm C"] + ["A", "B", "C"] * 3
+    assert list(tm) == ["A", "B", "C"] and all(len(t.cpu) == len(t.wall) == 3 for t in tm.values())
+
+
+def test_passive_wait_policy_only_before_torch_and_never_over_the_users_choice():
+    policy = _bench("__main__").passive_wait_policy
+    env = {}
+    assert policy(env, modules={}) == "PASSIVE" and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert policy(env, modules={}) == "ACTIVE" and env == {"OMP_WAIT_POLICY": "ACTIVE"}
+    env = {}  # torch (libgomp) already loaded: too late to matter, so the environment stays as it is
+    assert "imported before" in policy(env, modules={"torch": torch}) and env == {}
+
+
 def test_measure_counts_cpu_time_of_every_thread():
     import threading
 
@@ -159,3 +180,5 @@ def test_gpu_table_script_cpu_path(tmp_path):
     assert result["cases"]["flatten_dense"]["model_ratio"] > 1
     assert result["cases"]["inversion"]["model_ratio"] == pytest.approx(1.0)
     assert "meas/mod" in proc.stdout and "flatten_dense" in proc.stdout
+    import os  # `python -m bench` sets PASSIVE before torch loads unless the environment chose one
+    assert result["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
