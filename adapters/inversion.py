@@ -27,21 +27,39 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..attention.keys import FRAME_INDICES_KEY, FRAME_TOTAL_KEY, LATENT_INPUT_KEY
 from ..inversion import ddim, identity, schedule
-from ..inversion.cache import CACHE_DIR_NAME, DiskCache, MemoryCache, cache_key
+from ..inversion.cache import CACHE_DIR_NAME, CACHE_MODES, MemoryCache, TieredCache, cache_key
 from ..inversion.record import InversionRecord, record_from_tensors, record_tensors
+from ..options import Options, check_choice, option
 from .conditioning import cpu_conditioning, slice_conditioning
 from .context_windows import honour_context_windows
 
 log = logging.getLogger(__name__)
 
-CACHE_MODES = ("off", "memory", "disk")
 MEMORY_CACHE = MemoryCache()  # process-wide: survives ComfyUI's node-cache evictions, not restarts
+
+
+@dataclass(frozen=True)
+class InversionOptions(Options):
+    """DDIM Inversion's node options. ``scheduler`` is checked against ComfyUI's schedulers by
+    :func:`editing_sigmas`; ``cache_limit_mb`` bounds the RAM and, separately, the disk cache."""
+
+    steps: int = option(50, min=2, max=1000)
+    inversion_steps: int = option(0, min=0, max=10000)
+    scheduler: str = option("ddim_uniform")
+    frame_batch_size: int = option(16, min=1, max=4096)
+    cache_mode: str = option("disk", choices=CACHE_MODES)
+    cache_limit_mb: int = option(4096, min=0, max=10_000_000)
+    clear_cache: bool = option(False)
+
+
+_D = InversionOptions
 
 
 # -- model checks -----------------------------------------------------------------------------------
@@ -252,6 +270,21 @@ def _entry_problem(entry, sigmas_edit: torch.Tensor, w_id: str, p_id: str, laten
     return None
 
 
+def _record_decoder(sigmas_edit: torch.Tensor, w_id: str, p_id: str, latent_hash: str, conditioning: list):
+    """``decode`` of the inversion's :class:`TieredCache`: a disk entry as a record, or ValueError."""
+
+    def decode(entry) -> InversionRecord:
+        problem = _entry_problem(entry, sigmas_edit, w_id, p_id, latent_hash)
+        if problem is not None:
+            raise ValueError(problem)
+        try:
+            return record_from_tensors(entry.tensors, entry.meta, conditioning)
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"has unusable metadata ({err})") from None
+
+    return decode
+
+
 def record_bytes(sigmas: int, frames: int, shape: tuple[int, ...]) -> int:
     """RAM of an inversion record: fp16 latents at every editing sigma plus the fp32 x_T."""
     per_frame = math.prod(int(v) for v in shape)
@@ -275,80 +308,69 @@ def check_record_memory(need: int, cache_mode: str, limit: int, available_bytes:
             f"{math.ceil(mb)}, set it to 0 (no limit), or use cache_mode 'disk' or 'off'")
 
 
-def invert_video(model, latent: dict, conditioning: list, steps: int = 50, inversion_steps: int = 0,
-                 scheduler: str = "ddim_uniform", frame_batch_size: int = 16, cache_mode: str = "disk",
-                 cache_limit_mb: int = 0, clear_cache: bool = False, root: str | os.PathLike | None = None,
-                 progress: Callable[[int, int], None] | None = None, available_bytes: int = 0,
-                 notes: list[str] | None = None) -> tuple[InversionRecord, bool]:
+def invert_video(model, latent: dict, conditioning: list, steps: int = _D.steps,
+                 inversion_steps: int = _D.inversion_steps, scheduler: str = _D.scheduler,
+                 frame_batch_size: int = _D.frame_batch_size, cache_mode: str = _D.cache_mode,
+                 cache_limit_mb: int = _D.cache_limit_mb, clear_cache: bool = _D.clear_cache,
+                 root: str | os.PathLike | None = None, progress: Callable[[int, int], None] | None = None,
+                 available_bytes: int = 0, notes: list[str] | None = None) -> tuple[InversionRecord, bool]:
     """DDIM-invert the video latent (cfg 1, source ``conditioning``), reusing the cache.
 
     Returns ``(record, from_cache)``. ``progress(done, total)`` is called per step and chunk.
     ``available_bytes`` > 0: refuse before inverting when the record would not fit in RAM.
     ``notes`` receives what the user should see in the node's UI (cache entries recomputed,
-    the RAM copy skipped).
+    the RAM copy skipped). Defaults: :class:`InversionOptions`.
     """
-    notes = [] if notes is None else notes
-    import comfy.utils
-
-    if cache_mode not in CACHE_MODES:
-        raise ValueError(f"cache_mode: '{cache_mode}' is not one of {CACHE_MODES}")
+    # -- validate
+    check_choice("cache_mode", cache_mode, CACHE_MODES)
     check_model_family(model)
     samples = check_latent(model, latent)
     check_steps(steps, inversion_steps)
-    if frame_batch_size < 1:
-        raise ValueError(f"frame_batch_size: must be at least 1, got {frame_batch_size}")
+    s = InversionOptions.from_inputs(steps=steps, inversion_steps=inversion_steps, scheduler=scheduler,
+                                     frame_batch_size=frame_batch_size, cache_mode=cache_mode,
+                                     cache_limit_mb=cache_limit_mb, clear_cache=clear_cache)
     conditioning = cpu_conditioning(conditioning)
     if not conditioning:
         raise ValueError("conditioning: empty; encode the source prompt (an empty prompt is fine) with CLIP Text Encode")
-
-    sigmas_edit = editing_sigmas(model, scheduler, steps)
-    fine = editing_sigmas(model, scheduler, inversion_steps) if inversion_steps and inversion_steps != steps else None
+    sigmas_edit = editing_sigmas(model, s.scheduler, s.steps)
+    fine = (editing_sigmas(model, s.scheduler, s.inversion_steps)
+            if s.inversion_steps and s.inversion_steps != s.steps else None)
     sigmas_up, keep = schedule.inversion_schedule(sigmas_edit, fine)
-
-    limit = int(cache_limit_mb) * 2**20
+    limit = int(s.cache_limit_mb) * 2**20
     frames, shape = samples.shape[0], tuple(samples.shape[1:])
-    need = record_bytes(len(sigmas_edit), frames, shape)
-    check_record_memory(need, cache_mode, limit, available_bytes, frames, steps)
-    disk = DiskCache(root or cache_root(), limit) if cache_mode == "disk" else None
-    if clear_cache:
-        MEMORY_CACHE.clear()
-        removed = DiskCache(root or cache_root()).clear()
-        log.info("VideoEdit inversion cache cleared (%d disk entries)", removed)
+    check_record_memory(record_bytes(len(sigmas_edit), frames, shape), s.cache_mode, limit, available_bytes, frames,
+                        s.steps)
 
+    # -- key
     w_id, p_id = weights_id(model), patches_id(model)
     latent_hash = identity.tensor_digest(samples)
-    key = inversion_key(model, latent_hash, conditioning, steps, inversion_steps, scheduler, sigmas_edit, sigmas_up,
-                        frame_batch_size, w_id, p_id)
-    if cache_mode != "off":
-        hit = MEMORY_CACHE.get(key)
-        if hit is not None:
-            log.info("VideoEdit inversion: memory cache hit %s", key[:12])
-            return hit, True
-    if disk is not None:
-        expect = {"sigmas": ((len(sigmas_edit),), torch.float32),
-                  "latents_vp": ((len(sigmas_edit), frames, *shape), torch.float16),
-                  "x_T": ((frames, *shape), torch.float32)}
-        entry = disk.load(key, expect)
-        notes.extend(disk.notes)
-        if entry is not None:
-            problem = _entry_problem(entry, sigmas_edit, w_id, p_id, latent_hash)
-            record = None
-            if problem is None:
-                try:
-                    record = record_from_tensors(entry.tensors, entry.meta, conditioning)
-                except (ValueError, KeyError, TypeError) as err:
-                    problem = f"has unusable metadata ({err})"
-            if record is not None:
-                if not (limit and record.nbytes() > limit):
-                    MEMORY_CACHE.put(key, record, record.nbytes(), limit)
-                log.info("VideoEdit inversion: disk cache hit %s", key[:12])
-                return record, True
-            text = f"cache entry {key[:12]} {problem}: recomputing"
-            log.warning("VideoEdit %s", text)
-            notes.append(text)
-            disk.remove(key)
+    key = inversion_key(model, latent_hash, conditioning, s.steps, s.inversion_steps, s.scheduler, sigmas_edit,
+                        sigmas_up, s.frame_batch_size, w_id, p_id)
 
-    chunks = -(-frames // frame_batch_size)
+    # -- cache
+    expect = {"sigmas": ((len(sigmas_edit),), torch.float32),
+              "latents_vp": ((len(sigmas_edit), frames, *shape), torch.float16),
+              "x_T": ((frames, *shape), torch.float32)}
+    cache = TieredCache(s.cache_mode, MEMORY_CACHE, root or cache_root(), limit_bytes=limit, encode=record_tensors,
+                        decode=_record_decoder(sigmas_edit, w_id, p_id, latent_hash, conditioning),
+                        nbytes=InversionRecord.nbytes, expect=expect, notes=notes)
+    if s.clear_cache:
+        log.info("VideoEdit inversion cache cleared (%d disk entries)", cache.clear())
+
+    def compute() -> InversionRecord:
+        return _compute_record(model, samples, conditioning, s, sigmas_edit, sigmas_up, keep, w_id, p_id,
+                               latent_hash, key, progress)
+
+    return cache.get_or_compute(key, compute)
+
+
+def _compute_record(model, samples: torch.Tensor, conditioning: list, s: InversionOptions, sigmas_edit: torch.Tensor,
+                    sigmas_up: torch.Tensor, keep: torch.Tensor, w_id: str, p_id: str, latent_hash: str, key: str,
+                    progress: Callable[[int, int], None] | None) -> InversionRecord:
+    """Run the inversion with a progress bar and wrap it as a record."""
+    import comfy.utils
+
+    chunks = -(-samples.shape[0] // s.frame_batch_size)
     total = chunks * (len(sigmas_up) - 1)
     bar = comfy.utils.ProgressBar(total)
     done = [0]
@@ -360,26 +382,13 @@ def invert_video(model, latent: dict, conditioning: list, steps: int = 50, inver
             progress(done[0], total)
 
     started = time.perf_counter()
-    latents_vp, x_T = run_inversion(model, samples, conditioning, sigmas_up, keep, frame_batch_size, tick)
-    info = {"steps": int(steps), "inversion_steps": int(inversion_steps or steps), "scheduler": scheduler,
-            "frame_batch_size": int(frame_batch_size), "prediction": type(model_sampling(model)).__name__,
+    latents_vp, x_T = run_inversion(model, samples, conditioning, sigmas_up, keep, s.frame_batch_size, tick)
+    info = {"steps": int(s.steps), "inversion_steps": int(s.inversion_steps or s.steps), "scheduler": s.scheduler,
+            "frame_batch_size": int(s.frame_batch_size), "prediction": type(model_sampling(model)).__name__,
             "latent_format": identity.qualname(model.get_model_object("latent_format")),
             "seconds": round(time.perf_counter() - started, 3)}
-    record = InversionRecord(sigmas=sigmas_edit, latents_vp=latents_vp, x_T=x_T, conditioning=conditioning,
-                             weights_id=w_id, patches_id=p_id, latent_hash=latent_hash,
-                             key=key, info=info)
-    if cache_mode == "memory" or (cache_mode == "disk" and not (limit and record.nbytes() > limit)):
-        MEMORY_CACHE.put(key, record, record.nbytes(), limit)
-    elif cache_mode == "disk":
-        notes.append(f"inversion cache: {record.nbytes() / 2**20:.0f} MB exceed cache_limit_mb {cache_limit_mb}: "
-                     "kept on disk only (raise cache_limit_mb to keep a RAM copy)")
-    if disk is not None:
-        tensors, meta = record_tensors(record)
-        try:
-            disk.store(key, tensors, meta)
-        except OSError as err:
-            log.warning("VideoEdit inversion: could not write the disk cache under %s (%s)", disk.root, err)
-    return record, False
+    return InversionRecord(sigmas=sigmas_edit, latents_vp=latents_vp, x_T=x_T, conditioning=conditioning,
+                           weights_id=w_id, patches_id=p_id, latent_hash=latent_hash, key=key, info=info)
 
 
 def output_latent(model, record: InversionRecord, like: dict | None = None) -> dict:

@@ -304,3 +304,80 @@ class MemoryCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+CACHE_MODES = ("off", "memory", "disk")
+
+
+class TieredCache:
+    """The cache policy of one request: RAM (``memory`` and ``disk`` modes), then disk (``disk``
+    mode), else ``compute()``; what the user should see lands in ``notes`` (for the node's UI).
+
+    ``mode``: one of :data:`CACHE_MODES`. ``limit_bytes`` (0 = none) bounds the RAM cache and,
+    separately, the disk cache; a value larger than the limit is kept on disk only.
+    ``encode(value) -> (tensors, meta)`` and ``decode(entry) -> value`` convert between values
+    and disk entries; ``decode`` raises ``ValueError``/``KeyError``/``TypeError`` for an entry
+    that passed the integrity checks but cannot serve this request (it is then recomputed).
+    ``nbytes(value)``: RAM a value takes. ``expect``: tensor shapes/dtypes a disk entry must have.
+    """
+
+    def __init__(self, mode: str, memory: MemoryCache, root: str | os.PathLike | None, *, limit_bytes: int = 0,
+                 encode, decode, nbytes, expect: Mapping | None = None, notes: list[str] | None = None):
+        if mode not in CACHE_MODES:
+            raise ValueError(f"cache_mode: '{mode}' is not one of {CACHE_MODES}")
+        self.mode, self.memory, self.root, self.limit = mode, memory, root, int(limit_bytes)
+        self.encode, self.decode, self.nbytes, self.expect = encode, decode, nbytes, expect
+        self.notes = [] if notes is None else notes
+        self.disk = DiskCache(root, self.limit) if mode == "disk" else None
+
+    def clear(self) -> int:
+        """Empty the RAM cache and every entry the pack wrote under the root; entries removed."""
+        self.memory.clear()
+        return DiskCache(self.root).clear()
+
+    def _fits_memory(self, value: Any) -> bool:
+        return not (self.limit and self.nbytes(value) > self.limit)
+
+    def get_or_compute(self, key: str, compute) -> tuple[Any, bool]:
+        """``(value, from_cache)``: the cached value of ``key``, or ``compute()`` stored by the policy."""
+        if self.mode != "off":
+            hit = self.memory.get(key)
+            if hit is not None:
+                log.info("VideoEdit cache: memory hit %s", key[:12])
+                return hit, True
+        if self.disk is not None:
+            hit = self._from_disk(key)
+            if hit is not None:
+                return hit, True
+        value = compute()
+        if self.mode == "memory" or (self.mode == "disk" and self._fits_memory(value)):
+            self.memory.put(key, value, self.nbytes(value), self.limit)
+        elif self.mode == "disk":
+            self.notes.append(f"inversion cache: {self.nbytes(value) / 2**20:.0f} MB exceed cache_limit_mb "
+                              f"{self.limit // 2**20}: kept on disk only (raise cache_limit_mb to keep a RAM copy)")
+        if self.disk is not None:
+            tensors, meta = self.encode(value)
+            try:
+                self.disk.store(key, tensors, meta)
+            except OSError as err:
+                log.warning("VideoEdit cache: could not write the disk cache under %s (%s)", self.disk.root, err)
+        return value, False
+
+    def _from_disk(self, key: str) -> Any | None:
+        entry = self.disk.load(key, self.expect)
+        self.notes.extend(self.disk.notes)
+        self.disk.notes.clear()
+        if entry is None:
+            return None
+        try:
+            value = self.decode(entry)
+        except (ValueError, KeyError, TypeError) as err:
+            text = f"cache entry {key[:12]} {err}: recomputing"
+            log.warning("VideoEdit %s", text)
+            self.notes.append(text)
+            self.disk.remove(key)
+            return None
+        if self._fits_memory(value):
+            self.memory.put(key, value, self.nbytes(value), self.limit)
+        log.info("VideoEdit cache: disk hit %s", key[:12])
+        return value

@@ -9,6 +9,7 @@ from comfy_api.latest import io, ui
 
 from ..adapters import inversion as adapter
 from ..adapters import nulltext
+from ..adapters.inversion import InversionOptions as Inv
 from ..inversion import metrics
 from .common import VE_INVERSION, available_ram
 
@@ -37,20 +38,20 @@ class DDIMInversion(io.ComfyNode):
                 io.Latent.Input("latent", tooltip="VAE-encoded source frames [frames, 4, h, w]."),
                 io.Conditioning.Input("conditioning", tooltip="Source prompt (a description of the video, or empty "
                                                               "text). The source branch replays with it."),
-                io.Int.Input("steps", default=50, min=2, max=1000,
+                io.Int.Input("steps", **Inv.spec("steps"),
                              tooltip="Editing steps: the inversion keeps the latent at each of these sigmas."),
-                io.Int.Input("inversion_steps", default=0, min=0, max=10000,
+                io.Int.Input("inversion_steps", **Inv.spec("inversion_steps"),
                              tooltip="Optional finer schedule for the inversion itself (TokenFlow: 500 for 50 "
                                      "editing steps); 0 = same as steps. Editing sigmas are always hit exactly."),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="ddim_uniform",
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default=Inv.default("scheduler"),
                                tooltip="Schedule of the editing sigmas; ddim_uniform gives DDIM's timesteps."),
-                io.Int.Input("frame_batch_size", default=16, min=1, max=4096,
+                io.Int.Input("frame_batch_size", **Inv.spec("frame_batch_size"),
                              tooltip="Frames per UNet batch (memory)."),
-                io.Combo.Input("cache_mode", options=list(adapter.CACHE_MODES), default="disk", tooltip=_CACHE_TOOLTIP),
-                io.Int.Input("cache_limit_mb", default=4096, min=0, max=10_000_000,
+                io.Combo.Input("cache_mode", **Inv.spec("cache_mode"), tooltip=_CACHE_TOOLTIP),
+                io.Int.Input("cache_limit_mb", **Inv.spec("cache_limit_mb"),
                              tooltip="Cache size limit in MB (disk, and RAM separately); least recently used entries "
                                      "are evicted first, the newest is always kept. 0 = no limit."),
-                io.Boolean.Input("clear_cache", default=False,
+                io.Boolean.Input("clear_cache", **Inv.spec("clear_cache"),
                                  tooltip="Delete every cached inversion (disk and RAM) before running."),
             ],
             outputs=[
@@ -63,10 +64,12 @@ class DDIMInversion(io.ComfyNode):
     @classmethod
     def execute(cls, model, latent, conditioning, steps, inversion_steps, scheduler, frame_batch_size, cache_mode,
                 cache_limit_mb, clear_cache) -> io.NodeOutput:
+        options = {"steps": steps, "inversion_steps": inversion_steps, "scheduler": scheduler,
+                   "frame_batch_size": frame_batch_size, "cache_mode": cache_mode, "cache_limit_mb": cache_limit_mb,
+                   "clear_cache": clear_cache}  # named parameters: callers pass them by position too
         notes: list[str] = []
-        record, cached = adapter.invert_video(model, latent, conditioning, steps, inversion_steps, scheduler,
-                                              frame_batch_size, cache_mode, cache_limit_mb, clear_cache,
-                                              available_bytes=available_ram(), notes=notes)
+        record, cached = adapter.invert_video(model, latent, conditioning, **options, available_bytes=available_ram(),
+                                              notes=notes)
         text = record.summary() + (" (from cache)" if cached else f" (computed in {record.info.get('seconds')} s)")
         text = "\n".join([text, *notes])
         return io.NodeOutput(record, adapter.output_latent(model, record, latent), record.sigmas.clone(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 import comfy.model_management
 import comfy.utils
@@ -14,11 +15,22 @@ from comfy_api.latest import io, ui
 
 from ..media.decode import frames_to_decode, probe_video, read_video_frames
 from ..media.encode import h264_encoder, output_paths, write_video
+from ..options import Options, option
 from .common import available_ram, check_filename_prefix, check_image
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".m4v")
 
-SAVE_FORMATS = {"mp4 (h264)": "mp4", "webm (vp9)": "webm", "gif": "gif", "png sequence": "png"}
+SAVE_FORMATS = ("mp4", "webm", "gif", "png")  # stable ids stored in workflows; explained in the tooltip
+
+
+@dataclass(frozen=True)
+class SaveVideoOptions(Options):
+    """Save Video's options."""
+
+    fps: float = option(24.0, min=0.01, max=1000.0, step=0.01)
+    format: str = option("mp4", choices=SAVE_FORMATS)
+    filename_prefix: str = option("VideoEdit/video")
+    crf: int = option(19, min=0, max=63)
 
 
 def input_videos() -> list[str]:
@@ -145,17 +157,17 @@ class SaveVideo(io.ComfyNode):
                         "with the workflow embedded where the format allows, and shows it in the UI.",
             inputs=[
                 io.Image.Input("images", tooltip="Frames to save, [frames, height, width, 3] in 0..1."),
-                io.Float.Input("fps", default=24.0, min=0.01, max=1000.0, step=0.01,
+                io.Float.Input("fps", **SaveVideoOptions.spec("fps"),
                                tooltip="Playback frame rate; wire Load Video's fps output to keep the source timing. "
                                        "GIF stores delays in 1/100 s, so its rate is rounded."),
-                io.Combo.Input("format", options=list(SAVE_FORMATS), default="mp4 (h264)",
+                io.Combo.Input("format", **SaveVideoOptions.spec("format"),
                                tooltip=f"mp4: H.264 ({h264_note}), yuv420p, odd sides padded by one repeated pixel; "
-                                       "webm: VP9; gif: looping, 256 colours per frame; png sequence: lossless, "
+                                       "webm: VP9; gif: looping, 256 colours per frame; png: a PNG sequence, lossless, "
                                        "one file per frame. mp4/webm/png carry the workflow metadata."),
-                io.String.Input("filename_prefix", default="VideoEdit/video",
+                io.String.Input("filename_prefix", **SaveVideoOptions.spec("filename_prefix"),
                                 tooltip="Output path inside ComfyUI's output folder; a counter is appended, so "
                                         "existing files are never overwritten. May contain %date:…% style variables."),
-                io.Int.Input("crf", default=19, min=0, max=63,
+                io.Int.Input("crf", **SaveVideoOptions.spec("crf"),
                              tooltip="Constant rate factor: lower = better quality and bigger files. H.264 uses "
                                      "0-51 (17-23 typical), VP9 0-63 (15-35 typical); ignored by gif and png."),
             ],
@@ -165,10 +177,9 @@ class SaveVideo(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, images, fps, format, filename_prefix, crf) -> io.NodeOutput:
-        fmt = SAVE_FORMATS.get(format)
-        if fmt is None:
-            raise ValueError(f"format: '{format}' is not one of {', '.join(SAVE_FORMATS)}")
+    def execute(cls, images, **options) -> io.NodeOutput:
+        s = SaveVideoOptions.from_inputs(**options)
+        fps, fmt, filename_prefix, crf = s.fps, s.format, s.filename_prefix, s.crf
         check_filename_prefix(filename_prefix)
         try:
             folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(

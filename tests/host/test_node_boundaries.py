@@ -152,7 +152,7 @@ def test_save_video_refuses_prefixes_outside_the_output_folder(host, pack_nodes,
     before = sorted(os.listdir(os.path.dirname(out)))
     node = SaveVideo.PREPARE_CLASS_CLONE({})
     with pytest.raises(ValueError, match=match):
-        node.execute(images=torch.rand(2, 16, 16, 3), fps=8.0, format="mp4 (h264)", filename_prefix=prefix, crf=19)
+        node.execute(images=torch.rand(2, 16, 16, 3), fps=8.0, format="mp4", filename_prefix=prefix, crf=19)
     assert sorted(os.listdir(os.path.dirname(out))) == before
 
 

@@ -112,7 +112,7 @@ def test_validation_and_fingerprint_follow_the_file(video_nodes, clip_name, host
 
 def test_save_mp4_with_metadata_and_preview(video_nodes, clip_name, host, inference_mode):
     images = load(video_nodes, frame_load_cap=6)[0]
-    ui = save(video_nodes, images, "mp4 (h264)", "VideoEdit/test_mp4",
+    ui = save(video_nodes, images, "mp4", "VideoEdit/test_mp4",
               hidden={"PROMPT": PROMPT, "EXTRA_PNGINFO": {"workflow": WORKFLOW}})
     assert ui["animated"] == (True,) and len(ui["images"]) == 1
     result = ui["images"][0]
@@ -129,9 +129,9 @@ def test_save_mp4_with_metadata_and_preview(video_nodes, clip_name, host, infere
 
 def test_a_second_save_does_not_overwrite_the_first(video_nodes, clip_name, host, inference_mode):
     images = load(video_nodes, frame_load_cap=3)[0]
-    first = output_file(host, save(video_nodes, images, "webm (vp9)", "VideoEdit/again")["images"][0])
+    first = output_file(host, save(video_nodes, images, "webm", "VideoEdit/again")["images"][0])
     first_bytes = first.read_bytes()
-    second = output_file(host, save(video_nodes, images[:2], "webm (vp9)", "VideoEdit/again")["images"][0])
+    second = output_file(host, save(video_nodes, images[:2], "webm", "VideoEdit/again")["images"][0])
     assert first.name == "again_00001_.webm" and second.name == "again_00002_.webm"
     assert first.read_bytes() == first_bytes
     # A file that appeared under the next counter's name (another save, another tool) is skipped too.
@@ -151,7 +151,7 @@ def test_save_gif_previews_as_an_animated_image(video_nodes, clip_name, host, in
 
 def test_save_png_sequence_with_text_chunks(video_nodes, clip_name, host, inference_mode):
     images = load(video_nodes, frame_load_cap=4)[0]
-    ui = save(video_nodes, images, "png sequence", "VideoEdit/seq", hidden={"PROMPT": PROMPT})
+    ui = save(video_nodes, images, "png", "VideoEdit/seq", hidden={"PROMPT": PROMPT})
     files = [output_file(host, r) for r in ui["images"]]
     assert [f.name for f in files] == [f"seq_00001_{i:05d}.png" for i in range(4)]
     assert "animated" not in ui
@@ -165,10 +165,10 @@ def test_save_png_sequence_with_text_chunks(video_nodes, clip_name, host, infere
 def test_disable_metadata_is_honoured(video_nodes, clip_name, host, inference_mode, monkeypatch):
     monkeypatch.setattr(host.args, "disable_metadata", True)
     images = load(video_nodes, frame_load_cap=2)[0]
-    ui = save(video_nodes, images, "mp4 (h264)", "VideoEdit/private", hidden={"PROMPT": PROMPT})
+    ui = save(video_nodes, images, "mp4", "VideoEdit/private", hidden={"PROMPT": PROMPT})
     with av.open(str(output_file(host, ui["images"][0]))) as container:
         assert "prompt" not in container.metadata
-    ui = save(video_nodes, images, "png sequence", "VideoEdit/private_png", hidden={"PROMPT": PROMPT})
+    ui = save(video_nodes, images, "png", "VideoEdit/private_png", hidden={"PROMPT": PROMPT})
     assert "prompt" not in Image.open(output_file(host, ui["images"][0])).text
 
 

@@ -55,10 +55,17 @@ def test_ui_workflows_carry_the_same_ids(pack_nodes):
     ("tokenflow", "blend", "official (own + previous window, sigmoid)"),
     ("tokenflow", "nn_feature", "self-attention input (official)"),
     ("flatten", "mode", "dense (paper)"),
+    ("video", "format", "mp4 (h264)"),
+    ("video", "format", "png sequence"),
+    ("inversion", "cache_mode", "ram"),
 ])
 def test_old_long_labels_are_refused(pack_nodes, node_module, option, bad):
     if node_module == "tokenflow":
         from comfyui_videoedit.adapters.tokenflow import TokenFlowOptions as options
+    elif node_module == "video":
+        from comfyui_videoedit.nodes.video import SaveVideoOptions as options
+    elif node_module == "inversion":
+        from comfyui_videoedit.adapters.inversion import InversionOptions as options
     else:
         from comfyui_videoedit.adapters.flatten import FlattenOptions as options
     ids = options.choices(option)
@@ -102,3 +109,16 @@ def test_schemas_read_their_defaults_from_the_settings(pack_nodes):
     rr = defaults(pack_nodes.rerender.RerenderKeyframes)
     assert (rr["adain_start"], rr["adain_end"]) == RerenderConfig.default("adain")
     assert rr["keyframe_interval"] == RerenderConfig.default("keyframe_interval")
+
+
+def test_shipped_workflows_save_with_format_ids(pack_nodes):
+    """Save Video's ``format`` is stored as a short id (mp4, webm, gif, png) in every shipped workflow."""
+    from comfyui_videoedit.nodes.video import SAVE_FORMATS
+
+    seen = [node["inputs"]["format"] for path in api_workflows() for node in load_api(path).values()
+            if node["class_type"] == "VideoEdit_SaveVideo"]
+    assert seen and all(value in SAVE_FORMATS for value in seen), seen
+    for path in sorted(WORKFLOWS.glob("*.json")):
+        for node in json.loads(path.read_text())["nodes"]:
+            if node.get("type") == "VideoEdit_SaveVideo":
+                assert any(v in SAVE_FORMATS for v in node["widgets_values"]), (path.name, node["widgets_values"])

@@ -84,7 +84,7 @@ def test_validation_errors_come_back_as_node_errors(server):
                     "inputs": {"video": "no_such_clip.mp4", "frame_load_cap": 0, "skip_first_frames": 0,
                                "select_every_nth": 1, "custom_width": 0, "custom_height": 0, "size_multiple": 8}},
               "2": {"class_type": "VideoEdit_SaveVideo",
-                    "inputs": {"images": ["1", 0], "fps": 8.0, "format": "mp4 (h264)",
+                    "inputs": {"images": ["1", 0], "fps": 8.0, "format": "mp4",
                                "filename_prefix": "x", "crf": 19}}}
     with pytest.raises(ServerError, match="no_such_clip.mp4"):
         server.queue(prompt)
