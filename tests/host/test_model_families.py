@@ -3,7 +3,8 @@ v-prediction and an SDXL-style UNet (ComfyUI's SDXL class: adm from the pooled C
 two transformer depths, no attention at 1/8, the dual CLIP-L/G encoder with the host's real
 tokenizers). The checks are the SD1.5 tests' exactness checks where they carry over (analytic
 inversion round trip, one keyframe = plain sampling, TokenFlow window 1 = extended attention,
-FLATTEN bounded with every anchor = dense, Rerender with every stage off = plain img2img).
+FLATTEN bounded with every anchor = dense, Rerender with every stage off = plain img2img,
+Video-P2P replay with target = source = plain sampling, a zero blend mask = the source).
 
 The matrix is ``FAMILIES × METHODS``; a new family (or method) is one entry in the lists.
 """
@@ -165,6 +166,108 @@ def check_rerender(host, f, tiny_vae):
     assert (images[1] - plain[1]).abs().mean() > 1e-4
 
 
+def _p2p_edit(f, source, target, **kw):
+    from comfyui_videoedit.nodes.p2p import P2PEditNode
+
+    args = dict(source_prompt=source, target_prompt=target, mode="auto", reweight="", blend_source="",
+                blend_target="", subtract="")
+    return P2PEditNode.execute(f["clip"], **dict(args, **kw)).args
+
+
+def _p2p(model, edit, record, **kw):
+    from comfyui_videoedit.nodes.p2p import ApplyP2P
+
+    args = dict(cross_replace_steps="1.0", self_replace_steps=1.0, blend_threshold=0.3, blend_start=0.0,
+                source_mode="replay", frame_attention="none")
+    return ApplyP2P.execute(model, edit, record, **dict(args, **kw)).args[0]
+
+
+def _retraced(model, f, pos, cfg):
+    """An inversion record whose cached latents are the plain sampling trajectory from x_T
+    (float32; random weights do not invert), and that sampling's result."""
+    import dataclasses
+
+    record = f["record"]
+    states = []
+    x_t = model.get_model_object("process_latent_out")(record.x_T.clone())
+    import comfy.sample
+    import comfy.samplers
+
+    out = comfy.sample.sample_custom(model, torch.zeros_like(x_t), cfg, comfy.samplers.sampler_object("euler"),
+                                     record.sigmas, pos, f["neg"], x_t, disable_pbar=True, seed=0,
+                                     callback=lambda i, d, x, n: states.append(x.float().clone()))
+    states.append(model.get_model_object("process_latent_in")(out.clone()).float())
+    s = record.sigmas.view(-1, 1, 1, 1, 1)
+    vp = torch.stack(states) / torch.sqrt(1 + s * s)
+    return dataclasses.replace(record, latents_vp=vp, x_T=states[0]), x_t, out
+
+
+def check_p2p(host, f):
+    """Video-P2P through the Edit node (the family's own tokenizer: SDXL's g and l streams):
+    replay with target = source (every control on, self-attention replaced at every step)
+    equals plain sampling; a blend mask of zeros returns the source exactly; a real edit
+    changes the result; the self-attention replacement and the blend maps run on the layers
+    chosen by resolution (per-frame query length ≤ (latent/4)²)."""
+    import comfy.patcher_extension as pe
+
+    from comfyui_videoedit.attention.p2p_blend import blend_resolution, self_replace_max_tokens
+
+    source, target = "a red car", "a blue car"
+    same, same_cond = _p2p_edit(f, source, source)
+    record, x_t, expected = _retraced(f["model"], f, same_cond, 3.0)
+    model = _p2p(f["model"], same, record)
+    out = _sample_custom(model, dict(f, pos=same_cond), x_t, record.sigmas, cfg=3.0)
+    assert _close(out, expected, 1e-4), (out - expected).abs().max()
+    edit, cond = _p2p_edit(f, source, target, blend_source="car", blend_target="car")
+    edited = _sample_custom(_p2p(f["model"], edit, record), dict(f, pos=cond), x_t, record.sigmas, cfg=3.0)
+    assert (edited - expected).abs().max() > 1e-3 * expected.abs().max()
+    # the blend mask of zeros (threshold 1) lands on the source latent of every frame
+    zero = _sample_custom(_p2p(f["model"], edit, f["record"], blend_threshold=1.0), dict(f, pos=cond))
+    src = f["model"].get_model_object("process_latent_out")(f["record"].source_latent())
+    assert _close(zero, src, 1e-5), (zero - src).abs().max()
+    # joint mode (the source branch's own CFG, the empty prompt as its uncond: SDXL's y of both):
+    # with a zero mask the result is the source prompt's plain sampling from x_T
+    joint = _sample_custom(_p2p(f["model"], edit, f["record"], blend_threshold=1.0, source_mode="joint"),
+                           dict(f, pos=cond), cfg=3.0)
+    plain = _sample_custom(f["model"], dict(f, pos=same_cond), cfg=3.0)
+    assert _close(joint, plain, 1e-4), (joint - plain).abs().max()
+    # P2P's "16²" rules by resolution: a recorder owning attn1 under P2P sees the q P2P hands
+    # it; the layers whose target rows got the source's q are those of ≤ (latent/4)² tokens
+    import comfy.ldm.modules.attention as cla
+
+    from comfyui_videoedit.attention.keys import P2P_CALL_KEY, P2P_WRAPPER_KEY
+
+    same_q: dict = {}
+
+    def recorder(q, k, v, extra_options):
+        call = extra_options[P2P_CALL_KEY]
+        src, tgt = call.source_cond(), call.target_cond()[0]
+        key = (q.shape[1], extra_options["block"], extra_options["block_index"])
+        same_q[key] = same_q.get(key, True) and torch.equal(q[src], q[tgt])
+        return cla.optimized_attention(q, k, v, extra_options["n_heads"])
+
+    base = f["model"].clone()
+    for key in _self_attention_keys(base):
+        base.set_model_attn1_replace(recorder, *key)
+    probe = _p2p(base, edit, f["record"], self_replace_steps=1.0)
+    _sample_custom(probe, dict(f, pos=cond))
+    hw = tuple(f["latent"].shape[-2:])
+    limit = self_replace_max_tokens(hw)
+    replaced = {n for (n, *_), same in same_q.items() if same}
+    assert replaced == {n for n, *_ in same_q if n <= limit} and replaced and len(replaced) < len(
+        {n for n, *_ in same_q}), (limit, same_q)
+    runtime = probe.wrappers[pe.WrappersMP.OUTER_SAMPLE][P2P_WRAPPER_KEY][0].runtime
+    mask = runtime.last_mask  # maps were summed (only layers at latent/4 add them): the mask was built
+    assert blend_resolution(hw) == (hw[0] // 4, hw[1] // 4) and mask is not None
+    assert mask.shape == (FRAMES, 1, *hw) and ((mask == 0) | (mask == 1)).all()
+
+
+def _self_attention_keys(model):
+    from comfyui_videoedit.adapters.model_patch import self_attention_keys
+
+    return self_attention_keys(model)
+
+
 METHODS = {
     "inversion": check_inversion,
     "null_text": check_null_text,
@@ -172,6 +275,7 @@ METHODS = {
     "tokenflow": check_tokenflow,
     "flatten": check_flatten,
     "rerender": check_rerender,
+    "p2p": check_p2p,
 }
 
 
