@@ -141,7 +141,8 @@ def build_schedule(config: P2PConfig, edit: P2PEdit, num_steps: int) -> P2PSched
 class SourceBranch:
     """What P2P reads from the inversion (implemented by ``inversion.replay.SourceReplay``):
     ``step_index(sigma)``, ``num_steps``, ``num_frames``, ``sigmas``, ``latent(sigma, frames)``
-    (VE), ``unet_conditioning(n, like, frames)``. Joint mode also needs ``x_T`` and
+    (VE), ``unet_conditioning(n, like, frames)``, ``check_call(sample_shape, frames, options)``
+    (ValueError naming ``latent_image`` for a latent that is not the inverted one). Joint mode also needs ``x_T`` and
     ``uncond_context(step, n, like)``."""
 
 
@@ -387,6 +388,8 @@ class P2PWrapper:
         kinds = list(to.get("cond_or_uncond") or [0])
         n = x.shape[0] // len(kinds)
         frames = call_frame_indices(to, n)
+        # the latent being sampled must be the inverted clip's (else the source rows are another video's)
+        rt.source.check_call(tuple(x.shape[1:]), frames, to)
         sigma = float(to["sigmas"][0]) if "sigmas" in to else float(rt.model_sampling.sigma(timesteps[0]))
         step = rt.source.step_index(sigma)
         run = rt.current_run()

@@ -279,3 +279,24 @@ def test_cross_attention_in_frame_chunks_equals_one_chunk(host, tiny_model, tiny
     monkeypatch.setattr(patch, "MAP_BUDGET_BYTES", 1)  # one frame per chunk
     chunked = _sample(_apply(tiny_model, edit, setup["record"], blend_threshold=0.5), *args)
     assert (whole - chunked).abs().max() <= 1e-5 * whole.abs().max(), (whole - chunked).abs().max()
+
+
+LATENT_CHANGES = {
+    "fewer frames": lambda x: x[:2],
+    "more frames": lambda x: torch.cat([x, x[:1]]),
+    "another size": lambda x: torch.nn.functional.interpolate(x, size=(SIZE // 2, SIZE)),
+}
+
+
+@pytest.mark.parametrize("source_mode", ["replay", "joint"])
+@pytest.mark.parametrize("change", list(LATENT_CHANGES))
+def test_a_latent_that_is_not_the_inverted_one_is_refused(host, tiny_model, tiny_clip, setup, change, source_mode,
+                                                          inference_mode):
+    """As TokenFlow: the sampled latent is checked against the inversion in every UNet call
+    (ValueError naming latent_image), never a torch size error or an edit against other frames."""
+    edit, target = _edit(tiny_clip, blend_source="bike", blend_target="motorcycle")
+    model = _apply(tiny_model, edit, setup["record"], source_mode=source_mode)
+    latent = LATENT_CHANGES[change](setup["x_T"])
+    with pytest.raises(ValueError, match=rf"latent_image: .*inversion holds {FRAMES} frames of 4x{SIZE}x{SIZE}"):
+        _sample(model, target, setup["neg"], latent, setup["sigmas"], 4.0)
+    _sample(model, target, setup["neg"], setup["x_T"], setup["sigmas"], 4.0)  # the inverted latent runs
