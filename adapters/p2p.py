@@ -203,6 +203,11 @@ def p2p_model(model, edit: P2PEdit, source, config: P2PConfig):
 def apply_p2p(model, edit, inversion, config: P2PConfig):
     """``VideoEdit_ApplyP2P``: the patched clone and its runtime."""
     _check_inputs(edit, inversion)
+    if model.model_options.get("context_handler") is not None:
+        # the per-frame local blend and the source state of a step are built for the whole clip;
+        # under windows the blend would be skipped silently, so refuse instead
+        raise ValueError("model: Video-P2P does not run under context windows yet (the model carries a Context "
+                         "Windows node); connect the model without it, or edit the clip in parts of one batch each")
     return p2p_model(model, edit, p2p_source(model, edit, inversion), config)
 
 

@@ -179,3 +179,16 @@ def test_peak_memory_at_24_frames_is_bounded_by_the_window(host):
     print(result)
     assert result["windowed_finite"] and result["whole_finite"]
     assert result["windowed_peak_mb"] < 0.5 * result["whole_peak_mb"], result
+
+
+def test_video_p2p_refuses_a_model_with_context_windows(host, pack_nodes, tiny_model, tiny_clip, clip_setup):
+    """P2P's per-frame blend is built for the whole clip: under core's windows it is refused with
+    an error naming the model input, not skipped silently."""
+    from comfyui_videoedit.adapters.p2p import apply_p2p
+    from comfyui_videoedit.attention.p2p_patch import P2PConfig
+    from comfyui_videoedit.nodes.p2p import P2PEditNode
+
+    edit = P2PEditNode.execute(tiny_clip, source_prompt="a red car", target_prompt="a blue car", blend_source="car",
+                           blend_target="car").args[0]
+    with pytest.raises(ValueError, match="^model: Video-P2P does not run under context windows"):
+        apply_p2p(_windows(tiny_model), edit, clip_setup["record"], P2PConfig())
