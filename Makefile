@@ -36,6 +36,7 @@ bench-gpu: setup
 
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 clean-host:
 	rm -rf .venv .host

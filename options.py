@@ -20,8 +20,14 @@ from typing import Any
 _SPEC_KEYS = ("min", "max", "step")
 
 
-def option(default: Any, *, min: float | None = None, max: float | None = None, step: float | None = None,
-           choices: Iterable[str] | None = None) -> Any:
+def option(
+    default: Any,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    step: float | None = None,
+    choices: Iterable[str] | None = None,
+) -> Any:
     """A dataclass field with its widget range (``min``/``max``/``step``) or its combo ids."""
     meta = {k: v for k, v in (("min", min), ("max", max), ("step", step)) if v is not None}
     if choices is not None:

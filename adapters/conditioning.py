@@ -43,8 +43,10 @@ def slice_control(control, frames: slice, total: int, cache: dict | None = None,
         return cache[id(control)]
     hint = getattr(control, "cond_hint_original", None)
     if isinstance(hint, torch.Tensor) and hint.ndim > 0 and hint.shape[0] not in (1, total):
-        raise ValueError(f"{input_name}: a ControlNet hint holds {hint.shape[0]} images but the video has {total} "
-                         f"frames; give one hint image per frame (or a single image for all)")
+        raise ValueError(
+            f"{input_name}: a ControlNet hint holds {hint.shape[0]} images but the video has {total} "
+            f"frames; give one hint image per frame (or a single image for all)"
+        )
     previous = getattr(control, "previous_controlnet", None)
     new_previous = slice_control(previous, frames, total, cache, input_name)
     per_frame = _per_frame(hint, total)
@@ -63,8 +65,9 @@ def slice_control(control, frames: slice, total: int, cache: dict | None = None,
     return sliced
 
 
-def slice_conditioning(conditioning: list, frames: slice, total: int, cache: dict | None = None,
-                       input_name: str = "conditioning") -> list:
+def slice_conditioning(
+    conditioning: list, frames: slice, total: int, cache: dict | None = None, input_name: str = "conditioning"
+) -> list:
     """Per-frame conditioning (tensors or ControlNet hints with batch == ``total`` frames) cut to
     ``frames``; batch-1 entries are kept as they are (the same objects)."""
     cache = {} if cache is None else cache
@@ -77,8 +80,9 @@ def slice_conditioning(conditioning: list, frames: slice, total: int, cache: dic
     return [[cut(None, c[0]), {k: cut(k, v) for k, v in c[1].items()}] for c in conditioning]
 
 
-def conditioning_for_frame(conditioning: list, index: int, frames: int, cache: dict | None = None,
-                           input_name: str = "positive/negative") -> list:
+def conditioning_for_frame(
+    conditioning: list, index: int, frames: int, cache: dict | None = None, input_name: str = "positive/negative"
+) -> list:
     """The conditioning restricted to frame ``index`` (its ControlNet hints, per-frame tensors)."""
     return slice_conditioning(conditioning, slice(index, index + 1), frames, cache, input_name)
 

@@ -42,8 +42,12 @@ class FlattenOptions(Options):
     pnp_resnet_blocks: str = option(FLATTEN_PNP_RES)
 
     def config(self) -> FlattenConfig:
-        return FlattenConfig(mode=self.mode, old_qk=bool(self.old_qk), anchor_stride=int(self.anchor_stride),
-                             max_anchors=int(self.max_anchors))
+        return FlattenConfig(
+            mode=self.mode,
+            old_qk=bool(self.old_qk),
+            anchor_stride=int(self.anchor_stride),
+            max_anchors=int(self.max_anchors),
+        )
 
 
 def flatten_model(model, trajectories, source=None, settings: FlattenOptions | None = None, **options):
@@ -51,8 +55,10 @@ def flatten_model(model, trajectories, source=None, settings: FlattenOptions | N
     (``attention.pnp.PnPWrapper``'s protocol), PnP injection for the first ``inject_step``
     fraction of the source's steps. ``settings``, or the options as keywords."""
     if not isinstance(trajectories, TrajectorySet):
-        raise ValueError(f"trajectories: expected VE_TRAJECTORIES from VideoEdit Sample Trajectories, got "
-                         f"{type(trajectories).__name__}")
+        raise ValueError(
+            f"trajectories: expected VE_TRAJECTORIES from VideoEdit Sample Trajectories, got "
+            f"{type(trajectories).__name__}"
+        )
     s = settings if settings is not None else FlattenOptions.from_inputs(**options)
     keys = self_attention_keys(model)
     level_of = attention_levels(model.get_model_object("diffusion_model"))
@@ -67,6 +73,9 @@ def flatten_model(model, trajectories, source=None, settings: FlattenOptions | N
         res_keys = resblock_keys_from_spec(model, s.pnp_resnet_blocks, "pnp_resnet_blocks")
         steps = int(source.num_steps * float(s.inject_step) + 1e-6)
         schedule = PnPSchedule(attn_keys=attn_keys, res_keys=res_keys, attn_steps=steps, res_steps=steps)
-        m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, PNP_WRAPPER_KEY,
-                               PnPWrapper(source, schedule, model.get_model_object("model_sampling")))
+        m.add_wrapper_with_key(
+            WrappersMP.DIFFUSION_MODEL,
+            PNP_WRAPPER_KEY,
+            PnPWrapper(source, schedule, model.get_model_object("model_sampling")),
+        )
     return honour_context_windows(m)

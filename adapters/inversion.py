@@ -75,12 +75,17 @@ def check_model_family(model) -> None:
     ms = model_sampling(model)
     probe = torch.ones(1, 1, 1, 1)
     s = torch.tensor([2.0])
-    ok = (isinstance(ms, cms.EPS) and float(getattr(ms, "sigma_data", 1.0)) == 1.0
-          and torch.allclose(ms.calculate_input(s, probe), probe / 5 ** 0.5)
-          and torch.allclose(ms.noise_scaling(s, probe.clone(), probe), 3 * probe))
+    ok = (
+        isinstance(ms, cms.EPS)
+        and float(getattr(ms, "sigma_data", 1.0)) == 1.0
+        and torch.allclose(ms.calculate_input(s, probe), probe / 5**0.5)
+        and torch.allclose(ms.noise_scaling(s, probe.clone(), probe), 3 * probe)
+    )
     if not ok:
-        raise ValueError(f"VideoEdit DDIM inversion supports eps/v-prediction diffusion models (SD1.x, SD2.x, SDXL); "
-                         f"this MODEL samples with {type(ms).__name__} (e.g. a flow-matching model), which it does not support")
+        raise ValueError(
+            f"VideoEdit DDIM inversion supports eps/v-prediction diffusion models (SD1.x, SD2.x, SDXL); "
+            f"this MODEL samples with {type(ms).__name__} (e.g. a flow-matching model), which it does not support"
+        )
 
 
 def check_latent(model, latent: dict) -> torch.Tensor:
@@ -89,13 +94,17 @@ def check_latent(model, latent: dict) -> torch.Tensor:
     if not isinstance(samples, torch.Tensor) or getattr(samples, "is_nested", False):
         raise ValueError("latent: expected a LATENT with a 'samples' tensor (VAE Encode of the video frames)")
     if samples.ndim != 4:
-        raise ValueError(f"latent: expected image-model latents [frames, channels, h, w], got shape {tuple(samples.shape)}")
+        raise ValueError(
+            f"latent: expected image-model latents [frames, channels, h, w], got shape {tuple(samples.shape)}"
+        )
     if samples.shape[0] == 0:
         raise ValueError("latent: the batch has 0 frames; VAE-encode the video frames first")
     channels = model.get_model_object("latent_format").latent_channels
     if samples.shape[1] != channels:
-        raise ValueError(f"latent: has {samples.shape[1]} channels but this MODEL expects {channels}; "
-                         "encode the frames with the VAE that belongs to the model")
+        raise ValueError(
+            f"latent: has {samples.shape[1]} channels but this MODEL expects {channels}; "
+            "encode the frames with the VAE that belongs to the model"
+        )
     return samples
 
 
@@ -125,8 +134,9 @@ def weights_id(model) -> str:
         "type": str(getattr(base, "model_type", "")),
         "weights": identity.fingerprint_tensors(named),
         "weight_patches": identity.canonical(getattr(model, "patches", {}), tensor_hash=identity.sampled_tensor_hash),
-        "weight_wrappers": identity.canonical(getattr(model, "weight_wrapper_patches", {}),
-                                              tensor_hash=identity.sampled_tensor_hash),
+        "weight_wrappers": identity.canonical(
+            getattr(model, "weight_wrapper_patches", {}), tensor_hash=identity.sampled_tensor_hash
+        ),
     }
     return identity.digest(parts)
 
@@ -136,8 +146,11 @@ def patches_id(model) -> str:
     patches and replaces, block patches, cfg functions), wrappers and object patches. Objects
     exposing ``cache_key()`` are hashed by it; others by type and their tensor/float/str
     attributes (see ``identity.canonical``)."""
-    parts = {"model_options": model.model_options, "wrappers": getattr(model, "wrappers", {}),
-             "object_patches": getattr(model, "object_patches", {})}
+    parts = {
+        "model_options": model.model_options,
+        "wrappers": getattr(model, "wrappers", {}),
+        "object_patches": getattr(model, "object_patches", {}),
+    }
     return identity.digest(parts, tensor_hash=identity.sampled_tensor_hash)
 
 
@@ -195,8 +208,15 @@ def _inversion_sampler(recorder: _Recorder):
     return comfy.samplers.KSAMPLER(sample_inversion)
 
 
-def run_inversion(model, samples: torch.Tensor, conditioning: list, sigmas_up: torch.Tensor, keep: torch.Tensor,
-                  frame_batch_size: int, tick: Callable[[], None] = lambda: None) -> tuple[torch.Tensor, torch.Tensor]:
+def run_inversion(
+    model,
+    samples: torch.Tensor,
+    conditioning: list,
+    sigmas_up: torch.Tensor,
+    keep: torch.Tensor,
+    frame_batch_size: int,
+    tick: Callable[[], None] = lambda: None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Invert ``samples`` (raw LATENT ``[F, C, h, w]``) along ascending ``sigmas_up``, frames in
     chunks, cfg 1 with ``conditioning``, through ``comfy.sample.sample_custom``.
 
@@ -214,8 +234,18 @@ def run_inversion(model, samples: torch.Tensor, conditioning: list, sigmas_up: t
         cond = slice_conditioning(conditioning, part, frames)
         recorder = _Recorder(sigmas_up, keep, tick)
         m = with_frame_indices(model, range(part.start, part.stop), total=frames, input_name="latent")
-        comfy.sample.sample_custom(m, torch.zeros_like(lat), 1.0, _inversion_sampler(recorder), sigmas_up,
-                                   cond, cond, lat, disable_pbar=True, seed=0)
+        comfy.sample.sample_custom(
+            m,
+            torch.zeros_like(lat),
+            1.0,
+            _inversion_sampler(recorder),
+            sigmas_up,
+            cond,
+            cond,
+            lat,
+            disable_pbar=True,
+            seed=0,
+        )
         kept_chunks.append(torch.stack(recorder.kept).flip(0))
         xT_chunks.append(recorder.x_T)
     return torch.cat(kept_chunks, dim=1), torch.cat(xT_chunks)
@@ -243,21 +273,36 @@ def cache_root() -> Path:
     return Path(folder_paths.get_output_directory()) / CACHE_DIR_NAME
 
 
-def inversion_key(model, latent_hash: str, conditioning: list, steps: int, inversion_steps: int, scheduler: str,
-                  sigmas_edit: torch.Tensor, sigmas_up: torch.Tensor, frame_batch_size: int,
-                  w_id: str | None = None, p_id: str | None = None) -> str:
+def inversion_key(
+    model,
+    latent_hash: str,
+    conditioning: list,
+    steps: int,
+    inversion_steps: int,
+    scheduler: str,
+    sigmas_edit: torch.Tensor,
+    sigmas_up: torch.Tensor,
+    frame_batch_size: int,
+    w_id: str | None = None,
+    p_id: str | None = None,
+) -> str:
     """Cache key of an inversion: everything its result depends on."""
-    return cache_key({
-        "what": "ddim_inversion",
-        "latent": latent_hash,
-        "weights_id": w_id or weights_id(model),
-        "patches_id": p_id or patches_id(model),
-        "conditioning": conditioning_id(conditioning),
-        "steps": int(steps), "inversion_steps": int(inversion_steps), "scheduler": scheduler,
-        "sigmas": [float(s) for s in sigmas_edit], "inversion_sigmas": identity.tensor_digest(sigmas_up),
-        "frame_batch_size": int(frame_batch_size),  # matters once cross-frame patches (FLATTEN) ride along
-        "latent_format": identity.qualname(model.get_model_object("latent_format")),
-    })
+    return cache_key(
+        {
+            "what": "ddim_inversion",
+            "latent": latent_hash,
+            "weights_id": w_id or weights_id(model),
+            "patches_id": p_id or patches_id(model),
+            "conditioning": conditioning_id(conditioning),
+            "steps": int(steps),
+            "inversion_steps": int(inversion_steps),
+            "scheduler": scheduler,
+            "sigmas": [float(s) for s in sigmas_edit],
+            "inversion_sigmas": identity.tensor_digest(sigmas_up),
+            "frame_batch_size": int(frame_batch_size),  # matters once cross-frame patches (FLATTEN) ride along
+            "latent_format": identity.qualname(model.get_model_object("latent_format")),
+        }
+    )
 
 
 def _entry_problem(entry, sigmas_edit: torch.Tensor, w_id: str, p_id: str, latent_hash: str) -> str | None:
@@ -291,8 +336,7 @@ def record_bytes(sigmas: int, frames: int, shape: tuple[int, ...]) -> int:
     return sigmas * frames * per_frame * 2 + frames * per_frame * 4
 
 
-def check_record_memory(need: int, cache_mode: str, limit: int, available_bytes: int, frames: int,
-                        steps: int) -> None:
+def check_record_memory(need: int, cache_mode: str, limit: int, available_bytes: int, frames: int, steps: int) -> None:
     """Refuse, before inverting, a record that cannot fit in RAM or (``memory`` mode, where
     RAM is the only copy) in ``cache_limit_mb``."""
     mb = need / 2**20
@@ -300,20 +344,32 @@ def check_record_memory(need: int, cache_mode: str, limit: int, available_bytes:
         raise ValueError(
             f"latent/steps: the inversion of {frames} frames at {steps} steps needs {mb:.0f} MB of RAM but only "
             f"{available_bytes / 2**20:.0f} MB is available; invert fewer frames (frame_load_cap), fewer steps or "
-            "a smaller size")
+            "a smaller size"
+        )
     if cache_mode == "memory" and limit > 0 and need > limit:
         raise ValueError(
             f"cache_limit_mb: the inversion of {frames} frames at {steps} steps takes {mb:.0f} MB, more than "
             f"cache_limit_mb ({limit // 2**20} MB) allows the RAM cache; raise cache_limit_mb to at least "
-            f"{math.ceil(mb)}, set it to 0 (no limit), or use cache_mode 'disk' or 'off'")
+            f"{math.ceil(mb)}, set it to 0 (no limit), or use cache_mode 'disk' or 'off'"
+        )
 
 
-def invert_video(model, latent: dict, conditioning: list, steps: int = _D.steps,
-                 inversion_steps: int = _D.inversion_steps, scheduler: str = _D.scheduler,
-                 frame_batch_size: int = _D.frame_batch_size, cache_mode: str = _D.cache_mode,
-                 cache_limit_mb: int = _D.cache_limit_mb, clear_cache: bool = _D.clear_cache,
-                 root: str | os.PathLike | None = None, progress: Callable[[int, int], None] | None = None,
-                 available_bytes: int = 0, notes: list[str] | None = None) -> tuple[InversionRecord, bool]:
+def invert_video(
+    model,
+    latent: dict,
+    conditioning: list,
+    steps: int = _D.steps,
+    inversion_steps: int = _D.inversion_steps,
+    scheduler: str = _D.scheduler,
+    frame_batch_size: int = _D.frame_batch_size,
+    cache_mode: str = _D.cache_mode,
+    cache_limit_mb: int = _D.cache_limit_mb,
+    clear_cache: bool = _D.clear_cache,
+    root: str | os.PathLike | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    available_bytes: int = 0,
+    notes: list[str] | None = None,
+) -> tuple[InversionRecord, bool]:
     """DDIM-invert the video latent (cfg 1, source ``conditioning``), reusing the cache.
 
     Returns ``(record, from_cache)``. ``progress(done, total)`` is called per step and chunk.
@@ -326,47 +382,92 @@ def invert_video(model, latent: dict, conditioning: list, steps: int = _D.steps,
     check_model_family(model)
     samples = check_latent(model, latent)
     check_steps(steps, inversion_steps)
-    s = InversionOptions.from_inputs(steps=steps, inversion_steps=inversion_steps, scheduler=scheduler,
-                                     frame_batch_size=frame_batch_size, cache_mode=cache_mode,
-                                     cache_limit_mb=cache_limit_mb, clear_cache=clear_cache)
+    s = InversionOptions.from_inputs(
+        steps=steps,
+        inversion_steps=inversion_steps,
+        scheduler=scheduler,
+        frame_batch_size=frame_batch_size,
+        cache_mode=cache_mode,
+        cache_limit_mb=cache_limit_mb,
+        clear_cache=clear_cache,
+    )
     conditioning = cpu_conditioning(conditioning)
     if not conditioning:
-        raise ValueError("conditioning: empty; encode the source prompt (an empty prompt is fine) with CLIP Text Encode")
+        raise ValueError(
+            "conditioning: empty; encode the source prompt (an empty prompt is fine) with CLIP Text Encode"
+        )
     sigmas_edit = editing_sigmas(model, s.scheduler, s.steps)
-    fine = (editing_sigmas(model, s.scheduler, s.inversion_steps)
-            if s.inversion_steps and s.inversion_steps != s.steps else None)
+    fine = (
+        editing_sigmas(model, s.scheduler, s.inversion_steps)
+        if s.inversion_steps and s.inversion_steps != s.steps
+        else None
+    )
     sigmas_up, keep = schedule.inversion_schedule(sigmas_edit, fine)
     limit = int(s.cache_limit_mb) * 2**20
     frames, shape = samples.shape[0], tuple(samples.shape[1:])
-    check_record_memory(record_bytes(len(sigmas_edit), frames, shape), s.cache_mode, limit, available_bytes, frames,
-                        s.steps)
+    check_record_memory(
+        record_bytes(len(sigmas_edit), frames, shape), s.cache_mode, limit, available_bytes, frames, s.steps
+    )
 
     # -- key
     w_id, p_id = weights_id(model), patches_id(model)
     latent_hash = identity.tensor_digest(samples)
-    key = inversion_key(model, latent_hash, conditioning, s.steps, s.inversion_steps, s.scheduler, sigmas_edit,
-                        sigmas_up, s.frame_batch_size, w_id, p_id)
+    key = inversion_key(
+        model,
+        latent_hash,
+        conditioning,
+        s.steps,
+        s.inversion_steps,
+        s.scheduler,
+        sigmas_edit,
+        sigmas_up,
+        s.frame_batch_size,
+        w_id,
+        p_id,
+    )
 
     # -- cache
-    expect = {"sigmas": ((len(sigmas_edit),), torch.float32),
-              "latents_vp": ((len(sigmas_edit), frames, *shape), torch.float16),
-              "x_T": ((frames, *shape), torch.float32)}
-    cache = TieredCache(s.cache_mode, MEMORY_CACHE, root or cache_root(), limit_bytes=limit, encode=record_tensors,
-                        decode=_record_decoder(sigmas_edit, w_id, p_id, latent_hash, conditioning),
-                        nbytes=InversionRecord.nbytes, expect=expect, notes=notes)
+    expect = {
+        "sigmas": ((len(sigmas_edit),), torch.float32),
+        "latents_vp": ((len(sigmas_edit), frames, *shape), torch.float16),
+        "x_T": ((frames, *shape), torch.float32),
+    }
+    cache = TieredCache(
+        s.cache_mode,
+        MEMORY_CACHE,
+        root or cache_root(),
+        limit_bytes=limit,
+        encode=record_tensors,
+        decode=_record_decoder(sigmas_edit, w_id, p_id, latent_hash, conditioning),
+        nbytes=InversionRecord.nbytes,
+        expect=expect,
+        notes=notes,
+    )
     if s.clear_cache:
         log.info("VideoEdit inversion cache cleared (%d disk entries)", cache.clear())
 
     def compute() -> InversionRecord:
-        return _compute_record(model, samples, conditioning, s, sigmas_edit, sigmas_up, keep, w_id, p_id,
-                               latent_hash, key, progress)
+        return _compute_record(
+            model, samples, conditioning, s, sigmas_edit, sigmas_up, keep, w_id, p_id, latent_hash, key, progress
+        )
 
     return cache.get_or_compute(key, compute)
 
 
-def _compute_record(model, samples: torch.Tensor, conditioning: list, s: InversionOptions, sigmas_edit: torch.Tensor,
-                    sigmas_up: torch.Tensor, keep: torch.Tensor, w_id: str, p_id: str, latent_hash: str, key: str,
-                    progress: Callable[[int, int], None] | None) -> InversionRecord:
+def _compute_record(
+    model,
+    samples: torch.Tensor,
+    conditioning: list,
+    s: InversionOptions,
+    sigmas_edit: torch.Tensor,
+    sigmas_up: torch.Tensor,
+    keep: torch.Tensor,
+    w_id: str,
+    p_id: str,
+    latent_hash: str,
+    key: str,
+    progress: Callable[[int, int], None] | None,
+) -> InversionRecord:
     """Run the inversion with a progress bar and wrap it as a record."""
     import comfy.utils
 
@@ -383,12 +484,26 @@ def _compute_record(model, samples: torch.Tensor, conditioning: list, s: Inversi
 
     started = time.perf_counter()
     latents_vp, x_T = run_inversion(model, samples, conditioning, sigmas_up, keep, s.frame_batch_size, tick)
-    info = {"steps": int(s.steps), "inversion_steps": int(s.inversion_steps or s.steps), "scheduler": s.scheduler,
-            "frame_batch_size": int(s.frame_batch_size), "prediction": type(model_sampling(model)).__name__,
-            "latent_format": identity.qualname(model.get_model_object("latent_format")),
-            "seconds": round(time.perf_counter() - started, 3)}
-    return InversionRecord(sigmas=sigmas_edit, latents_vp=latents_vp, x_T=x_T, conditioning=conditioning,
-                           weights_id=w_id, patches_id=p_id, latent_hash=latent_hash, key=key, info=info)
+    info = {
+        "steps": int(s.steps),
+        "inversion_steps": int(s.inversion_steps or s.steps),
+        "scheduler": s.scheduler,
+        "frame_batch_size": int(s.frame_batch_size),
+        "prediction": type(model_sampling(model)).__name__,
+        "latent_format": identity.qualname(model.get_model_object("latent_format")),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return InversionRecord(
+        sigmas=sigmas_edit,
+        latents_vp=latents_vp,
+        x_T=x_T,
+        conditioning=conditioning,
+        weights_id=w_id,
+        patches_id=p_id,
+        latent_hash=latent_hash,
+        key=key,
+        info=info,
+    )
 
 
 def output_latent(model, record: InversionRecord, like: dict | None = None) -> dict:
@@ -402,8 +517,14 @@ def output_latent(model, record: InversionRecord, like: dict | None = None) -> d
 
 
 # -- reconstruction ------------------------------------------------------------------------------
-def sample_back(model, record: InversionRecord, cfg: float = 1.0, positive: list | None = None,
-                negative: list | None = None, use_null_text: bool = False) -> torch.Tensor:
+def sample_back(
+    model,
+    record: InversionRecord,
+    cfg: float = 1.0,
+    positive: list | None = None,
+    negative: list | None = None,
+    use_null_text: bool = False,
+) -> torch.Tensor:
     """DDIM (ComfyUI ``euler``, no noise) from x_T along the inversion's sigmas; raw latent out."""
     import comfy.sample
     import comfy.samplers
@@ -415,5 +536,15 @@ def sample_back(model, record: InversionRecord, cfg: float = 1.0, positive: list
 
     m = apply_null_text(model, record) if use_null_text else model
     x_T = output_latent(model, record)["samples"]
-    return comfy.sample.sample_custom(m, torch.zeros_like(x_T), float(cfg), comfy.samplers.sampler_object("euler"),
-                                      record.sigmas.clone(), positive, negative, x_T, disable_pbar=True, seed=0)
+    return comfy.sample.sample_custom(
+        m,
+        torch.zeros_like(x_T),
+        float(cfg),
+        comfy.samplers.sampler_object("euler"),
+        record.sigmas.clone(),
+        positive,
+        negative,
+        x_T,
+        disable_pbar=True,
+        seed=0,
+    )

@@ -60,8 +60,9 @@ def self_attention_keys(model) -> list[BlockKey]:
     return transformer_block_keys(model.get_model_object("diffusion_model"))
 
 
-def attach_attn1(model, make_patch: Callable[[BlockKey, Callable | None], Callable],
-                 keys: Iterable[BlockKey] | None = None):
+def attach_attn1(
+    model, make_patch: Callable[[BlockKey, Callable | None], Callable], keys: Iterable[BlockKey] | None = None
+):
     """Clone ``model`` and set ``make_patch(key, previous)`` as the attn1 replace at every key.
 
     ``previous`` is the replace patch that was there (or None); the new patch should call it
@@ -78,6 +79,7 @@ def _keys_from_spec(model, spec: str, available: list, input_name: str, what: st
     """The keys among ``available`` that ``spec`` names: block ids (``parse_block_list``) and/or
     resolutions of the image (``"output 1/32#1-2, 1/16"``, ``attention/block_resolution.py``), so
     one spec picks the same layers on SD1.5/2.x and SDXL. Errors start with ``input_name``."""
+
     def by_id(part: str) -> list:
         return parse_block_list(part, available, what=f"a {what}" if what == "ResBlock" else what, example=example)
 
@@ -98,8 +100,9 @@ def attention_keys_from_spec(model, spec: str, input_name: str, example: str = "
     return _keys_from_spec(model, spec, self_attention_keys(model), input_name, "self-attention", example)
 
 
-def resblock_keys_from_spec(model, spec: str, input_name: str, example: str = "output 3, 4, 6"
-                            ) -> tuple[tuple[str, int], ...]:
+def resblock_keys_from_spec(
+    model, spec: str, input_name: str, example: str = "output 3, 4, 6"
+) -> tuple[tuple[str, int], ...]:
     """ResBlocks (``(name, block_id)``, layer 0 of the block) named by a block spec, same grammar
     (block ids or resolutions), checked against the model: the error lists the ResBlocks it has."""
     available = resblock_keys(model.get_model_object("diffusion_model"))

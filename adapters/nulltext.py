@@ -46,25 +46,32 @@ class GradDenoiser:
         self.device = model.load_device
         self.module = _ApplyModel(model.model)
         dm = model.model.diffusion_model
-        self.params = {f"base.diffusion_model.{k}": v.detach().clone()
-                       for k, v in chain(dm.named_parameters(), dm.named_buffers())}
+        self.params = {
+            f"base.diffusion_model.{k}": v.detach().clone() for k, v in chain(dm.named_parameters(), dm.named_buffers())
+        }
         self.options = sampler_transformer_options(model)
         self.options["sample_sigmas"] = sample_sigmas.to(self.device)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, conds: dict, cond_or_uncond: int,
-                 frames: slice | None = None) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, sigma: torch.Tensor, conds: dict, cond_or_uncond: int, frames: slice | None = None
+    ) -> torch.Tensor:
         sig = sigma.reshape(1).to(x.device, torch.float32).expand(x.shape[0])
         to = dict(self.options, sigmas=sig, cond_or_uncond=[cond_or_uncond])
         if frames is not None:
             to[FRAME_INDICES_KEY] = list(range(frames.start, frames.stop))
-        return torch.func.functional_call(self.module, self.params, (x, sig),
-                                          dict(conds, transformer_options=to))
+        return torch.func.functional_call(self.module, self.params, (x, sig), dict(conds, transformer_options=to))
 
 
-def optimize_null_text(model, record: InversionRecord, negative: list, positive: list | None = None,
-                       cfg: float = 7.5, inner_steps: int = 10, frame_batch_size: int = 8,
-                       progress: Callable[[int, int], None] | None = None
-                       ) -> tuple[InversionRecord, list[nulltext.StepReport]]:
+def optimize_null_text(
+    model,
+    record: InversionRecord,
+    negative: list,
+    positive: list | None = None,
+    cfg: float = 7.5,
+    inner_steps: int = 10,
+    frame_batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[InversionRecord, list[nulltext.StepReport]]:
     """Video-P2P shared null-text optimisation on ``record``; returns a new record (the input
     is not changed) with one embedding per step, and per-step loss reports.
 
@@ -102,8 +109,10 @@ def optimize_null_text(model, record: InversionRecord, negative: list, positive:
             key = (p.start, p.stop)
             if key not in table:
                 entry = slice_conditioning(cond, p, record.num_frames)[0]
-                table[key] = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v
-                              for k, v in model_conds(model, entry, x, prompt_type).items()}
+                table[key] = {
+                    k: v.detach().clone() if isinstance(v, torch.Tensor) else v
+                    for k, v in model_conds(model, entry, x, prompt_type).items()
+                }
             return table[key]
 
         def eps_cond(x, sigma, p):
@@ -122,8 +131,16 @@ def optimize_null_text(model, record: InversionRecord, negative: list, positive:
 
         init = source_context(negative)[:1].to(device)
         embeddings, reports = nulltext.optimize_null_text(
-            eps_cond, eps_uncond, x_T, record.latents_vp, record.sigmas.to(device), init, settings,
-            frame_chunk=frame_batch_size, on_step=on_step)
+            eps_cond,
+            eps_uncond,
+            x_T,
+            record.latents_vp,
+            record.sigmas.to(device),
+            init,
+            settings,
+            frame_chunk=frame_batch_size,
+            on_step=on_step,
+        )
     out = record.with_null_text(embeddings.cpu(), cfg, null_text_inner_steps=int(inner_steps))
     return out, reports
 
@@ -148,12 +165,12 @@ class NullTextSwap:
         if c_crossattn is not None and 1 in groups:
             emb = self.record.null_text_at(t.flatten()[0]).to(c_crossattn.device, c_crossattn.dtype)
             if emb.shape[1] != c_crossattn.shape[1]:
-                emb = emb.repeat(1, max(1, c_crossattn.shape[1] // emb.shape[1]), 1)[:, :c_crossattn.shape[1]]
+                emb = emb.repeat(1, max(1, c_crossattn.shape[1] // emb.shape[1]), 1)[:, : c_crossattn.shape[1]]
             n = x.shape[0] // len(groups)
             c_crossattn = c_crossattn.clone()
             for g, kind in enumerate(groups):
                 if kind == 1:
-                    c_crossattn[g * n:(g + 1) * n] = emb
+                    c_crossattn[g * n : (g + 1) * n] = emb
         return call.call(executor, c_crossattn=c_crossattn)
 
 
@@ -162,10 +179,10 @@ def apply_null_text(model, record: InversionRecord):
     import comfy.patcher_extension as pe
 
     if record.null_text is None:
-        raise ValueError("inversion: this VE_INVERSION has no null-text embeddings; run VideoEdit Null-Text "
-                         "Optimization on it first")
+        raise ValueError(
+            "inversion: this VE_INVERSION has no null-text embeddings; run VideoEdit Null-Text Optimization on it first"
+        )
     record.check_weights(weights_id(model))
     m = model.clone()
     m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, NULLTEXT_WRAPPER_KEY, NullTextSwap(record))
     return honour_context_windows(m)  # core's context windows, if the sampler brings them
-

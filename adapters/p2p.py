@@ -76,19 +76,25 @@ def prompt_tokens_for_clip(clip, text: str, input_name: str) -> PromptTokens:
     for key, batches in streams.items():
         tok = _stream_tokenizer(clip.tokenizer, key)
         if tok is None or tok.start_token is None:
-            raise ValueError(f"{input_name}: the CLIP's '{key}' tokenizer has no start token; Prompt-to-Prompt "
-                             "supports CLIP text encoders (SD1.x, SD2.x, SDXL)")
+            raise ValueError(
+                f"{input_name}: the CLIP's '{key}' tokenizer has no start token; Prompt-to-Prompt "
+                "supports CLIP text encoders (SD1.x, SD2.x, SDXL)"
+            )
         if len(batches) > 1:
-            raise ValueError(f"{input_name}: ComfyUI splits this prompt into {len(batches)} chunks of "
-                             f"{tok.max_length} tokens; Prompt-to-Prompt supports prompts of one chunk "
-                             f"(at most {tok.max_length - 2} tokens): shorten it")
+            raise ValueError(
+                f"{input_name}: ComfyUI splits this prompt into {len(batches)} chunks of "
+                f"{tok.max_length} tokens; Prompt-to-Prompt supports prompts of one chunk "
+                f"(at most {tok.max_length - 2} tokens): shorten it"
+            )
         end = -1 if tok.tokenizer_adds_end_token else None
-        word_ids = [tok.tokenizer(w)["input_ids"][tok.tokens_start:end] for w in words]
+        word_ids = [tok.tokenizer(w)["input_ids"][tok.tokens_start : end] for w in words]
         layout = prompt_tokens(text, words, word_ids, input_name, length=len(batches[0]))
         encoded = [int(t[0]) if not isinstance(t[0], torch.Tensor) else None for t in batches[0]]
-        if encoded[1:layout.end] != list(layout.ids):
-            raise ValueError(f"{input_name}: the prompt's tokens are not its words' own (an embedding or special "
-                             "syntax?); Prompt-to-Prompt needs plain words")
+        if encoded[1 : layout.end] != list(layout.ids):
+            raise ValueError(
+                f"{input_name}: the prompt's tokens are not its words' own (an embedding or special "
+                "syntax?); Prompt-to-Prompt needs plain words"
+            )
         layouts[key] = layout
     first = next(iter(layouts.values()))
     for key, layout in layouts.items():
@@ -130,7 +136,12 @@ def build_edit(clip, spec: P2PEditSpec) -> P2PEdit:
     if missing:
         raise ValueError(f"subtract: {missing} are in neither prompt")
     return P2PEdit(
-        source=src, target=tgt, mode=mode, mapper=mapper, keep=keep, equalizer=eq,
+        source=src,
+        target=tgt,
+        mode=mode,
+        mapper=mapper,
+        keep=keep,
+        equalizer=eq,
         blend_src=weights(src, spec.blend_source, "blend_source", "source prompt"),
         blend_tgt=weights(tgt, spec.blend_target, "blend_target", "target prompt"),
         subtract_src=one_hot([p for w in sub_words for p in src.positions(w)], length),
@@ -159,7 +170,7 @@ class P2PSource(SourceReplay):
     def uncond_conditioning(self, step: int, n: int, like: torch.Tensor, frames=None):
         ctx = self.uncond_context
         if self.record.null_text is not None:
-            ctx = self.record.null_text[step:step + 1]
+            ctx = self.record.null_text[step : step + 1]
         ctx = self._rows(ctx, n, frames, "null-text").to(like.device, like.dtype)
         y = None if self.uncond_y is None else self._rows(self.uncond_y, n, frames, "y").to(like.device, like.dtype)
         return ctx, y
@@ -169,8 +180,9 @@ def _check_inputs(edit, inversion) -> None:
     if not isinstance(edit, P2PEdit):
         raise ValueError(f"edit: expected a VE_P2P_EDIT from VideoEdit Video-P2P Edit, got {type(edit).__name__}")
     if not isinstance(inversion, InversionRecord):
-        raise ValueError(f"inversion: expected a VE_INVERSION from VideoEdit DDIM Inversion, got "
-                         f"{type(inversion).__name__}")
+        raise ValueError(
+            f"inversion: expected a VE_INVERSION from VideoEdit DDIM Inversion, got {type(inversion).__name__}"
+        )
 
 
 def p2p_source(model, edit: P2PEdit, record: InversionRecord) -> P2PSource:
@@ -179,9 +191,13 @@ def p2p_source(model, edit: P2PEdit, record: InversionRecord) -> P2PSource:
     probe = torch.zeros(1, c, h, w)
     conds = model_conds(model, edit.source_conditioning[0], probe)
     empty = model_conds(model, edit.empty_conditioning[0], probe, "negative")
-    return P2PSource(record, context=conds.get("c_crossattn", source_context(edit.source_conditioning)),
-                     y=conds.get("y"), uncond_context=empty.get("c_crossattn", source_context(edit.empty_conditioning)),
-                     uncond_y=empty.get("y"))
+    return P2PSource(
+        record,
+        context=conds.get("c_crossattn", source_context(edit.source_conditioning)),
+        y=conds.get("y"),
+        uncond_context=empty.get("c_crossattn", source_context(edit.empty_conditioning)),
+        uncond_y=empty.get("y"),
+    )
 
 
 def p2p_model(model, edit: P2PEdit, source, config: P2PConfig):
@@ -206,8 +222,10 @@ def apply_p2p(model, edit, inversion, config: P2PConfig):
     if model.model_options.get("context_handler") is not None:
         # the per-frame local blend and the source state of a step are built for the whole clip;
         # under windows the blend would be skipped silently, so refuse instead
-        raise ValueError("model: Video-P2P does not run under context windows yet (the model carries a Context "
-                         "Windows node); connect the model without it, or edit the clip in parts of one batch each")
+        raise ValueError(
+            "model: Video-P2P does not run under context windows yet (the model carries a Context "
+            "Windows node); connect the model without it, or edit the clip in parts of one batch each"
+        )
     return p2p_model(model, edit, p2p_source(model, edit, inversion), config)
 
 
@@ -224,8 +242,9 @@ def masks_image(runtime: P2PRuntime, frames: int, latent_hw: tuple[int, int]) ->
     return up[:, 0].to(comfy.model_management.intermediate_device())
 
 
-def sample_p2p(model, edit, inversion, negative, cfg: float, sampler_name: str, config: P2PConfig,
-               positive=None) -> tuple[dict, torch.Tensor]:
+def sample_p2p(
+    model, edit, inversion, negative, cfg: float, sampler_name: str, config: P2PConfig, positive=None
+) -> tuple[dict, torch.Tensor]:
     """Apply P2P to a clone of ``model`` and sample the inversion's x_T along its sigmas (no
     added noise). Returns ``(LATENT, MASK)``."""
     import comfy.utils
@@ -239,10 +258,19 @@ def sample_p2p(model, edit, inversion, negative, cfg: float, sampler_name: str, 
     sigmas = inversion.sigmas.clone()
     callback = latent_preview.prepare_callback(patched, len(sigmas) - 1)
     positive = edit.target_conditioning if positive is None else positive
-    latent["samples"] = comfy.sample.sample_custom(patched, torch.zeros_like(x_t), float(cfg),
-                                                   comfy.samplers.sampler_object(sampler_name), sigmas, positive,
-                                                   negative, x_t, callback=callback,
-                                                   disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0)
+    latent["samples"] = comfy.sample.sample_custom(
+        patched,
+        torch.zeros_like(x_t),
+        float(cfg),
+        comfy.samplers.sampler_object(sampler_name),
+        sigmas,
+        positive,
+        negative,
+        x_t,
+        callback=callback,
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        seed=0,
+    )
     return latent, masks_image(runtime, x_t.shape[0], tuple(x_t.shape[-2:]))
 
 

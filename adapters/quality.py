@@ -27,13 +27,14 @@ CLIP_BATCH = 16  # frames per CLIP vision call
 _TOWERS = ("clip_g", "clip_l", "clip_h")  # text towers of ComfyUI's CLIP wrappers (SD1, SD2, SDXL, SD3)
 
 
-def image_embeddings(clip_vision, frames: torch.Tensor, batch: int = CLIP_BATCH,
-                     on_batch: Callable[[], None] | None = None) -> torch.Tensor:
+def image_embeddings(
+    clip_vision, frames: torch.Tensor, batch: int = CLIP_BATCH, on_batch: Callable[[], None] | None = None
+) -> torch.Tensor:
     """Projected image embeddings ``[F, D]`` float32 (CPU) of IMAGE frames ``[F, H, W, C]``
     (ComfyUI's own preprocessing: centre crop to the model's input size, CLIP normalisation)."""
     out = []
     for i in range(0, frames.shape[0], batch):
-        out.append(clip_vision.encode_image(frames[i:i + batch, ..., :3])["image_embeds"].float().cpu())
+        out.append(clip_vision.encode_image(frames[i : i + batch, ..., :3])["image_embeds"].float().cpu())
         if on_batch is not None:
             on_batch()
     return torch.cat(out)
@@ -43,8 +44,9 @@ def vision_width(clip_vision) -> tuple[int | None, str]:
     """Width of the vision model's projection into the joint space, or None and why not."""
     proj = getattr(getattr(clip_vision, "model", None), "visual_projection", None)
     if not isinstance(proj, torch.nn.Linear):
-        return None, ("the CLIP vision model has no projection into a joint image–text space (SigLIP / DINO-style "
-                      "image encoders)")
+        return None, (
+            "the CLIP vision model has no projection into a joint image–text space (SigLIP / DINO-style image encoders)"
+        )
     return int(proj.weight.shape[0]), ""
 
 
@@ -74,12 +76,16 @@ def shared_text_tower(clip_vision, clip) -> tuple[str | None, str]:
             reasons.append(f"{name} has no text projection")
             continue
         if not _projects(tower):
-            reasons.append(f"{name} is used without its text projection (SD1.x checkpoints do not ship it), "
-                           "so its embeddings are not in the image space")
+            reasons.append(
+                f"{name} is used without its text projection (SD1.x checkpoints do not ship it), "
+                "so its embeddings are not in the image space"
+            )
             continue
         if int(proj.weight.shape[0]) != width:
-            reasons.append(f"{name} embeds in {int(proj.weight.shape[0])} dimensions, the vision model in {width}: "
-                           "different CLIP models")
+            reasons.append(
+                f"{name} embeds in {int(proj.weight.shape[0])} dimensions, the vision model in {width}: "
+                "different CLIP models"
+            )
             continue
         if not bool(torch.isfinite(proj.weight).all()) or not bool(proj.weight.abs().sum() > 0):
             reasons.append(f"{name}'s text projection holds no trained weights")
@@ -87,14 +93,17 @@ def shared_text_tower(clip_vision, clip) -> tuple[str | None, str]:
         return name, ""
     if not reasons:
         return None, "the CLIP model has no CLIP text tower"
-    return None, "; ".join(reasons) + ". Use a text encoder with a trained projection of the vision model's family " \
-        "(e.g. SDXL's clip_g with clip_vision_g, SD2's clip_h with a CLIP ViT-H vision model)"
+    return (
+        None,
+        "; ".join(reasons) + ". Use a text encoder with a trained projection of the vision model's family "
+        "(e.g. SDXL's clip_g with clip_vision_g, SD2's clip_h with a CLIP ViT-H vision model)",
+    )
 
 
 def text_embedding(clip, tower_name: str, prompt: str) -> torch.Tensor:
     """The prompt's projected pooled embedding ``[D]`` float32 (CPU) from one text tower."""
     tokens = clip.tokenize(prompt)
-    key = tower_name[len("clip_"):]
+    key = tower_name[len("clip_") :]
     if key not in tokens:
         raise ValueError(f"clip: the tokenizer gives no tokens for its {tower_name} tower")
     clip.load_model()
@@ -104,8 +113,14 @@ def text_embedding(clip, tower_name: str, prompt: str) -> torch.Tensor:
     return pooled[0].float().cpu()
 
 
-def clip_embeddings(source: torch.Tensor, edited: torch.Tensor, clip_vision=None, clip=None, prompt: str = "",
-                    on_batch: Callable[[], None] | None = None) -> ClipEmbeddings:
+def clip_embeddings(
+    source: torch.Tensor,
+    edited: torch.Tensor,
+    clip_vision=None,
+    clip=None,
+    prompt: str = "",
+    on_batch: Callable[[], None] | None = None,
+) -> ClipEmbeddings:
     """Everything the CLIP part of the report needs, with a reason for each score it cannot give."""
     result = ClipEmbeddings()
     if clip_vision is None:
@@ -125,10 +140,19 @@ def clip_embeddings(source: torch.Tensor, edited: torch.Tensor, clip_vision=None
     return result
 
 
-def evaluate_edit(source: torch.Tensor, edited: torch.Tensor, forward: torch.Tensor | None,
-                  backward: torch.Tensor | None, mask: torch.Tensor | None, clip_vision, clip, prompt: str,
-                  label: str, flow_scale: float,
-                  on_step: Callable[[], None] | None = None) -> tuple[QualityReport, torch.Tensor]:
+def evaluate_edit(
+    source: torch.Tensor,
+    edited: torch.Tensor,
+    forward: torch.Tensor | None,
+    backward: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    clip_vision,
+    clip,
+    prompt: str,
+    label: str,
+    flow_scale: float,
+    on_step: Callable[[], None] | None = None,
+) -> tuple[QualityReport, torch.Tensor]:
     """The Edit Quality node's work on checked inputs: CLIP embeddings (where the models allow),
     every metric, and the plot IMAGE ``[1, H, W, 3]``."""
     embeds = clip_embeddings(source, edited, clip_vision, clip, prompt, on_batch=on_step)

@@ -157,12 +157,15 @@ def cross_frame_keys(model, spec: str) -> list:
 
 # -- VAE on channel-first images ------------------------------------------------------------
 
+
 def check_vae_multiple(frames: torch.Tensor, vae, name: str) -> None:
     """``frames`` ``[F, H, W, 3]``: H and W must be multiples of the VAE's downscale."""
     ratio = int(vae.spacial_compression_encode())
     if frames.shape[1] % ratio or frames.shape[2] % ratio:
-        raise ValueError(f"{name}: {frames.shape[2]}×{frames.shape[1]} is not a multiple of the VAE's {ratio}; "
-                         f"crop or resize the frames (e.g. Upscale Image) first")
+        raise ValueError(
+            f"{name}: {frames.shape[2]}×{frames.shape[1]} is not a multiple of the VAE's {ratio}; "
+            f"crop or resize the frames (e.g. Upscale Image) first"
+        )
 
 
 def vae_encode_chw(vae, image: torch.Tensor) -> torch.Tensor:
@@ -176,6 +179,7 @@ def vae_decode_chw(vae, latent: torch.Tensor) -> torch.Tensor:
 
 
 # -- the x0 hook -------------------------------------------------------------------------------
+
 
 class X0Hook:
     """``sampler_post_cfg_function``: records the anchor's x0 per sigma, applies AdaIN and
@@ -213,6 +217,7 @@ class X0Hook:
 
 # -- the run ------------------------------------------------------------------------------------
 
+
 @dataclass
 class Rendered:
     index: int
@@ -223,8 +228,16 @@ class Rendered:
 class RerenderRun:
     """Renders keyframes in order: :meth:`render_anchor` once, then :meth:`render_keyframe`."""
 
-    def __init__(self, model, vae, positive, negative, settings: RerenderConfig, frame_count: int,
-                 on_step: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        model,
+        vae,
+        positive,
+        negative,
+        settings: RerenderConfig,
+        frame_count: int,
+        on_step: Callable[[], None] | None = None,
+    ):
         import comfy.model_management as mm
         import comfy.samplers
 
@@ -233,13 +246,19 @@ class RerenderRun:
         self.positive, self.negative = positive, negative
         self.frame_count = frame_count
         self.on_step = on_step
-        sigmas = comfy.samplers.KSampler(model, steps=s.steps, device="cpu", sampler=s.sampler_name,
-                                         scheduler=s.scheduler).sigmas
+        sigmas = comfy.samplers.KSampler(
+            model, steps=s.steps, device="cpu", sampler=s.sampler_name, scheduler=s.scheduler
+        ).sigmas
         self.schedule = SigmaSchedule(sigmas)
         self.start = s.start_step()
-        self.store = CrossFrameStore(cross_frame_keys(model, s.cross_frame_blocks), self.schedule, s.cross_frame,
-                                     include_current=s.include_current, store_device=mm.intermediate_device(),
-                                     store_dtype=s.store_dtype)
+        self.store = CrossFrameStore(
+            cross_frame_keys(model, s.cross_frame_blocks),
+            self.schedule,
+            s.cross_frame,
+            include_current=s.include_current,
+            store_device=mm.intermediate_device(),
+            store_dtype=s.store_dtype,
+        )
         self.model = model.clone()
         self.model.set_model_attn1_patch(CrossFrameAttention(self.store))
         self.model.set_model_sampler_post_cfg_function(X0Hook(self))
@@ -269,11 +288,28 @@ class RerenderRun:
         s = self.settings
         callback = None
         if self.on_step is not None:
+
             def callback(step, x0, x, total):
                 self.on_step()
-        return comfy.sample.sample(self.model, noise, s.steps, s.cfg, s.sampler_name, s.scheduler, conds[0], conds[1],
-                                   latent, denoise=1.0, start_step=start, last_step=last,
-                                   force_full_denoise=last is None, callback=callback, disable_pbar=True, seed=s.seed)
+
+        return comfy.sample.sample(
+            self.model,
+            noise,
+            s.steps,
+            s.cfg,
+            s.sampler_name,
+            s.scheduler,
+            conds[0],
+            conds[1],
+            latent,
+            denoise=1.0,
+            start_step=start,
+            last_step=last,
+            force_full_denoise=last is None,
+            callback=callback,
+            disable_pbar=True,
+            seed=s.seed,
+        )
 
     def _initial(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The keyframe's starting latent (its encoding, or an empty latent when starting from
@@ -380,7 +416,9 @@ class RerenderRun:
         latent, noise = self._initial(image)
         size = latent.shape[-2:]
         anchor_ref = self._reference(self.anchor, index, flow)
-        previous_ref = anchor_ref if self.previous.index == self.anchor.index else self._reference(self.previous, index, flow)
+        previous_ref = (
+            anchor_ref if self.previous.index == self.anchor.index else self._reference(self.previous, index, flow)
+        )
         shape_on = bool(self.schedule.window_steps(s.shape_fusion))
         self.shape_keep = shape_fusion_mask(anchor_ref["occlusion"], size) if shape_on else None
         self.flow_to_anchor = anchor_ref["flow"]
@@ -395,18 +433,30 @@ class RerenderRun:
             else:
                 pass1_x0 = dict(self.x0_by_step)
                 direct = self.decode(direct_latent)
-                fused = pixel_fusion(direct, previous_ref["warped"], soft_occlusion(previous_ref["occlusion"]),
-                                     anchor_ref["warped"], soft_occlusion(anchor_ref["occlusion"]))
+                fused = pixel_fusion(
+                    direct,
+                    previous_ref["warped"],
+                    soft_occlusion(previous_ref["occlusion"]),
+                    anchor_ref["warped"],
+                    soft_occlusion(anchor_ref["occlusion"]),
+                )
                 known = inpaint_mask(previous_ref["occlusion"], anchor_ref["occlusion"], size)
-                target, _ = fidelity_encode(fused.clamp(0, 1), self.encode, self.decode, s.fidelity_threshold,
-                                            s.fidelity_lambda, s.fidelity_mode)
+                target, _ = fidelity_encode(
+                    fused.clamp(0, 1),
+                    self.encode,
+                    self.decode,
+                    s.fidelity_threshold,
+                    s.fidelity_lambda,
+                    s.fidelity_mode,
+                )
                 target = self.latent_format.process_in(target * known)
                 flat = flat_region(known) if s.smooth_boundary else None
                 # pass 2 equals pass 1 up to the first inpainting step: resume from there
                 resume = None if mid is None else (mid, pass1_x0.get(self.mask_steps[0] - 1))
                 self.x0_by_step = dict(pass1_x0)
-                final_latent, _ = self._pass(latent, noise, conds, inpaint=(target, known * s.mask_strength, flat),
-                                             resume=resume)
+                final_latent, _ = self._pass(
+                    latent, noise, conds, inpaint=(target, known * s.mask_strength, flat), resume=resume
+                )
                 self.final_latents[index] = final_latent
                 result = self.decode(final_latent)
         finally:
@@ -420,8 +470,10 @@ class RerenderRun:
 
     def _conds(self, index: int):
         cache: dict = {}
-        return (conditioning_for_frame(self.positive, index, self.frame_count, cache),
-                conditioning_for_frame(self.negative, index, self.frame_count, cache))
+        return (
+            conditioning_for_frame(self.positive, index, self.frame_count, cache),
+            conditioning_for_frame(self.negative, index, self.frame_count, cache),
+        )
 
     def _reference(self, ref: Rendered, index: int, flow: FlowFn) -> dict:
         """A rendered keyframe brought onto frame ``index``: flow (current → reference, on the
@@ -450,7 +502,7 @@ class FlowBetween:
 
     def __call__(self, a: int, b: int) -> torch.Tensor:
         if (a, b) not in self.cache:
-            src, dst = self.frames[a:a + 1], self.frames[b:b + 1]
+            src, dst = self.frames[a : a + 1], self.frames[b : b + 1]
             if self.method == "chain":
                 flow = chain_flow(self.forward, self.backward, a, b)
             elif self.method == "dis":
@@ -467,8 +519,9 @@ class FlowBetween:
         return self.cache[(a, b)]
 
 
-def render_keyframes(model, positive, negative, vae, frames, config: RerenderConfig, forward_flow=None,
-                     backward_flow=None):
+def render_keyframes(
+    model, positive, negative, vae, frames, config: RerenderConfig, forward_flow=None, backward_flow=None
+):
     """Render the keyframes of ``frames`` ``[F, H, W, 3]`` (``config.keyframe_layout``: 0, K, 2K,
     ... or the official 0, 1, 1 + K, ...) → (IMAGE ``[n, H, W, 3]`` on the intermediate device,
     indices). ``forward_flow``/``backward_flow``: validated, on the frames'
@@ -485,7 +538,7 @@ def render_keyframes(model, positive, negative, vae, frames, config: RerenderCon
     results = []
     for n, k in enumerate(keys):
         mm.throw_exception_if_processing_interrupted()
-        image = chw[k:k + 1]
+        image = chw[k : k + 1]
         if n == 0:
             results.append(run.render_anchor(k, image))
         else:

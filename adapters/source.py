@@ -23,8 +23,7 @@ def source_replay(model, record: InversionRecord, check: bool = True) -> SourceR
     c, h, w = record.latent_shape
     probe = torch.zeros(1, c, h, w)
     conds = model_conds(model, record.conditioning[0], probe)
-    return SourceReplay(record, context=conds.get("c_crossattn", source_context(record.conditioning)),
-                        y=conds.get("y"))
+    return SourceReplay(record, context=conds.get("c_crossattn", source_context(record.conditioning)), y=conds.get("y"))
 
 
 def source_branch_from(inversion, model) -> SourceReplay:
@@ -32,7 +31,9 @@ def source_branch_from(inversion, model) -> SourceReplay:
     not a VE_INVERSION or was made with other weights (a cache from another model must not be
     replayed)."""
     if not isinstance(inversion, InversionRecord):
-        raise ValueError(f"inversion: expected a VE_INVERSION from VideoEdit DDIM Inversion, got {type(inversion).__name__}")
+        raise ValueError(
+            f"inversion: expected a VE_INVERSION from VideoEdit DDIM Inversion, got {type(inversion).__name__}"
+        )
     return source_replay(model, inversion)
 
 
@@ -55,9 +56,15 @@ def install_feature_capture(model, spec: capture_mod.CaptureSpec):
     return install_capture(model, spec, comfy_attention)
 
 
-def capture_source_features(model, record: InversionRecord, sigma: float, frames=None,
-                            spec: capture_mod.CaptureSpec | None = None, device=None, dtype=None
-                            ) -> capture_mod.FeatureStore:
+def capture_source_features(
+    model,
+    record: InversionRecord,
+    sigma: float,
+    frames=None,
+    spec: capture_mod.CaptureSpec | None = None,
+    device=None,
+    dtype=None,
+) -> capture_mod.FeatureStore:
     """Run the UNet once on the cached source latents of ``frames`` at ``sigma`` with the source
     prompt and return the captured features. ``model`` must carry the capture patches
     (:func:`install_feature_capture`); patches and wrappers it carries apply. Standalone form of
@@ -72,7 +79,9 @@ def capture_source_features(model, record: InversionRecord, sigma: float, frames
     sig = torch.full((n,), float(record.sigmas[record.step_index(sigma)]), device=dev)
     conds = model_conds(model, record.conditioning[0], x)
     to = sampler_transformer_options(model)
-    frame_list = list(range(record.num_frames)) if frames is None else [int(f) for f in torch.as_tensor(frames).flatten()]
+    frame_list = (
+        list(range(record.num_frames)) if frames is None else [int(f) for f in torch.as_tensor(frames).flatten()]
+    )
     to.update(sigmas=sig, cond_or_uncond=[0], sample_sigmas=record.sigmas.to(dev))
     to[FRAME_INDICES_KEY] = frame_list
     spec = spec or capture_mod.CaptureSpec()
@@ -81,10 +90,13 @@ def capture_source_features(model, record: InversionRecord, sigma: float, frames
         with torch.no_grad():
             return model.model.apply_model(x, sig, transformer_options=options, **conds)
 
-    store, _ = capture_mod.capture_pass(run, to, spec, diffusion_model=model.model.diffusion_model,
-                                        device=device, dtype=dtype)
+    store, _ = capture_mod.capture_pass(
+        run, to, spec, diffusion_model=model.model.diffusion_model, device=device, dtype=dtype
+    )
     missing = store.missing()
     if missing:
-        raise ValueError(f"capture: this model produced no {', '.join(missing[:6])}; check the layer keys "
-                         "(and that the model carries the capture patches: install_feature_capture)")
+        raise ValueError(
+            f"capture: this model produced no {', '.join(missing[:6])}; check the layer keys "
+            "(and that the model carries the capture patches: install_feature_capture)"
+        )
     return store

@@ -52,14 +52,17 @@ class TokenFlowOptions(Options):
 
     def config(self, model) -> TokenFlowConfig:
         """The runtime config with the block specs resolved against ``model``."""
-        return TokenFlowConfig(window=int(self.window), pnp_attn_t=float(self.pnp_attn_t),
-                               pnp_f_t=float(self.pnp_f_t), seed=int(self.seed), nn_feature=self.nn_feature,
-                               blend=self.blend,
-                               pnp_attn_keys=tuple(attention_keys_from_spec(model, self.pnp_attn_blocks,
-                                                                            "pnp_attn_blocks")),
-                               pnp_res_keys=resblock_keys_from_spec(model, self.pnp_resnet_blocks,
-                                                                    "pnp_resnet_blocks", "output 4"),
-                               share_batch=bool(self.share_batch))
+        return TokenFlowConfig(
+            window=int(self.window),
+            pnp_attn_t=float(self.pnp_attn_t),
+            pnp_f_t=float(self.pnp_f_t),
+            seed=int(self.seed),
+            nn_feature=self.nn_feature,
+            blend=self.blend,
+            pnp_attn_keys=tuple(attention_keys_from_spec(model, self.pnp_attn_blocks, "pnp_attn_blocks")),
+            pnp_res_keys=resblock_keys_from_spec(model, self.pnp_resnet_blocks, "pnp_resnet_blocks", "output 4"),
+            share_batch=bool(self.share_batch),
+        )
 
 
 def apply_tokenflow(model, inversion, **options):
@@ -103,9 +106,17 @@ def sample_tokenflow(model, positive, negative, inversion, cfg, sampler_name, **
     x_t = latent["samples"]
     sigmas = inversion.sigmas.clone()
     callback = latent_preview.prepare_callback(patched, len(sigmas) - 1)
-    latent["samples"] = comfy.sample.sample_custom(patched, torch.zeros_like(x_t), float(cfg),
-                                                   comfy.samplers.sampler_object(sampler_name), sigmas, positive,
-                                                   negative, x_t, callback=callback,
-                                                   disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-                                                   seed=int(settings.seed))
+    latent["samples"] = comfy.sample.sample_custom(
+        patched,
+        torch.zeros_like(x_t),
+        float(cfg),
+        comfy.samplers.sampler_object(sampler_name),
+        sigmas,
+        positive,
+        negative,
+        x_t,
+        callback=callback,
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        seed=int(settings.seed),
+    )
     return latent

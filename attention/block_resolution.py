@@ -71,7 +71,7 @@ def block_levels(diffusion_model: torch.nn.Module) -> dict[tuple[str, int], int]
 
 def fraction(level: int) -> str:
     """``"1/16"`` for level 1 (of the image side)."""
-    return f"1/{LATENT_SCALE * 2 ** level}"
+    return f"1/{LATENT_SCALE * 2**level}"
 
 
 def describe(available: Sequence[tuple], levels: dict[tuple[str, int], int]) -> str:
@@ -104,9 +104,14 @@ def is_resolution_spec(spec: str) -> bool:
     return "1/" in (spec or "")
 
 
-def choose_blocks(spec: str, diffusion_model: torch.nn.Module, available: Sequence[tuple],
-                  parse_ids: Callable[[str], Sequence[tuple]], input_name: str,
-                  what: str = "self-attention") -> list:
+def choose_blocks(
+    spec: str,
+    diffusion_model: torch.nn.Module,
+    available: Sequence[tuple],
+    parse_ids: Callable[[str], Sequence[tuple]],
+    input_name: str,
+    what: str = "self-attention",
+) -> list:
     """The keys among ``available`` (``(name, id, index)`` attention layers or ``(name, id)``
     ResBlocks, in model order) that ``spec`` selects. Parts without a resolution go to
     ``parse_ids`` (the block-id grammar); a spec with no resolution part is passed whole.
@@ -132,17 +137,21 @@ def choose_blocks(spec: str, diffusion_model: torch.nn.Module, available: Sequen
         name, _, terms = part.partition(" ")
         section = SECTIONS.get(name)
         if section is None:
-            raise ValueError(f"{input_name}: '{part}' does not start with input/middle/output (or encoder/decoder), "
-                             f"e.g. 'output 1/16, 1/32'")
+            raise ValueError(
+                f"{input_name}: '{part}' does not start with input/middle/output (or encoder/decoder), "
+                f"e.g. 'output 1/16, 1/32'"
+            )
         for term in terms.replace(" ", "").split(","):
             m = _TERM.match(term)
             if not m:
                 raise ValueError(f"{input_name}: '{term}' is not a resolution like '1/16' or '1/32#1-2'")
             side = int(m.group(1))
-            level = next((lv for lv in known if LATENT_SCALE * 2 ** lv == side), None)
+            level = next((lv for lv in known if LATENT_SCALE * 2**lv == side), None)
             if level is None:
-                raise ValueError(f"{input_name}: this model's UNet does not run at 1/{side} of the image; it runs at "
-                                 f"{', '.join(fraction(lv) for lv in known)} ({what}: {have})")
+                raise ValueError(
+                    f"{input_name}: this model's UNet does not run at 1/{side} of the image; it runs at "
+                    f"{', '.join(fraction(lv) for lv in known)} ({what}: {have})"
+                )
             blocks = sorted({k[1] for k in available if k[0] == section and levels[(k[0], k[1])] == level})
             if m.group(2) is None:
                 picked = blocks
@@ -150,13 +159,16 @@ def choose_blocks(spec: str, diffusion_model: torch.nn.Module, available: Sequen
                 lo = int(m.group(2))
                 hi = int(m.group(3) or lo)
                 if blocks and hi >= len(blocks):
-                    raise ValueError(f"{input_name}: '{term}' asks for block #{hi} but the {section} blocks at "
-                                     f"1/{side} with {what} are {blocks} (#0-{len(blocks) - 1}); this model has "
-                                     f"{what} in {have}")
-                picked = blocks[lo:hi + 1]
+                    raise ValueError(
+                        f"{input_name}: '{term}' asks for block #{hi} but the {section} blocks at "
+                        f"1/{side} with {what} are {blocks} (#0-{len(blocks) - 1}); this model has "
+                        f"{what} in {have}"
+                    )
+                picked = blocks[lo : hi + 1]
             chosen_blocks |= {(section, b) for b in picked}
     out = [k for k in available if k in chosen_keys or (k[0], k[1]) in chosen_blocks]
     if not out:
-        raise ValueError(f"{input_name}: '{spec}' selects no {what} on this model; it has {what} in {have} "
-                         f"(or write 'none')")
+        raise ValueError(
+            f"{input_name}: '{spec}' selects no {what} on this model; it has {what} in {have} (or write 'none')"
+        )
     return out

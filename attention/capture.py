@@ -156,8 +156,11 @@ class QKCapture:
     def cache_key(self) -> Any:
         prev = self.previous
         if prev is not None:
-            prev = prev.cache_key() if hasattr(prev, "cache_key") else getattr(prev, "__qualname__",
-                                                                               type(prev).__qualname__)
+            prev = (
+                prev.cache_key()
+                if hasattr(prev, "cache_key")
+                else getattr(prev, "__qualname__", type(prev).__qualname__)
+            )
         return ["videoedit.capture.qk", list(self.key), prev]
 
     def __call__(self, q, k, v, extra_options):
@@ -170,8 +173,14 @@ class QKCapture:
         return self.attn_fn(q, k, v, extra_options["n_heads"])
 
 
-def capture_pass(run: Callable[[dict], Any], transformer_options: dict, spec: CaptureSpec,
-                 diffusion_model: torch.nn.Module | None = None, device=None, dtype=None) -> tuple[FeatureStore, Any]:
+def capture_pass(
+    run: Callable[[dict], Any],
+    transformer_options: dict,
+    spec: CaptureSpec,
+    diffusion_model: torch.nn.Module | None = None,
+    device=None,
+    dtype=None,
+) -> tuple[FeatureStore, Any]:
     """Run one UNet call with capture on and return ``(features, the call's result)``.
 
     ``run(transformer_options) -> Any`` performs the call (e.g. a DIFFUSION_MODEL wrapper's

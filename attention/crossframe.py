@@ -105,9 +105,15 @@ class CrossFrameStore:
     Shared, not copied, when ComfyUI deep-copies model options (``__deepcopy__``).
     """
 
-    def __init__(self, keys: Iterable[BlockKey], schedule: SigmaSchedule, window: tuple[float, float] = (0.0, 1.0),
-                 include_current: bool = False, store_device: torch.device | str | None = None,
-                 store_dtype: torch.dtype | None = torch.float16):
+    def __init__(
+        self,
+        keys: Iterable[BlockKey],
+        schedule: SigmaSchedule,
+        window: tuple[float, float] = (0.0, 1.0),
+        include_current: bool = False,
+        store_device: torch.device | str | None = None,
+        store_dtype: torch.dtype | None = torch.float16,
+    ):
         self.keys = set(keys)
         self.schedule = schedule
         self.window = window
@@ -196,7 +202,7 @@ class CrossFrameAttention:
         rows = n.shape[0] // len(branches)
         sigma = float(extra_options["sigmas"][0])
         skey = sigma_key(sigma)
-        chunks = [n[g * rows:(g + 1) * rows] for g in range(len(branches))]
+        chunks = [n[g * rows : (g + 1) * rows] for g in range(len(branches))]
         entries = [(skey, key, int(b)) for b in branches]
 
         if st.mode == CrossFrameMode.RECORD_ANCHOR:
@@ -216,8 +222,12 @@ class CrossFrameAttention:
         if any(c is None for c in contexts):
             st.missing += 1
             if st.missing == 1:
-                log.warning("cross-frame attention: no anchor features for sigma %s at %s; this call attends to "
-                            "itself (different sampler or schedule than the anchor's?)", skey, key)
+                log.warning(
+                    "cross-frame attention: no anchor features for sigma %s at %s; this call attends to "
+                    "itself (different sampler or schedule than the anchor's?)",
+                    skey,
+                    key,
+                )
             return n, context_attn1, value_attn1
         context = torch.cat(contexts, dim=0)
         return n, context, context

@@ -83,7 +83,7 @@ def extended_attention(
         step = max(1, min(f, score_budget_bytes // max(scores_per_frame, 1)))
     outs = []
     for start in range(0, f, step):
-        q_chunk = qg[:, start:start + step].reshape(g, -1, c)  # [G, chunk*N, C]
+        q_chunk = qg[:, start : start + step].reshape(g, -1, c)  # [G, chunk*N, C]
         outs.append(attn_fn(q_chunk, k_cat, v_cat, heads).reshape(g, -1, n, c))
     return torch.cat(outs, dim=1).reshape(g * f, n, c)
 

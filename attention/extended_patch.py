@@ -31,9 +31,14 @@ def keyframes_in_call(frames: torch.Tensor, stride: int, listed: Sequence[int] |
 class ExtendedAttentionPatch:
     """attn1 replace patch ``(q, k, v, extra_options) -> out``; q/k/v ``[G*F, N, h*d]``."""
 
-    def __init__(self, stride: int = 1, keyframes: Sequence[int] | None = None,
-                 previous: Callable | None = None, attn_fn: Callable = sdpa_attention,
-                 query_chunk_frames: int = 0):
+    def __init__(
+        self,
+        stride: int = 1,
+        keyframes: Sequence[int] | None = None,
+        previous: Callable | None = None,
+        attn_fn: Callable = sdpa_attention,
+        query_chunk_frames: int = 0,
+    ):
         self.stride = stride
         self.keyframes = list(keyframes) if keyframes else None
         self.previous = previous
@@ -45,8 +50,9 @@ class ExtendedAttentionPatch:
         frames = call_frame_indices(extra_options, q.shape[0] // groups)
         kf = keyframes_in_call(frames, self.stride, self.keyframes).to(q.device)
         kernel = kernel_from(self.previous, extra_options, self.attn_fn)
-        return extended_attention(q, k, v, extra_options["n_heads"], groups, kf, attn_fn=kernel,
-                                  query_chunk_frames=self.query_chunk_frames)
+        return extended_attention(
+            q, k, v, extra_options["n_heads"], groups, kf, attn_fn=kernel, query_chunk_frames=self.query_chunk_frames
+        )
 
     def cache_key(self) -> str:
         return f"extended(stride={self.stride},keyframes={self.keyframes})"

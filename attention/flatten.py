@@ -67,8 +67,12 @@ def trajectory_groups(traj_ids: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
 def _heads_of(x: torch.Tensor, tokens: torch.Tensor, length: int, heads: int) -> torch.Tensor:
     """Gather ``[G, M, C]`` at ``tokens`` (``T*L``) → ``[G*T, heads, L, d]``."""
     g, _, c = x.shape
-    return (x[:, tokens].reshape(g, -1, length, heads, c // heads)
-            .permute(0, 1, 3, 2, 4).reshape(-1, heads, length, c // heads))
+    return (
+        x[:, tokens]
+        .reshape(g, -1, length, heads, c // heads)
+        .permute(0, 1, 3, 2, 4)
+        .reshape(-1, heads, length, c // heads)
+    )
 
 
 def trajectory_attention(
@@ -109,8 +113,9 @@ def trajectory_attention(
             kh = qh if k is q else _heads_of(kf, tokens, length, heads)
             vh = qh if v is q else _heads_of(vf, tokens, length, heads)
             o = F.scaled_dot_product_attention(qh, kh, vh)  # [G*T, heads, L, d]
-            out[:, tokens] = o.reshape(groups, -1, heads, length, c // heads).permute(0, 1, 3, 2, 4).reshape(
-                groups, -1, c)
+            out[:, tokens] = (
+                o.reshape(groups, -1, heads, length, c // heads).permute(0, 1, 3, 2, 4).reshape(groups, -1, c)
+            )
     return out.reshape(b, n, c)
 
 

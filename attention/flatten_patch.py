@@ -86,16 +86,20 @@ def token_grid(extra_options: dict, tokens: int) -> tuple[int, int]:
         for size in latent_grid_sizes(int(original[-2]), int(original[-1]), 8):
             if size[0] * size[1] == tokens:
                 return size
-    raise ValueError(f"FLATTEN: cannot tell the token grid of a self-attention layer with {tokens} tokens "
-                     "(no activations_shape / original_shape in the attention options)")
+    raise ValueError(
+        f"FLATTEN: cannot tell the token grid of a self-attention layer with {tokens} tokens "
+        "(no activations_shape / original_shape in the attention options)"
+    )
 
 
 def check_call(trajectories: TrajectorySet, extra_options: dict, frames: torch.Tensor) -> None:
     """Raise a ValueError naming both shapes when the call's latent is not the one the
     trajectories were sampled for (frame count or latent size)."""
     want = f"the trajectories were sampled for {trajectories.describe()}"
-    fix = ("Sample the trajectories (VideoEdit Sample Trajectories) from the flow of this video, with the latent "
-           "being sampled.")
+    fix = (
+        "Sample the trajectories (VideoEdit Sample Trajectories) from the flow of this video, with the latent "
+        "being sampled."
+    )
     original = extra_options.get("original_shape")
     size = (int(original[-2]), int(original[-1])) if original is not None and len(original) >= 4 else None
     window = frame_window(extra_options)
@@ -104,9 +108,12 @@ def check_call(trajectories: TrajectorySet, extra_options: dict, frames: torch.T
     name = extra_options.get(LATENT_INPUT_KEY, "latent_image")
     if (size is not None and size != trajectories.latent_size) or (total and total != trajectories.frames):
         got = f"{total or '?'} frames at latent {size[0]}x{size[1]}" if size else f"{total} frames"
-        chunked = (" (A node that runs the UNet on chunks of the frames without passing their indices, e.g. DDIM "
-                   "Inversion with frame_batch_size below the frame count, also gives this.)"
-                   if window is None and total < trajectories.frames else "")
+        chunked = (
+            " (A node that runs the UNet on chunks of the frames without passing their indices, e.g. DDIM "
+            "Inversion with frame_batch_size below the frame count, also gives this.)"
+            if window is None and total < trajectories.frames
+            else ""
+        )
         raise ValueError(f"{name} (FLATTEN): {want}, but the latent being sampled has {got}. {fix}{chunked}")
     if len(frames) and int(frames.max()) >= trajectories.frames:
         raise ValueError(f"{name} (FLATTEN): {want}, but a context window holds frame {int(frames.max())}. {fix}")

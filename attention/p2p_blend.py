@@ -68,15 +68,21 @@ def word_mask(maps: torch.Tensor, latent_hw: tuple[int, int], threshold: float, 
     return (norm > threshold)[:, 0]
 
 
-def local_blend_mask(src: torch.Tensor | None, tgt: torch.Tensor | None, latent_hw: tuple[int, int],
-                     threshold: float, sub_src: torch.Tensor | None = None, sub_tgt: torch.Tensor | None = None
-                     ) -> torch.Tensor:
+def local_blend_mask(
+    src: torch.Tensor | None,
+    tgt: torch.Tensor | None,
+    latent_hw: tuple[int, int],
+    threshold: float,
+    sub_src: torch.Tensor | None = None,
+    sub_tgt: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-frame blend mask ``[F, 1, H, W]`` float (1 = take the edit).
 
     Union of the source branch's and the target branch's word masks (pooled), minus the union of
     their subtract-word masks (not pooled), as P2P's ``LocalBlend``. Each argument is a summed
     map ``[F, h, w]`` or None (no words for that branch).
     """
+
     def union(a, b, pool):
         masks = [word_mask(m, latent_hw, threshold, pool) for m in (a, b) if m is not None]
         if not masks:
@@ -100,8 +106,14 @@ def blend_active(step: int, num_steps: int, start: float) -> bool:
     return step + 1 > int(start * num_steps)
 
 
-def blend_denoised(denoised: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
-                   x_src_next: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def blend_denoised(
+    denoised: torch.Tensor,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    x_src_next: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
     """The denoised prediction for which a DDIM (ComfyUI euler) step from ``x`` lands on the
     blended latent ``x_src_next + mask * (x_next - x_src_next)``.
 
@@ -110,6 +122,7 @@ def blend_denoised(denoised: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor,
     the mask the sampler's own prediction, outside it the prediction that sends ``x`` to the
     source state. Shapes ``[F, C, H, W]`` (``mask`` broadcastable), sigmas scalars or ``[F]``.
     """
+
     def col(v):
         v = torch.as_tensor(v, dtype=x.dtype, device=x.device)
         return v.reshape(-1, *([1] * (x.ndim - 1))) if v.ndim else v

@@ -61,9 +61,21 @@ class P2PEdit:
     def cache_key(self) -> str:
         def t(x):
             return None if x is None else tuple(round(float(v), 6) for v in x.flatten().tolist())
-        return repr((self.source.text, self.target.text, self.mode, t(self.mapper.sum(0)), t(self.keep),
-                     t(self.equalizer), t(self.blend_src), t(self.blend_tgt), t(self.subtract_src),
-                     t(self.subtract_tgt)))
+
+        return repr(
+            (
+                self.source.text,
+                self.target.text,
+                self.mode,
+                t(self.mapper.sum(0)),
+                t(self.keep),
+                t(self.equalizer),
+                t(self.blend_src),
+                t(self.blend_tgt),
+                t(self.subtract_src),
+                t(self.subtract_tgt),
+            )
+        )
 
     def summary(self) -> str:
         parts = [f"{self.mode}: {self.source.text!r} -> {self.target.text!r}"]
@@ -110,8 +122,7 @@ def _over_tokens(x: torch.Tensor, length: int) -> torch.Tensor:
     return x.reshape(*x.shape[:-1], t // length, length)
 
 
-def edit_cross_attention(base: torch.Tensor, tgt: torch.Tensor, edit: P2PEdit, alpha_t: torch.Tensor
-                         ) -> torch.Tensor:
+def edit_cross_attention(base: torch.Tensor, tgt: torch.Tensor, edit: P2PEdit, alpha_t: torch.Tensor) -> torch.Tensor:
     """The target rows' edited cross-attention probabilities.
 
     Args:
@@ -167,6 +178,8 @@ class P2PEditSpec:
                 raise ValueError(f"{name}: the prompt is empty; Prompt-to-Prompt needs the words of both prompts")
         if bool(spec.blend_source.strip()) != bool(spec.blend_target.strip()):
             missing = "blend_target" if spec.blend_source.strip() else "blend_source"
-            raise ValueError(f"{missing}: empty while the other blend input is set; name the edited object in both "
-                             "prompts (e.g. 'bike' and 'motorcycle'), or leave both empty for no local blend")
+            raise ValueError(
+                f"{missing}: empty while the other blend input is set; name the edited object in both "
+                "prompts (e.g. 'bike' and 'motorcycle'), or leave both empty for no local blend"
+            )
         return spec

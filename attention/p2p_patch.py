@@ -209,8 +209,15 @@ class P2PCall:
 class P2PRuntime:
     """Per-model-clone state and settings; shared (never copied) when ComfyUI copies options."""
 
-    def __init__(self, config: P2PConfig, edit: P2PEdit, schedule: P2PSchedule, source, model_sampling,
-                 attn_fn: Callable = sdpa_attention):
+    def __init__(
+        self,
+        config: P2PConfig,
+        edit: P2PEdit,
+        schedule: P2PSchedule,
+        source,
+        model_sampling,
+        attn_fn: Callable = sdpa_attention,
+    ):
         self.config = config
         self.edit = edit
         self.schedule = schedule
@@ -248,8 +255,7 @@ class P2PRuntime:
 
 
 def _blend_branches(edit: P2PEdit) -> dict[str, torch.Tensor]:
-    weights = {"src": edit.blend_src, "tgt": edit.blend_tgt, "src_sub": edit.subtract_src,
-               "tgt_sub": edit.subtract_tgt}
+    weights = {"src": edit.blend_src, "tgt": edit.blend_tgt, "src_sub": edit.subtract_src, "tgt_sub": edit.subtract_tgt}
     return {k: v for k, v in weights.items() if v is not None}
 
 
@@ -276,8 +282,9 @@ class P2PCrossAttention:
         original = extra_options.get("original_shape")
         hw = tuple(int(s) for s in shape[-2:]) if shape is not None else None
         blend_hw = blend_resolution(tuple(int(s) for s in original[-2:])) if original is not None else None
-        blend_layer = bool(_blend_branches(rt.edit)) and hw is not None and hw == blend_hw \
-            and q.shape[1] == hw[0] * hw[1]
+        blend_layer = (
+            bool(_blend_branches(rt.edit)) and hw is not None and hw == blend_hw and q.shape[1] == hw[0] * hw[1]
+        )
         if not (call.edit_on and targets) and not blend_layer:
             return kernel(q, k, v, heads)
         out = self._rest(q, k, v, heads, kernel, [src, *targets])
@@ -306,7 +313,6 @@ class P2PCrossAttention:
                         if name in weights:
                             call.add_map(name, word_map_sum(new, weights[name]).reshape(-1, *hw), part, call.n)
         return out
-
 
     def _rest(self, q, k, v, heads, kernel, edited: list[slice]) -> torch.Tensor:
         """The layer's output with the rows P2P does not compute itself filled by the kernel
@@ -382,9 +388,11 @@ class P2PWrapper:
         if pnp is not None and getattr(pnp, "mode", None) == PnPMode.CAPTURE:  # FLATTEN's own source pass
             return args.call(executor)
         if pnp is not None:
-            raise ValueError("VideoEdit P2P: the model carries FLATTEN's feature injection (Apply FLATTEN given an "
-                             "inversion), whose injected rows cannot share a UNet call with P2P's source rows; "
-                             "apply FLATTEN without the inversion under P2P")
+            raise ValueError(
+                "VideoEdit P2P: the model carries FLATTEN's feature injection (Apply FLATTEN given an "
+                "inversion), whose injected rows cannot share a UNet call with P2P's source rows; "
+                "apply FLATTEN without the inversion under P2P"
+            )
         kinds = list(to.get("cond_or_uncond") or [0])
         n = x.shape[0] // len(kinds)
         frames = call_frame_indices(to, n)
@@ -403,8 +411,16 @@ class P2PWrapper:
             source_kinds = [0]
         else:
             source_kinds = []
-        call = P2PCall(step=step, n=n, frames=frames, source_kinds=source_kinds, kinds=kinds, alpha=alpha,
-                       edit_on=bool(alpha.any()), self_on=sched.self_window[0] <= step < sched.self_window[1])
+        call = P2PCall(
+            step=step,
+            n=n,
+            frames=frames,
+            source_kinds=source_kinds,
+            kinds=kinds,
+            alpha=alpha,
+            edit_on=bool(alpha.any()),
+            self_on=sched.self_window[0] <= step < sched.self_window[1],
+        )
         opts = dict(to)
         opts[P2P_CALL_KEY] = call
         if not source_kinds:
@@ -412,16 +428,18 @@ class P2PWrapper:
         src_inputs, x_src_ve = self._source_inputs(run, step, sigma, frames, timesteps, x, source_kinds)
         joint = TokenFlowWrapper._joint_inputs(src_inputs, (x, timesteps, context, y, control))
         if joint is None:  # the edit needs the source's maps of the same layer in the same call
-            raise ValueError("VideoEdit P2P: the source rows cannot share a UNet call with the sampler's rows "
-                             "(conditioning of another kind: a different context width or vector conditioning); "
-                             "encode both prompts with the CLIP of this model")
+            raise ValueError(
+                "VideoEdit P2P: the source rows cannot share a UNet call with the sampler's rows "
+                "(conditioning of another kind: a different context width or vector conditioning); "
+                "encode both prompts with the CLIP of this model"
+            )
         opts["cond_or_uncond"] = list(source_kinds) + kinds
         jx, jt, jctx, jy, jctrl = joint
         pred = args.call(executor, x=jx, timesteps=jt, context=jctx, y=jy, control=jctrl, transformer_options=opts)
         self._commit_maps(run, call)
         if update:
-            self._advance_source(run, step, sigma, frames, x_src_ve, pred[:call.source_rows], source_kinds)
-        return pred[call.source_rows:]
+            self._advance_source(run, step, sigma, frames, x_src_ve, pred[: call.source_rows], source_kinds)
+        return pred[call.source_rows :]
 
     # -- the source branch ------------------------------------------------------------------
     def _updated(self, run: RunState, step: int, frames: torch.Tensor) -> bool:
@@ -435,8 +453,10 @@ class P2PWrapper:
             return rt.source.latent(float(rt.source.sigmas[0]), frames)
         filled = run.x_src_filled.get(step)
         if filled is None or not bool(filled[frames].all()):
-            raise ValueError("VideoEdit P2P joint mode: the source branch has no state at this step; sample the "
-                             "inversion's latent along the inversion's SIGMAS from the first step (denoise 1)")
+            raise ValueError(
+                "VideoEdit P2P joint mode: the source branch has no state at this step; sample the "
+                "inversion's latent along the inversion's SIGMAS from the first step (denoise 1)"
+            )
         return run.x_src[step][frames]
 
     def _source_inputs(self, run: RunState, step: int, sigma: float, frames, timesteps, like, source_kinds):
@@ -455,8 +475,10 @@ class P2PWrapper:
             else:
                 ctx, yy = rt.source.uncond_conditioning(step, n, like=like, frames=frames)
                 if ctx.shape[1] != ctx_c.shape[1]:
-                    raise ValueError("VideoEdit P2P joint mode: the null-text / empty-prompt context has "
-                                     f"{ctx.shape[1]} tokens, the source prompt's {ctx_c.shape[1]}")
+                    raise ValueError(
+                        "VideoEdit P2P joint mode: the null-text / empty-prompt context has "
+                        f"{ctx.shape[1]} tokens, the source prompt's {ctx_c.shape[1]}"
+                    )
             rows_x.append(x_in)
             rows_ctx.append(ctx)
             rows_y.append(yy)
@@ -470,14 +492,15 @@ class P2PWrapper:
         sig = torch.full((n,), sigma, device=x_ve.device)
         den = {}
         for i, kind in enumerate(source_kinds):
-            out = src_pred[i * n:(i + 1) * n].float().to(x_ve.device)
+            out = src_pred[i * n : (i + 1) * n].float().to(x_ve.device)
             den[kind] = rt.model_sampling.calculate_denoised(sig, out, x_ve)
         d = den[0] if 1 not in den else den[1] + (den[0] - den[1]) * run.cfg
         sigma_next = float(rt.source.sigmas[step + 1])
         x_next = d + (x_ve - d) * (sigma_next / sigma)
         if step + 1 not in run.x_src:
-            run.x_src[step + 1] = torch.zeros((run.frames, *run.latent_shape), dtype=torch.float32,
-                                              device=x_next.device)
+            run.x_src[step + 1] = torch.zeros(
+                (run.frames, *run.latent_shape), dtype=torch.float32, device=x_next.device
+            )
             run.x_src_filled[step + 1] = torch.zeros(run.frames, dtype=torch.bool)
         run.x_src[step + 1][frames.to(x_next.device)] = x_next
         run.x_src_filled[step + 1][frames] = True
@@ -526,8 +549,14 @@ class P2PBlend:
         if not all(k in run.sums for k in _blend_branches(rt.edit)):
             return denoised  # no maps yet (e.g. no conditional rows ran)
         hw = tuple(x.shape[-2:])
-        mask = local_blend_mask(run.sums.get("src"), run.sums.get("tgt"), hw, self.threshold,
-                                run.sums.get("src_sub"), run.sums.get("tgt_sub")).to(x.device)
+        mask = local_blend_mask(
+            run.sums.get("src"),
+            run.sums.get("tgt"),
+            hw,
+            self.threshold,
+            run.sums.get("src_sub"),
+            run.sums.get("tgt_sub"),
+        ).to(x.device)
         if mask.shape[0] != x.shape[0]:
             return denoised
         sigma_next = float(rt.source.sigmas[step + 1])

@@ -55,8 +55,9 @@ class PromptTokens:
         return out
 
 
-def prompt_tokens(text: str, words: Sequence[str], word_ids: Sequence[Sequence[int]], input_name: str,
-                  length: int = CONTEXT_TOKENS) -> PromptTokens:
+def prompt_tokens(
+    text: str, words: Sequence[str], word_ids: Sequence[Sequence[int]], input_name: str, length: int = CONTEXT_TOKENS
+) -> PromptTokens:
     """Lay out ``words`` (with their token ids, start/end tokens excluded) in one context.
 
     Raises ValueError naming ``input_name`` when the prompt is empty or does not fit in one
@@ -74,9 +75,11 @@ def prompt_tokens(text: str, words: Sequence[str], word_ids: Sequence[Sequence[i
         ids.extend(int(i) for i in w)
         pos += len(w)
     if pos + 1 > length:
-        raise ValueError(f"{input_name}: {len(ids)} tokens do not fit in one {length}-token CLIP context "
-                         f"(at most {length - 2}); ComfyUI would split the prompt into chunks, which "
-                         "Prompt-to-Prompt's token maps do not support: shorten the prompt")
+        raise ValueError(
+            f"{input_name}: {len(ids)} tokens do not fit in one {length}-token CLIP context "
+            f"(at most {length - 2}); ComfyUI would split the prompt into chunks, which "
+            "Prompt-to-Prompt's token maps do not support: shorten the prompt"
+        )
     return PromptTokens(text, tuple(words), tuple(spans), tuple(ids), length)
 
 
@@ -106,9 +109,11 @@ def replace_mapper(src: PromptTokens, tgt: PromptTokens) -> torch.Tensor:
     ([0.5, 0.5], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
     """
     if not word_counts_match(src, tgt):
-        raise ValueError(f"target_prompt: word swap (mode 'replace') needs the same number of words in both prompts; "
-                         f"the source has {len(src.words)} ({' '.join(src.words)!r}), the target "
-                         f"{len(tgt.words)} ({' '.join(tgt.words)!r}). Use mode 'refine' for added words")
+        raise ValueError(
+            f"target_prompt: word swap (mode 'replace') needs the same number of words in both prompts; "
+            f"the source has {len(src.words)} ({' '.join(src.words)!r}), the target "
+            f"{len(tgt.words)} ({' '.join(tgt.words)!r}). Use mode 'refine' for added words"
+        )
     if src.length != tgt.length:
         raise ValueError("source and target contexts must have the same length")
     length = src.length
@@ -133,8 +138,7 @@ def replace_mapper(src: PromptTokens, tgt: PromptTokens) -> torch.Tensor:
 _LEFT, _UP, _DIAG = 1, 2, 3  # P2P's traceback codes; ties resolve in this order
 
 
-def align_tokens(x: Sequence[int], y: Sequence[int], match: int = 1, mismatch: int = -1, gap: int = 0
-                 ) -> list[int]:
+def align_tokens(x: Sequence[int], y: Sequence[int], match: int = 1, mismatch: int = -1, gap: int = 0) -> list[int]:
     """Needleman–Wunsch global alignment of ``x`` (source) and ``y`` (target).
 
     Returns, for every element of ``y``, the index of the ``x`` element it is aligned with, or
@@ -176,8 +180,9 @@ def align_tokens(x: Sequence[int], y: Sequence[int], match: int = 1, mismatch: i
     return out
 
 
-def refine_mapper(src: PromptTokens, tgt: PromptTokens, start_id: int = -1, end_id: int = -2
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def refine_mapper(
+    src: PromptTokens, tgt: PromptTokens, start_id: int = -1, end_id: int = -2
+) -> tuple[torch.Tensor, torch.Tensor]:
     """P2P's ``AttentionRefine`` mapping: ``(index [L] int64, alpha [L] float)``.
 
     The token sequences (start + ids + end) are globally aligned; target position n takes the
@@ -223,8 +228,10 @@ def word_positions(prompt: PromptTokens, words: Sequence[str], input_name: str, 
     for w in words:
         pos = prompt.positions(w)
         if not pos:
-            raise ValueError(f"{input_name}: '{w}' is not a word of the {prompt_name} {prompt.text!r} "
-                             f"(its words: {', '.join(prompt.words)})")
+            raise ValueError(
+                f"{input_name}: '{w}' is not a word of the {prompt_name} {prompt.text!r} "
+                f"(its words: {', '.join(prompt.words)})"
+            )
         out.extend(pos)
     return sorted(set(out))
 
@@ -289,8 +296,9 @@ def parse_steps_spec(text: str, input_name: str) -> dict[str, Bounds]:
     return out
 
 
-def time_word_alpha(num_steps: int, length: int, default: Bounds, words: Sequence[tuple[Sequence[int], Bounds]]
-                    ) -> torch.Tensor:
+def time_word_alpha(
+    num_steps: int, length: int, default: Bounds, words: Sequence[tuple[Sequence[int], Bounds]]
+) -> torch.Tensor:
     """Cross-attention replacement weight ``alpha [num_steps + 1, L]`` per step and target token.
 
     P2P's ``get_time_words_attention_alpha`` for one target prompt: a token is replaced (1) at

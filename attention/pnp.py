@@ -54,8 +54,9 @@ def pnp_qk(q: torch.Tensor, k: torch.Tensor, extra_options: dict) -> tuple[torch
     return q, k
 
 
-def source_unet_inputs(source, model_sampling, sigma: float, frames: torch.Tensor, timesteps: torch.Tensor,
-                       like: torch.Tensor):
+def source_unet_inputs(
+    source, model_sampling, sigma: float, frames: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor
+):
     """UNet-level inputs of the source branch for ``frames`` at ``sigma``: the cached latents
     scaled as the UNet expects (``calculate_input``), one timestep per row, and the source
     conditioning; device and dtype follow ``like`` (the sampler's input)."""
@@ -126,12 +127,14 @@ class PnPWrapper:
         residuals = _PassResiduals(PnPPass(PnPMode.CAPTURE, 1, attn_keys))
 
         with residual_hooks(executor.class_obj, res_keys, residuals):
-            x_src, t_src, ctx, y_src = source_unet_inputs(self.source, self.model_sampling, sigma, frames,
-                                                          timesteps, like=x)
+            x_src, t_src, ctx, y_src = source_unet_inputs(
+                self.source, self.model_sampling, sigma, frames, timesteps, like=x
+            )
             src_opts = dict(to, cond_or_uncond=[0])
             src_opts[PNP_KEY] = residuals.current
-            call.call(executor, x=x_src, timesteps=t_src, context=ctx, y=y_src, control=None,
-                      transformer_options=src_opts)
+            call.call(
+                executor, x=x_src, timesteps=t_src, context=ctx, y=y_src, control=None, transformer_options=src_opts
+            )
             captured = residuals.current
             residuals.current = PnPPass(PnPMode.INJECT, groups, attn_keys, captured.qk, captured.res)
             opts = dict(to)

@@ -63,6 +63,7 @@ def residual_hooks(diffusion_model: torch.nn.Module, keys: Iterable[ResKey], han
         def hook(module, args, output):  # output is the residual branch h itself
             new = handler(key, output)
             return None if new is None else new.to(output.dtype)
+
         return hook
 
     def on_block(key: ResKey):
@@ -72,6 +73,7 @@ def residual_hooks(diffusion_model: torch.nn.Module, keys: Iterable[ResKey], han
             residual = output - skip
             new = handler(key, residual)
             return None if new is None else skip + new.to(output.dtype)
+
         return hook
 
     try:

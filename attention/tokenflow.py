@@ -66,9 +66,11 @@ def blend_plan(frames: torch.Tensor, keyframes: torch.Tensor, window: int, mode:
         span = (kf[after_c] - kf[before_c]).float()
         w_after = torch.where(span > 0, (frames - kf[before_c]).float() / span.clamp(min=1), torch.ones_like(span))
         both = has_before & has_after
-        slots = torch.where(both[:, None], torch.stack([after_c, before_c], 1),
-                            torch.where(has_after[:, None], torch.stack([after_c, after_c], 1),
-                                        torch.stack([before_c, before_c], 1)))
+        slots = torch.where(
+            both[:, None],
+            torch.stack([after_c, before_c], 1),
+            torch.where(has_after[:, None], torch.stack([after_c, after_c], 1), torch.stack([before_c, before_c], 1)),
+        )
         w = torch.where(both, w_after, torch.ones_like(w_after))
         return slots, w
     raise ValueError(f"unknown blend mode {mode!r}: use 'official' or 'paper'")
@@ -87,13 +89,14 @@ def nearest_neighbours(query: torch.Tensor, keys: torch.Tensor, chunk_tokens: in
     k = F.normalize(keys, dim=-1)
     out = torch.empty(query.shape[0], dtype=torch.long, device=query.device)
     for start in range(0, query.shape[0], chunk_tokens):
-        q = F.normalize(query[start:start + chunk_tokens], dim=-1)
-        out[start:start + chunk_tokens] = (q @ k.transpose(0, 1)).argmax(dim=-1)
+        q = F.normalize(query[start : start + chunk_tokens], dim=-1)
+        out[start : start + chunk_tokens] = (q @ k.transpose(0, 1)).argmax(dim=-1)
     return out
 
 
-def nn_fields(frame_feats: torch.Tensor, kf_feats: torch.Tensor, slots: torch.Tensor,
-              chunk_tokens: int = 4096) -> torch.Tensor:
+def nn_fields(
+    frame_feats: torch.Tensor, kf_feats: torch.Tensor, slots: torch.Tensor, chunk_tokens: int = 4096
+) -> torch.Tensor:
     """Nearest-neighbour fields of each frame onto its two blend keyframes.
 
     Args:

@@ -56,13 +56,15 @@ class SourceBranch(Protocol):
     """What TokenFlow needs from the inversion (implemented by the node layer)."""
 
     def step_index(self, sigma: float) -> int: ...  # raises ValueError naming both schedules
-    def check_call(self, sample_shape: tuple[int, ...], frames: torch.Tensor, transformer_options: dict
-                   ) -> None: ...  # raises ValueError naming latent_image when the latent does not match
+    def check_call(
+        self, sample_shape: tuple[int, ...], frames: torch.Tensor, transformer_options: dict
+    ) -> None: ...  # raises ValueError naming latent_image when the latent does not match
     @property
     def num_steps(self) -> int: ...
     def latent(self, sigma: float, frames: torch.Tensor) -> torch.Tensor: ...  # VE latent [n,C,h,w]
-    def unet_conditioning(self, n: int, like: torch.Tensor, frames: torch.Tensor | None = None
-                          ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+    def unet_conditioning(
+        self, n: int, like: torch.Tensor, frames: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 @dataclass
@@ -131,6 +133,7 @@ def _with_zero_rows(value, rows: int, batch: int):
     """Prepend ``rows`` zero rows to batch-major tensors (ControlNet residuals for the source
     rows: adding zero is no control); a batch-1 tensor is first broadcast over the ``batch``
     sampler rows only, not the source's."""
+
     def pad(t: torch.Tensor) -> torch.Tensor:
         if t.ndim == 0 or t.shape[0] not in (1, batch):
             return t
@@ -157,8 +160,9 @@ class TokenFlowRuntime:
     """Per-model-clone state: the config, the source branch, and the current step's state.
     Shared (not copied) when ComfyUI deep-copies model options."""
 
-    def __init__(self, config: TokenFlowConfig, source: SourceBranch, model_sampling,
-                 attn_fn: Callable = sdpa_attention):
+    def __init__(
+        self, config: TokenFlowConfig, source: SourceBranch, model_sampling, attn_fn: Callable = sdpa_attention
+    ):
         self.config = config
         self.source = source
         self.model_sampling = model_sampling
@@ -184,7 +188,7 @@ class TokenFlowInputCapture:
     def __call__(self, n, context_attn1, value_attn1, extra_options):
         phase = extra_options.get(PHASE_KEY)
         if phase is not None and phase.source_rows and self.runtime.config.nn_feature == "input":
-            phase.current_n[key_of(extra_options)] = n[:phase.source_rows]
+            phase.current_n[key_of(extra_options)] = n[: phase.source_rows]
         return n, context_attn1, value_attn1
 
 
@@ -314,9 +318,15 @@ class TokenFlowWrapper:
         total = rt.source.num_steps
         # not stored on the runtime yet: the wrapper commits it once the call has completed, so an
         # interrupt inside a UNet call never leaves a half-filled state for the next run to reuse
-        state = StepState(sigma=sigma, frames=key, kf_pos=kf_pos, slots=slots, weights=weights,
-                          inject_attn=step < int(total * cfg.pnp_attn_t),
-                          inject_res=step < int(total * cfg.pnp_f_t))
+        state = StepState(
+            sigma=sigma,
+            frames=key,
+            kf_pos=kf_pos,
+            slots=slots,
+            weights=weights,
+            inject_attn=step < int(total * cfg.pnp_attn_t),
+            inject_res=step < int(total * cfg.pnp_f_t),
+        )
         return state, True
 
     # -- the wrapper ------------------------------------------------------------------------
@@ -333,8 +343,9 @@ class TokenFlowWrapper:
         rt.source.check_call(tuple(x.shape[1:]), frames, to)
         st, fresh = self._state(sigma, frames)
         all_pos = torch.arange(n)
-        passes = [(TokenFlowPass.KEYFRAMES, st.kf_pos)] + [(TokenFlowPass.PROPAGATE, all_pos[i:i + cfg.window])
-                                                           for i in range(0, n, cfg.window)]
+        passes = [(TokenFlowPass.KEYFRAMES, st.kf_pos)] + [
+            (TokenFlowPass.PROPAGATE, all_pos[i : i + cfg.window]) for i in range(0, n, cfg.window)
+        ]
         residuals = _PhaseResiduals(st)
 
         t_base: dict = {}  # the sampler's keyframe outputs per layer, filled by the keyframe call
@@ -345,20 +356,25 @@ class TokenFlowWrapper:
             phase = Phase(name, st, positions, source_rows, grp, t_base)
             opts[PHASE_KEY] = phase
             residuals.phase = phase  # the ResBlock hook serves the pass that runs now
-            return call.call(executor, x=x_in, timesteps=t_in, context=ctx_in, y=y_in, control=ctrl_in,
-                             transformer_options=opts)
+            return call.call(
+                executor, x=x_in, timesteps=t_in, context=ctx_in, y=y_in, control=ctrl_in, transformer_options=opts
+            )
 
         out = torch.empty_like(x)
         b = x.shape[0]
         with residual_hooks(executor.class_obj, cfg.pnp_res_keys, residuals):
             for name, positions in passes:
                 rows = _rows(positions, groups, n)
-                inputs = (x[rows], timesteps[rows], _slice(context, rows, b), _slice(y, rows, b),
-                          _slice(control, rows, b))
+                inputs = (
+                    x[rows],
+                    timesteps[rows],
+                    _slice(context, rows, b),
+                    _slice(y, rows, b),
+                    _slice(control, rows, b),
+                )
                 source_rows = 0
                 if fresh:  # the source rows of this pass, once per sigma
-                    src = source_unet_inputs(rt.source, rt.model_sampling, sigma, frames[positions], timesteps,
-                                             like=x)
+                    src = source_unet_inputs(rt.source, rt.model_sampling, sigma, frames[positions], timesteps, like=x)
                     joint = self._joint_inputs(src, inputs) if cfg.share_batch else None
                     if joint is None:  # cannot share a batch: the source rows go first on their own
                         run(name, positions, len(positions), 0, *src, None)
@@ -385,5 +401,10 @@ class TokenFlowWrapper:
             return None
         rows = x_s.shape[0]
         y = None if y_s is None else torch.cat([y_s, y_e.to(y_s)])
-        return (torch.cat([x_s, x_e.to(x_s)]), torch.cat([t_s, t_e.to(t_s)]), torch.cat(contexts), y,
-                _with_zero_rows(ctrl_e, rows, x_e.shape[0]))
+        return (
+            torch.cat([x_s, x_e.to(x_s)]),
+            torch.cat([t_s, t_e.to(t_s)]),
+            torch.cat(contexts),
+            y,
+            _with_zero_rows(ctrl_e, rows, x_e.shape[0]),
+        )

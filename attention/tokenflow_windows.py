@@ -17,8 +17,9 @@ import torch
 from .tokenflow import blend_plan, sample_keyframes
 
 
-def keyframes_for_call(frames: torch.Tensor, total_frames: int, window: int, blend: str,
-                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def keyframes_for_call(
+    frames: torch.Tensor, total_frames: int, window: int, blend: str, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keyframes and blend plan for the frames of one UNet call.
 
     Args:

@@ -42,8 +42,11 @@ def transformer_block_keys(diffusion_model: torch.nn.Module) -> list[BlockKey]:
 
 def resblock_keys(diffusion_model: torch.nn.Module) -> list[tuple[str, int]]:
     """Every ``(name, id)`` whose layer 0 is a ResBlock (has a ``skip_connection``), in order."""
-    return [(name, block_id) for name, block_id, block in unet_sections(diffusion_model)
-            if len(block) and hasattr(block[0], "skip_connection")]
+    return [
+        (name, block_id)
+        for name, block_id, block in unet_sections(diffusion_model)
+        if len(block) and hasattr(block[0], "skip_connection")
+    ]
 
 
 def key_of(extra_options: dict) -> BlockKey:
@@ -75,8 +78,10 @@ def parse_block_list(spec: str, available: list, what: str = "self-attention", e
         name, _, ids = part.partition(" ")
         name = SECTION_ALIASES.get(name, name)
         if name not in ("input", "middle", "output"):
-            raise ValueError(f"'{part}' is not like '{example}' (input/middle/output, then block numbers or "
-                             "ranges; ';' between sections; 'all' or 'none')")
+            raise ValueError(
+                f"'{part}' is not like '{example}' (input/middle/output, then block numbers or "
+                "ranges; ';' between sections; 'all' or 'none')"
+            )
         if not ids.strip():
             section = {(k[0], k[1]) for k in available if k[0] == name}
             if not section:

@@ -27,7 +27,7 @@ class WrapperArgs:
     def __init__(self, names: tuple[str, ...], args: tuple, kwargs: dict):
         self.names = names
         self.values: dict[str, Any] = dict(zip(names, args))
-        self.tail = tuple(args[len(names):])  # positional arguments past the known ones
+        self.tail = tuple(args[len(names) :])  # positional arguments past the known ones
         self.extra = {k: v for k, v in kwargs.items() if k not in names}
         for name in names:
             if name in kwargs:
@@ -46,7 +46,7 @@ class WrapperArgs:
         last = max((i for i, n in enumerate(self.names) if n in values), default=-1)
         if self.tail:
             last = len(self.names) - 1
-        positional = [values.get(n) for n in self.names[:last + 1]]
+        positional = [values.get(n) for n in self.names[: last + 1]]
         return executor(*positional, *self.tail, **self.extra)
 
 

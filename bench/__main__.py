@@ -51,8 +51,10 @@ from .timing import busy_core, measure_interleaved, ratio_with_spread  # noqa: E
 RESULTS = Path(__file__).resolve().parent / "results"
 # the GPU table: every method and the plain baselines (Rerender's CPU-only propagation/flow cases
 # and the trajectory-sampling scale case are left out: they do not touch the GPU)
-GPU_CASES = ("plain_cfg,plain_cfg1,extended_attention,tokenflow,tokenflow_separate_source,flatten_dense,"
-             "flatten_bounded,inversion,plain_img2img,rerender_keyframe_img2img")
+GPU_CASES = (
+    "plain_cfg,plain_cfg1,extended_attention,tokenflow,tokenflow_separate_source,flatten_dense,"
+    "flatten_bounded,inversion,plain_img2img,rerender_keyframe_img2img"
+)
 
 
 def _order(names: list[str]) -> list[str]:
@@ -75,27 +77,40 @@ def parse_args(argv=None):
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--size", type=int, default=256, help="pixel size; the latent is size/8")
     p.add_argument("--steps", type=int, default=2, help="steps of the sampling schedule")
-    p.add_argument("--timed-steps", type=int, default=0,
-                   help="run only this many steps of the schedule and extrapolate (0 = all)")
+    p.add_argument(
+        "--timed-steps", type=int, default=0, help="run only this many steps of the schedule and extrapolate (0 = all)"
+    )
     p.add_argument("--cfg", type=float, default=7.5)
     p.add_argument("--repeats", type=int, default=3, help="timed runs per case after the warm-up (median)")
     p.add_argument("--cases", default="")
-    p.add_argument("--unet", default="sd15", choices=["sd15", "tiny"],
-                   help="tiny: the test UNet, only to check the script itself quickly")
+    p.add_argument(
+        "--unet",
+        default="sd15",
+        choices=["sd15", "tiny"],
+        help="tiny: the test UNet, only to check the script itself quickly",
+    )
     p.add_argument("--dtype", default="auto", choices=["auto", "fp16", "fp32"], help="auto: fp16 on CUDA")
     p.add_argument("--noise", action="store_true", help="keep one core busy with a second process while timing")
     p.add_argument("--model", action="store_true", help="add the FLOP model and the counted FLOPs")
-    p.add_argument("--gpu", action="store_true",
-                   help="the GPU table: cuda, fp16, 512², 16 frames, 3 of 50 steps, 1 repeat, every method")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch intra-op threads (0 = torch's default, one per core)")
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="the GPU table: cuda, fp16, 512², 16 frames, 3 of 50 steps, 1 repeat, every method",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default, one per core)")
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
     a = p.parse_args(argv)
     if a.gpu:  # explicit flags still win over the preset where given
         given = set(argv if argv is not None else __import__("sys").argv[1:])
-        preset = {"--device": ("device", "cuda"), "--size": ("size", 512), "--frames": ("frames", 16),
-                  "--steps": ("steps", 50), "--timed-steps": ("timed_steps", 3), "--repeats": ("repeats", 1),
-                  "--cases": ("cases", GPU_CASES)}
+        preset = {
+            "--device": ("device", "cuda"),
+            "--size": ("size", 512),
+            "--frames": ("frames", 16),
+            "--steps": ("steps", 50),
+            "--timed-steps": ("timed_steps", 3),
+            "--repeats": ("repeats", 1),
+            "--cases": ("cases", GPU_CASES),
+        }
         for flag, (attr, value) in preset.items():
             if not any(g == flag or g.startswith(flag + "=") for g in given):
                 setattr(a, attr, value)
@@ -127,7 +142,8 @@ def main(argv=None) -> dict:
     if a.device == "cuda" and device.type != "cuda":
         raise SystemExit("--device cuda: ComfyUI found no CUDA device")
     dtype = {"fp16": torch.float16, "fp32": torch.float32}.get(
-        a.dtype, torch.float16 if device.type == "cuda" else torch.float32)
+        a.dtype, torch.float16 if device.type == "cuda" else torch.float32
+    )
     torch.manual_seed(0)
     t0 = time.perf_counter()
     model = build_sd15(dtype, device=device if device.type == "cuda" else None, unet=a.unet)
@@ -136,8 +152,15 @@ def main(argv=None) -> dict:
     pos, neg = random_conditioning(1, dim=dim), random_conditioning(2, dim=dim)
     h = a.size // 8
     latent = torch.randn(a.frames, 4, h, h, generator=torch.Generator().manual_seed(3))
-    ctx = Context(model=model, positive=pos, negative=neg, latent=latent, steps=a.steps, cfg=a.cfg,
-                  timed_steps=a.timed_steps or None)
+    ctx = Context(
+        model=model,
+        positive=pos,
+        negative=neg,
+        latent=latent,
+        steps=a.steps,
+        cfg=a.cfg,
+        timed_steps=a.timed_steps or None,
+    )
 
     shapes = None
     if a.model:
@@ -156,18 +179,26 @@ def main(argv=None) -> dict:
 
             def warm_up_fn(r, counted=counted[name]):
                 counted["flops"] = counted_flops(r)
+
             warm_up_fns[name] = warm_up_fn
         # with --model every case runs its (counted) warm-up
-        warm[name] = a.model or not ((name in SHARES_SHAPES and BASELINE.get(name) in runners)
-                                     or name in WARMED_BY_SETUP)
+        warm[name] = a.model or not (
+            (name in SHARES_SHAPES and BASELINE.get(name) in runners) or name in WARMED_BY_SETUP
+        )
     with busy_core(a.noise):
         timings = measure_interleaved(runners, device, a.repeats, warm, warm_up_fns)
     for name, tm in timings.items():
         steps = ctx.steps if name in FULL_SCHEDULE else ctx.run_steps
-        row = {"wall": tm.wall, "cpu": tm.cpu, "steps_run": steps, "peak_mb": tm.peak_bytes / 2**20,
-               "peak_total_mb": tm.peak_total_bytes / 2**20 if tm.peak_total_bytes else None,
-               "step_seconds": tm.median(kind) / steps, "step_wall": sorted(tm.wall)[len(tm.wall) // 2] / steps,
-               "step_cpu": sorted(tm.cpu)[len(tm.cpu) // 2] / steps}
+        row = {
+            "wall": tm.wall,
+            "cpu": tm.cpu,
+            "steps_run": steps,
+            "peak_mb": tm.peak_bytes / 2**20,
+            "peak_total_mb": tm.peak_total_bytes / 2**20 if tm.peak_total_bytes else None,
+            "step_seconds": tm.median(kind) / steps,
+            "step_wall": sorted(tm.wall)[len(tm.wall) // 2] / steps,
+            "step_cpu": sorted(tm.cpu)[len(tm.cpu) // 2] / steps,
+        }
         if "flops" in counted[name]:
             row["counted_flops_per_step"] = counted[name]["flops"] / steps
         if shapes is not None and name in MODELS:  # models are linear in ctx.steps
@@ -197,13 +228,15 @@ def main(argv=None) -> dict:
 
     total_s = time.perf_counter() - t_start
     gpu = torch.cuda.get_device_name(device) if kind == "cuda" else platform.processor() or platform.machine()
-    print(f"\n{'tiny test' if a.unet == 'tiny' else 'SD1.5'} UNet (random weights, {str(dtype)[6:]}), {a.frames} frames "
-          f"at {a.size}² (latent {h}²), {a.steps}-step schedule"
-          + (f", {ctx.run_steps} steps timed" if ctx.timed_steps else "")
-          + f", device {device} ({gpu}), {torch.get_num_threads()} threads (OMP_WAIT_POLICY {OMP_WAIT_POLICY}),"
-          + f" {a.repeats} interleaved repeats"
-          + (", one core kept busy (--noise)" if a.noise else "")
-          + f"; ratios from {'synchronised wall' if kind == 'cuda' else 'process CPU'} time")
+    print(
+        f"\n{'tiny test' if a.unet == 'tiny' else 'SD1.5'} UNet (random weights, {str(dtype)[6:]}), {a.frames} frames "
+        f"at {a.size}² (latent {h}²), {a.steps}-step schedule"
+        + (f", {ctx.run_steps} steps timed" if ctx.timed_steps else "")
+        + f", device {device} ({gpu}), {torch.get_num_threads()} threads (OMP_WAIT_POLICY {OMP_WAIT_POLICY}),"
+        + f" {a.repeats} interleaved repeats"
+        + (", one core kept busy (--noise)" if a.noise else "")
+        + f"; ratios from {'synchronised wall' if kind == 'cuda' else 'process CPU'} time"
+    )
     if shapes is not None:
         print(shapes.summary())
     head = f"{'case':<28}{'wall s/st':>10}{'cpu s/st':>10}{'peak MB':>9}{'ratio':>7}{'spread':>13}{'wall x':>8}"
@@ -213,11 +246,15 @@ def main(argv=None) -> dict:
         head += f"{'model':>7}{'count':>7}{'meas/mod':>9}"
     print(head + "  vs")
     for name, row in rows.items():
+
         def f2(v):
             return f"{v:.2f}" if v is not None else "-"
+
         spread = f"{row['ratio_lo']:.2f}-{row['ratio_hi']:.2f}" if row["ratio"] is not None else "-"
-        line = (f"{name:<28}{row['step_wall']:>10.3f}{row['step_cpu']:>10.3f}{row['peak_mb']:>9.0f}"
-                f"{f2(row['ratio']):>7}{spread:>13}{f2(row['wall_ratio']):>8}")
+        line = (
+            f"{name:<28}{row['step_wall']:>10.3f}{row['step_cpu']:>10.3f}{row['peak_mb']:>9.0f}"
+            f"{f2(row['ratio']):>7}{spread:>13}{f2(row['wall_ratio']):>8}"
+        )
         if kind == "cuda":
             line += f"{row['peak_total_mb'] or 0:>9.0f}{row['step_seconds'] * a.steps:>9.1f}"
         if a.model:
@@ -225,10 +262,19 @@ def main(argv=None) -> dict:
         print(line + f"  {row['baseline']}")
     print(f"whole run {total_s:.0f} s (model construction {build_s:.1f} s)")
     settings = {k: v for k, v in vars(a).items() if k != "names"}
-    result = {"settings": settings, "device": str(device), "device_name": gpu, "host": platform.node(),
-              "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "omp_wait_policy": OMP_WAIT_POLICY, "total_seconds": total_s,
-              "build_seconds": build_s, "unet": shapes.summary() if shapes is not None else None, "cases": rows}
+    result = {
+        "settings": settings,
+        "device": str(device),
+        "device_name": gpu,
+        "host": platform.node(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": OMP_WAIT_POLICY,
+        "total_seconds": total_s,
+        "build_seconds": build_s,
+        "unet": shapes.summary() if shapes is not None else None,
+        "cases": rows,
+    }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
     print(f"\nwritten {a.out}")

@@ -38,8 +38,17 @@ class Context:
         """The same settings on ``frames`` frames (the latent repeated; None = unchanged)."""
         if frames is None:
             return self
-        return Context(self.model, self.positive, self.negative, _frames(self.latent, frames), self.steps, self.cfg,
-                       self.seed, self.extra, self.timed_steps)
+        return Context(
+            self.model,
+            self.positive,
+            self.negative,
+            _frames(self.latent, frames),
+            self.steps,
+            self.cfg,
+            self.seed,
+            self.extra,
+            self.timed_steps,
+        )
 
 
 def _sample(ctx: Context, model, cfg: float, latent: torch.Tensor | None = None, sigmas=None):
@@ -48,8 +57,21 @@ def _sample(ctx: Context, model, cfg: float, latent: torch.Tensor | None = None,
     latent = ctx.latent if latent is None else latent
     noise = comfy.sample.prepare_noise(latent, ctx.seed)
     last = ctx.timed_steps if ctx.timed_steps and ctx.timed_steps < ctx.steps else None
-    return comfy.sample.sample(model, noise, ctx.steps, cfg, "euler", "ddim_uniform", ctx.positive, ctx.negative,
-                               latent, sigmas=sigmas, last_step=last, disable_pbar=True, seed=ctx.seed)
+    return comfy.sample.sample(
+        model,
+        noise,
+        ctx.steps,
+        cfg,
+        "euler",
+        "ddim_uniform",
+        ctx.positive,
+        ctx.negative,
+        latent,
+        sigmas=sigmas,
+        last_step=last,
+        disable_pbar=True,
+        seed=ctx.seed,
+    )
 
 
 def plain_cfg(ctx: Context):
@@ -82,8 +104,16 @@ MODELS: dict[str, Callable] = {
 }
 
 
-def register(name: str, fn: Callable, baseline: str | None = None, model: Callable | None = None, *,
-             shares_shapes: bool = False, warmed_by_setup: bool = False, full_schedule: bool = False) -> Callable:
+def register(
+    name: str,
+    fn: Callable,
+    baseline: str | None = None,
+    model: Callable | None = None,
+    *,
+    shares_shapes: bool = False,
+    warmed_by_setup: bool = False,
+    full_schedule: bool = False,
+) -> Callable:
     """Add a case: ``fn(ctx) -> runner``; ``baseline`` its ratio's denominator (default
     plain_cfg); ``model(shapes, ctx) -> FLOPs`` its physical limit (bench.model). Returns ``fn``."""
     CASES[name] = fn
@@ -91,8 +121,11 @@ def register(name: str, fn: Callable, baseline: str | None = None, model: Callab
         BASELINE[name] = baseline
     if model is not None:
         MODELS[name] = model
-    for flag, table in ((shares_shapes, SHARES_SHAPES), (warmed_by_setup, WARMED_BY_SETUP),
-                        (full_schedule, FULL_SCHEDULE)):
+    for flag, table in (
+        (shares_shapes, SHARES_SHAPES),
+        (warmed_by_setup, WARMED_BY_SETUP),
+        (full_schedule, FULL_SCHEDULE),
+    ):
         if flag:
             table.add(name)
     return fn
@@ -158,8 +191,13 @@ register("tokenflow", tokenflow, model=fm.tokenflow)
 register("tokenflow_separate_source", lambda ctx: tokenflow(ctx, share_batch=False), model=fm.tokenflow)
 # growth with frames is read against the run's own frame count (8 by default)
 for _n in (16, 32):
-    register(f"tokenflow_f{_n}", functools.partial(tokenflow, frames=_n), "tokenflow",
-             functools.partial(fm.tokenflow, frames=_n), shares_shapes=True)
+    register(
+        f"tokenflow_f{_n}",
+        functools.partial(tokenflow, frames=_n),
+        "tokenflow",
+        functools.partial(fm.tokenflow, frames=_n),
+        shares_shapes=True,
+    )
 
 
 # -- FLATTEN -------------------------------------------------------------------------------------
@@ -208,12 +246,18 @@ def flatten_comfy_kernel(ctx: Context):
 
 register("flatten_dense", flatten, model=fm.flatten)
 register("flatten_dense_comfy_kernel", flatten_comfy_kernel, model=fm.flatten)
-register("flatten_bounded", functools.partial(flatten, mode="bounded"),
-         model=functools.partial(fm.flatten, mode="bounded"))
+register(
+    "flatten_bounded", functools.partial(flatten, mode="bounded"), model=functools.partial(fm.flatten, mode="bounded")
+)
 # growth from the run's frame count (8): linear in frames
 for _n in (16, 32):
-    register(f"flatten_bounded_f{_n}", functools.partial(flatten, mode="bounded", frames=_n), "flatten_bounded",
-             functools.partial(fm.flatten, mode="bounded", frames=_n), shares_shapes=True)
+    register(
+        f"flatten_bounded_f{_n}",
+        functools.partial(flatten, mode="bounded", frames=_n),
+        "flatten_bounded",
+        functools.partial(fm.flatten, mode="bounded", frames=_n),
+        shares_shapes=True,
+    )
 register("flatten_trajectories_f32", flatten_trajectory_sampling, full_schedule=True)
 
 
@@ -221,8 +265,14 @@ def inversion(ctx: Context):
     """DDIM inversion of the frames (cfg 1, no cache) over the same steps."""
     from comfyui_videoedit.adapters.inversion import invert_video
 
-    return lambda: invert_video(ctx.model, {"samples": ctx.latent}, ctx.positive, steps=ctx.steps,
-                                frame_batch_size=ctx.latent.shape[0], cache_mode="off")
+    return lambda: invert_video(
+        ctx.model,
+        {"samples": ctx.latent},
+        ctx.positive,
+        steps=ctx.steps,
+        frame_batch_size=ctx.latent.shape[0],
+        cache_mode="off",
+    )
 
 
 register("inversion", inversion, "plain_cfg1", fm.inversion, full_schedule=True)
@@ -237,8 +287,18 @@ def _sd_vae():
 
     from ve_testkit.models import init_random_
 
-    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
-                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+    ddconfig = {
+        "double_z": True,
+        "z_channels": 4,
+        "resolution": 256,
+        "in_channels": 3,
+        "out_ch": 3,
+        "ch": 128,
+        "ch_mult": [1, 2, 4, 4],
+        "num_res_blocks": 2,
+        "attn_resolutions": [],
+        "dropout": 0.0,
+    }
     ae = init_random_(comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=ddconfig, embed_dim=4), 11)
     return comfy.sd.VAE(sd=ae.state_dict(), config={"params": {"ddconfig": ddconfig, "embed_dim": 4}})
 
@@ -247,8 +307,12 @@ def _panning_frames(count: int, height: int, width: int, step: float = 3.0) -> t
     """``[count, H, W, 3]`` views of one smooth random texture panning ``step`` px per frame."""
     g = torch.Generator().manual_seed(5)
     span = width + int(step * count) + 8
-    tex = torch.nn.functional.interpolate(torch.rand(1, 3, height // 16 + 2, span // 16 + 2, generator=g),
-                                          size=(height, span), mode="bicubic", align_corners=False).clamp(0, 1)
+    tex = torch.nn.functional.interpolate(
+        torch.rand(1, 3, height // 16 + 2, span // 16 + 2, generator=g),
+        size=(height, span),
+        mode="bicubic",
+        align_corners=False,
+    ).clamp(0, 1)
     grid_y, grid_x = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
     frames = []
     for t in range(count):
@@ -301,9 +365,21 @@ def plain_img2img(ctx: Context, x0_strength: float = 0.75):
         with torch.inference_mode():
             latent = vae.encode(image).float()
             noise = comfy.sample.prepare_noise(latent, ctx.seed)
-            out = comfy.sample.sample(ctx.model, noise, ctx.steps, ctx.cfg, "euler", "ddim_uniform", ctx.positive,
-                                      ctx.negative, latent, start_step=start, force_full_denoise=True,
-                                      disable_pbar=True, seed=ctx.seed)
+            out = comfy.sample.sample(
+                ctx.model,
+                noise,
+                ctx.steps,
+                ctx.cfg,
+                "euler",
+                "ddim_uniform",
+                ctx.positive,
+                ctx.negative,
+                latent,
+                start_step=start,
+                force_full_denoise=True,
+                disable_pbar=True,
+                seed=ctx.seed,
+            )
             return vae.decode(out)
 
     return runner
@@ -340,18 +416,28 @@ def rerender_flow_dis_512(ctx: Context):
     return lambda: bidirectional_flow(clip, dis_flow)
 
 
-CASES.update({
-    "rerender_keyframe": rerender_keyframe,
-    "plain_img2img": plain_img2img,
-    "rerender_keyframe_img2img": lambda ctx: rerender_keyframe(ctx, 0.75),
-    "rerender_propagate_512_f21": rerender_propagate_512,
-    "rerender_propagate_512_f21_linear": lambda ctx: rerender_propagate_512(ctx, "linear"),
-    "rerender_flow_dis_512_f21": rerender_flow_dis_512,
-})
+CASES.update(
+    {
+        "rerender_keyframe": rerender_keyframe,
+        "plain_img2img": plain_img2img,
+        "rerender_keyframe_img2img": lambda ctx: rerender_keyframe(ctx, 0.75),
+        "rerender_propagate_512_f21": rerender_propagate_512,
+        "rerender_propagate_512_f21_linear": lambda ctx: rerender_propagate_512(ctx, "linear"),
+        "rerender_flow_dis_512_f21": rerender_flow_dis_512,
+    }
+)
 BASELINE.update({"rerender_keyframe_img2img": "plain_img2img"})
 WARMED_BY_SETUP.update({"rerender_keyframe", "rerender_keyframe_img2img"})  # the anchor is rendered in setup
-FULL_SCHEDULE.update({"rerender_keyframe", "plain_img2img", "rerender_keyframe_img2img", "rerender_propagate_512_f21",
-                      "rerender_propagate_512_f21_linear", "rerender_flow_dis_512_f21"})
+FULL_SCHEDULE.update(
+    {
+        "rerender_keyframe",
+        "plain_img2img",
+        "rerender_keyframe_img2img",
+        "rerender_propagate_512_f21",
+        "rerender_propagate_512_f21_linear",
+        "rerender_flow_dis_512_f21",
+    }
+)
 
 
 # -- Edit quality -------------------------------------------------------------------------------
@@ -367,9 +453,10 @@ def edit_quality_512(ctx: Context, frames: int = 24):
 
     g = torch.Generator().manual_seed(7)
     size, step = 512, 3
-    tex = torch.nn.functional.interpolate(torch.rand(1, 3, 40, 40 + frames // 4, generator=g),
-                                          size=(size, size + step * frames), mode="bicubic").clamp(0, 1)[0]
-    source = torch.stack([tex[:, :, step * k:step * k + size] for k in range(frames)]).permute(0, 2, 3, 1)
+    tex = torch.nn.functional.interpolate(
+        torch.rand(1, 3, 40, 40 + frames // 4, generator=g), size=(size, size + step * frames), mode="bicubic"
+    ).clamp(0, 1)[0]
+    source = torch.stack([tex[:, :, step * k : step * k + size] for k in range(frames)]).permute(0, 2, 3, 1)
     source = source.contiguous()
     flicker = 0.03 * torch.randn(frames, 1, 1, 1, generator=g)
     edited = ((1.0 - source) * 0.9 + 0.05 + flicker).clamp(0, 1)
@@ -403,14 +490,27 @@ def p2p_bench_edit():
     from comfyui_videoedit.attention.p2p_control import P2PEdit, one_hot
     from comfyui_videoedit.attention.p2p_tokens import prompt_tokens, replace_mapper
 
-    src = prompt_tokens("a man riding a bike", "a man riding a bike".split(), [[320], [786], [6765], [320], [3701]],
-                        "source_prompt")
-    tgt = prompt_tokens("a man riding a motorcycle", "a man riding a motorcycle".split(),
-                        [[320], [786], [6765], [320], [10297, 9985]], "target_prompt")
+    src = prompt_tokens(
+        "a man riding a bike", "a man riding a bike".split(), [[320], [786], [6765], [320], [3701]], "source_prompt"
+    )
+    tgt = prompt_tokens(
+        "a man riding a motorcycle",
+        "a man riding a motorcycle".split(),
+        [[320], [786], [6765], [320], [10297, 9985]],
+        "target_prompt",
+    )
     eq = torch.ones(77)
     eq[tgt.positions("motorcycle")] = 2.0
-    return P2PEdit(src, tgt, "replace", replace_mapper(src, tgt), torch.zeros(77), eq,
-                   blend_src=one_hot(src.positions("bike"), 77), blend_tgt=one_hot(tgt.positions("motorcycle"), 77))
+    return P2PEdit(
+        src,
+        tgt,
+        "replace",
+        replace_mapper(src, tgt),
+        torch.zeros(77),
+        eq,
+        blend_src=one_hot(src.positions("bike"), 77),
+        blend_tgt=one_hot(tgt.positions("motorcycle"), 77),
+    )
 
 
 def p2p(ctx: Context, source_mode: str = "replay", frames: int | None = None, stats: dict | None = None):
@@ -422,8 +522,12 @@ def p2p(ctx: Context, source_mode: str = "replay", frames: int | None = None, st
     from comfyui_videoedit.attention.p2p_patch import P2PConfig
 
     sub = ctx.with_frames(frames)
-    model, runtime = p2p_model(ctx.model, p2p_bench_edit(), P2PBenchSource(sub),
-                               P2PConfig.from_inputs(source_mode=source_mode, blend_start=0.0))
+    model, runtime = p2p_model(
+        ctx.model,
+        p2p_bench_edit(),
+        P2PBenchSource(sub),
+        P2PConfig.from_inputs(source_mode=source_mode, blend_start=0.0),
+    )
 
     def runner():
         out = _sample(sub, model, ctx.cfg)
@@ -437,11 +541,18 @@ def p2p(ctx: Context, source_mode: str = "replay", frames: int | None = None, st
 register("edit_quality_512_f24", edit_quality_512, full_schedule=True)
 
 register("p2p_replay", p2p, model=fm.p2p)
-register("p2p_joint", functools.partial(p2p, source_mode="joint"),
-         model=lambda shapes, ctx: fm.plain(shapes, ctx, rows_per_frame=4))  # source and target each with CFG
+register(
+    "p2p_joint",
+    functools.partial(p2p, source_mode="joint"),
+    model=lambda shapes, ctx: fm.plain(shapes, ctx, rows_per_frame=4),
+)  # source and target each with CFG
 # growth from the run's frame count (8); its own warm-up
-register("p2p_replay_f32", functools.partial(p2p, frames=32), "p2p_replay",
-         model=lambda shapes, ctx: fm.plain(shapes, ctx, rows_per_frame=3, frames=32))
+register(
+    "p2p_replay_f32",
+    functools.partial(p2p, frames=32),
+    "p2p_replay",
+    model=lambda shapes, ctx: fm.plain(shapes, ctx, rows_per_frame=3, frames=32),
+)
 
 
 def p2p_map_layer(ctx: Context, frames: int = 8, stats: dict | None = None):
@@ -462,14 +573,24 @@ def p2p_map_layer(ctx: Context, frames: int = 8, stats: dict | None = None):
 
     def runner():
         rt.run = RunState(7.5, frames, (4, 64, 64))
-        call = P2PCall(step=0, n=frames, frames=torch.arange(frames), source_kinds=[0], kinds=[1, 0],
-                       alpha=torch.ones(77), edit_on=True, self_on=True)
+        call = P2PCall(
+            step=0,
+            n=frames,
+            frames=torch.arange(frames),
+            source_kinds=[0],
+            kinds=[1, 0],
+            alpha=torch.ones(77),
+            edit_on=True,
+            self_on=True,
+        )
         layer = P2PCrossAttention(rt)
         layer(q, k, v, {**extra_64, "ve_p2p": call})  # the largest maps (64², edited, not kept)
         layer(q16, k, v, {**extra, "ve_p2p": call})  # a blend layer: its word sums are kept
         if stats is not None:
-            stats.update(peak_map_bytes=rt.run.peak_map_bytes,
-                         kept_bytes=sum(t.numel() * t.element_size() for t in call.maps.values()))
+            stats.update(
+                peak_map_bytes=rt.run.peak_map_bytes,
+                kept_bytes=sum(t.numel() * t.element_size() for t in call.maps.values()),
+            )
         rt.run = None
 
     return runner

@@ -56,13 +56,20 @@ class UNetShapes:
 
     def summary(self) -> str:
         g = 1e9
-        return (f"UNet row {self.row_flops / g:.1f} GFLOP (conv {self.conv_flops / g:.1f}, linear "
-                f"{self.linear_flops / g:.1f}, self-attn cores {self.self_core_flops / g:.1f}, cross-attn cores "
-                f"{self.cross_core_flops / g:.2f}); {len(self.self_layers)} self-attention layers")
+        return (
+            f"UNet row {self.row_flops / g:.1f} GFLOP (conv {self.conv_flops / g:.1f}, linear "
+            f"{self.linear_flops / g:.1f}, self-attn cores {self.self_core_flops / g:.1f}, cross-attn cores "
+            f"{self.cross_core_flops / g:.2f}); {len(self.self_layers)} self-attention layers"
+        )
 
 
-def unet_shapes(diffusion_model: torch.nn.Module, latent_hw: tuple[int, int], context_tokens: int = 77,
-                context_dim: int | None = None, in_channels: int = 4) -> UNetShapes:
+def unet_shapes(
+    diffusion_model: torch.nn.Module,
+    latent_hw: tuple[int, int],
+    context_tokens: int = 77,
+    context_dim: int | None = None,
+    in_channels: int = 4,
+) -> UNetShapes:
     """Hook one fake-tensor forward of ``diffusion_model`` (ComfyUI ``UNetModel``) for one row
     at latent ``latent_hw`` and a ``context_tokens``-long text context."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -88,6 +95,7 @@ def unet_shapes(diffusion_model: torch.nn.Module, latent_hw: tuple[int, int], co
             else:
                 m = context.shape[1] if context is not None else n
                 shapes.cross_core_flops += 4.0 * x.shape[0] * n * m * inner
+
         return hook
 
     for name, mod in diffusion_model.named_modules():

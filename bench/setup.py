@@ -46,8 +46,9 @@ def build_sd15(dtype: torch.dtype, seed: int = 0, device: torch.device | str | N
     model.diffusion_model.to(device=device, dtype=dtype)  # no-op when built there (ComfyUI ops honour device)
     init_random_on_device_(model.diffusion_model, seed)
     model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 @torch.no_grad()

@@ -60,12 +60,14 @@ def measure(runner, device: torch.device, repeats: int, warm_up: bool = True, wa
 
     ``warm_up_fn(runner)`` replaces the plain warm-up call (the FLOP counter runs there, so
     counting costs no timed run)."""
-    return measure_interleaved({"case": runner}, device, repeats, {"case": warm_up},
-                               {"case": warm_up_fn} if warm_up_fn else None)["case"]
+    return measure_interleaved(
+        {"case": runner}, device, repeats, {"case": warm_up}, {"case": warm_up_fn} if warm_up_fn else None
+    )["case"]
 
 
-def measure_interleaved(runners: dict, device: torch.device, repeats: int, warm_up: dict | None = None,
-                        warm_up_fns: dict | None = None) -> dict[str, Timing]:
+def measure_interleaved(
+    runners: dict, device: torch.device, repeats: int, warm_up: dict | None = None, warm_up_fns: dict | None = None
+) -> dict[str, Timing]:
     """Every runner's warm-up (in order; ``warm_up[name]`` False skips it, ``warm_up_fns[name]``
     replaces it), then ``repeats`` rounds that time each runner once, in order: ABC ABC ABC.
 

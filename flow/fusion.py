@@ -55,7 +55,9 @@ def dilate(mask: torch.Tensor, kernel: int) -> torch.Tensor:
     return F.max_pool2d(mask, kernel_size=kernel, stride=1, padding=kernel // 2)
 
 
-def soft_occlusion(occlusion: torch.Tensor, grow: int = 9, blur_kernel: int = 9, blur_sigma: float = 18.0) -> torch.Tensor:
+def soft_occlusion(
+    occlusion: torch.Tensor, grow: int = 9, blur_kernel: int = 9, blur_sigma: float = 18.0
+) -> torch.Tensor:
     """Occlusion grown and feathered: ``clamp(blur(maxpool_grow(occ)) + occ, 0, 1)``.
 
     The official code's blend mask (9×9 max filter, 9×9 Gaussian with σ = 18, i.e. nearly a
@@ -107,8 +109,9 @@ def shape_fusion_mask(occlusion: torch.Tensor, latent_size: tuple[int, int]) -> 
     return latent_keep_mask(soft_occlusion(occlusion), latent_size)
 
 
-def warp_latent(latent: torch.Tensor, flow: torch.Tensor, mode: str = "nearest",
-                flow_resize: str = "official") -> torch.Tensor:
+def warp_latent(
+    latent: torch.Tensor, flow: torch.Tensor, mode: str = "nearest", flow_resize: str = "official"
+) -> torch.Tensor:
     """Backward-warp a latent by a pixel-resolution flow: ``out[p] = latent[p + flow_lat[p]]``.
 
     The flow is resized to the latent grid with its vectors scaled (``resize_flow``):
@@ -219,8 +222,9 @@ def pixel_fusion(
     return fused
 
 
-def inpaint_mask(occlusion_previous: torch.Tensor, occlusion_anchor: torch.Tensor,
-                 latent_size: tuple[int, int]) -> torch.Tensor:
+def inpaint_mask(
+    occlusion_previous: torch.Tensor, occlusion_anchor: torch.Tensor, latent_size: tuple[int, int]
+) -> torch.Tensor:
     """Known region of the structure-guided inpainting, at latent resolution (``M`` of the code).
 
     Pixels occluded in both references (``occ_pre ∧ occ_0``, paper ``M_i = M_0 ∩ M_{i-1}``) are
@@ -314,7 +318,9 @@ def flat_region(mask: torch.Tensor) -> torch.Tensor:
     return ((gx.abs() + gy.abs()) == 0).to(m.dtype)
 
 
-def inpaint_rescale(weight: torch.Tensor, inner_strength: float = 0.9, flat: torch.Tensor | None = None) -> torch.Tensor:
+def inpaint_rescale(
+    weight: torch.Tensor, inner_strength: float = 0.9, flat: torch.Tensor | None = None
+) -> torch.Tensor:
     """Scale of the noise part kept by the blended-latent step.
 
     ``r = max(1 − w, sqrt(1 − w²)·inner_strength)``; with ``flat`` (smooth boundary),

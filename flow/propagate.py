@@ -33,8 +33,9 @@ COLOUR_SPACES = ("ycbcr", "lab")
 _YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 
 
-def chain_flow(forward: torch.Tensor, backward: torch.Tensor, start: int, end: int,
-               padding_mode: str = "border") -> torch.Tensor:
+def chain_flow(
+    forward: torch.Tensor, backward: torch.Tensor, start: int, end: int, padding_mode: str = "border"
+) -> torch.Tensor:
     """Flow from frame ``start`` to frame ``end`` (on ``start``'s grid) composed from adjacent flows.
 
     ``f_{s→e}(p) = f_{s→s±1}(p) + f_{s±1→e}(p + f_{s→s±1}(p))``, evaluated as a running sum in
@@ -155,8 +156,14 @@ def _chains(lattice: _Lattice, flows: torch.Tensor, occlusions: torch.Tensor) ->
     return torch.cat(chained), torch.cat(occluded)
 
 
-def _reliability(lattice: _Lattice, key_source_lo: torch.Tensor, frames_lo: torch.Tensor, chained: torch.Tensor,
-                 occluded: torch.Tensor, error_scale: float) -> torch.Tensor:
+def _reliability(
+    lattice: _Lattice,
+    key_source_lo: torch.Tensor,
+    frames_lo: torch.Tensor,
+    chained: torch.Tensor,
+    occluded: torch.Tensor,
+    error_scale: float,
+) -> torch.Tensor:
     """Per-pixel confidence in 0..1 of a keyframe warped onto frames: not occluded along the
     chain (grown by one analysis pixel), inside the keyframe, and photometrically consistent
     (the *source* keyframe warped the same way matches the source frame)."""
@@ -284,7 +291,9 @@ def propagate_keyframes(
     if tuple(keyframes.shape[1:3]) != (height, width):
         raise ValueError(f"keyframes {tuple(keyframes.shape)} and frames {tuple(frames.shape)} differ in size")
     if count > 1 and (forward.shape != (count - 1, height, width, 2) or backward.shape != forward.shape):
-        raise ValueError(f"flows {tuple(forward.shape)}/{tuple(backward.shape)} do not match {count} frames of {height}×{width}")
+        raise ValueError(
+            f"flows {tuple(forward.shape)}/{tuple(backward.shape)} do not match {count} frames of {height}×{width}"
+        )
 
     device = frames.device
     key_of = dict(zip(keys, range(len(keys))))
@@ -312,7 +321,9 @@ def propagate_keyframes(
     for (a, b), members in spans.items():
         side = {}
         if a is not None:  # chain t → a along backward flows, t = a+1, a+2, ...
-            chained, occluded = _chains(lattice, bwd_lo[members[0] - 1 : members[-1]], occ_bwd[members[0] - 1 : members[-1]])
+            chained, occluded = _chains(
+                lattice, bwd_lo[members[0] - 1 : members[-1]], occ_bwd[members[0] - 1 : members[-1]]
+            )
             conf = _reliability(lattice, frames_lo[a : a + 1], frames_lo[members], chained, occluded, error_scale)
             side["a"] = (chained, conf)
         if b is not None:  # chain t → b along forward flows, t = b-1, b-2, ...
@@ -331,26 +342,42 @@ def propagate_keyframes(
             if b is None or a is None:
                 key, chained = (a, side["a"][0]) if b is None else (b, side["b"][0])
                 grid = _sampling_grid(lattice, chained[sel], (height, width))
-                warped = F.grid_sample(key_rgb[key_of[key]][None].expand(len(idx), -1, -1, -1), grid,
-                                       mode="bilinear", padding_mode="border", align_corners=True)
+                warped = F.grid_sample(
+                    key_rgb[key_of[key]][None].expand(len(idx), -1, -1, -1),
+                    grid,
+                    mode="bilinear",
+                    padding_mode="border",
+                    align_corners=True,
+                )
                 out[idx] = warped.permute(0, 2, 3, 1).clamp_(0.0, 1.0)
             else:
                 grids = [_sampling_grid(lattice, side[s][0][sel], (height, width)) for s in ("a", "b")]
-                out[idx] = _blend_chunk(key_rgb[key_of[a]], key_rgb[key_of[b]], *grids, weight_a[sel], (height, width),
-                                        blend, colour_space)
+                out[idx] = _blend_chunk(
+                    key_rgb[key_of[a]], key_rgb[key_of[b]], *grids, weight_a[sel], (height, width), blend, colour_space
+                )
             if on_frames is not None:
                 on_frames(len(idx))
     return out
 
 
-def _blend_chunk(key_a: torch.Tensor, key_b: torch.Tensor, grid_a: torch.Tensor, grid_b: torch.Tensor,
-                 weight_a_lo: torch.Tensor, size: tuple[int, int], blend: str, colour_space: str) -> torch.Tensor:
+def _blend_chunk(
+    key_a: torch.Tensor,
+    key_b: torch.Tensor,
+    grid_a: torch.Tensor,
+    grid_b: torch.Tensor,
+    weight_a_lo: torch.Tensor,
+    size: tuple[int, int],
+    blend: str,
+    colour_space: str,
+) -> torch.Tensor:
     """Warp both keyframes (``[3, H, W]``) onto a chunk of frames and blend → ``[n, H, W, 3]``."""
     n = grid_a.shape[0]
-    warped_a = F.grid_sample(key_a[None].expand(n, -1, -1, -1), grid_a, mode="bilinear", padding_mode="border",
-                             align_corners=True)
-    warped_b = F.grid_sample(key_b[None].expand(n, -1, -1, -1), grid_b, mode="bilinear", padding_mode="border",
-                             align_corners=True)
+    warped_a = F.grid_sample(
+        key_a[None].expand(n, -1, -1, -1), grid_a, mode="bilinear", padding_mode="border", align_corners=True
+    )
+    warped_b = F.grid_sample(
+        key_b[None].expand(n, -1, -1, -1), grid_b, mode="bilinear", padding_mode="border", align_corners=True
+    )
     weight = F.interpolate(weight_a_lo, size=size, mode="bilinear", align_corners=True)
     if blend == "histogram":
         mean_a = warped_a.mean(dim=(2, 3), keepdim=True)

@@ -103,7 +103,8 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         raise ValueError(
             f"{name} holds Python objects besides tensors (or is not a PyTorch file), so it was not loaded: "
             f"the pack only reads plain tensors, never code from a pickle; {fix}, or re-save the weights as a "
-            "state dict of tensors / .safetensors") from err
+            "state dict of tensors / .safetensors"
+        ) from err
     except Exception as err:  # torch.load fails on foreign bytes with any error type (EOFError, IndexError…)
         raise ValueError(f"{name} cannot be read as a PyTorch checkpoint ({type(err).__name__}: {err}); {fix}") from err
     for key in ("state_dict", "model"):
@@ -234,8 +235,10 @@ def load_raft(arch: str, state_dict: Mapping[str, torch.Tensor], source: str = "
     if arch not in RAFT_ARCHITECTURES:
         raise ValueError(f"unknown RAFT architecture {arch!r}; expected one of {RAFT_ARCHITECTURES}")
     if not has_raft_weights(state_dict):
-        raise ValueError(f"{source} holds no RAFT weights ({len(state_dict)} tensors such as "
-                         f"[{_preview(sorted(map(str, state_dict)), 4)}]); choose a RAFT checkpoint for {arch}")
+        raise ValueError(
+            f"{source} holds no RAFT weights ({len(state_dict)} tensors such as "
+            f"[{_preview(sorted(map(str, state_dict)), 4)}]); choose a RAFT checkpoint for {arch}"
+        )
     sd = convert_original_state_dict(state_dict) if is_original_layout(state_dict) else dict(state_dict)
     found = raft_arch_of(sd)
     if found != arch:

@@ -46,7 +46,12 @@ def resize_flow(flow: torch.Tensor, size: tuple[int, int], mode: str = "antialia
         resized = F.interpolate(channels_first, size=(height, width), mode="nearest")
     else:
         shrinking = height < in_h or width < in_w
-        resized = F.interpolate(channels_first, size=(height, width), mode="bilinear", align_corners=False,
-                                antialias=mode == "antialiased" and shrinking)
+        resized = F.interpolate(
+            channels_first,
+            size=(height, width),
+            mode="bilinear",
+            align_corners=False,
+            antialias=mode == "antialiased" and shrinking,
+        )
     scale = torch.tensor([width / in_w, height / in_h], device=flow.device, dtype=resized.dtype)
     return (resized.permute(0, 2, 3, 1) * scale).to(flow.dtype)

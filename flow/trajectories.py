@@ -169,9 +169,11 @@ class TrajectorySet:
         try:
             return self.levels[tuple(size)]
         except KeyError:
-            raise ValueError(f"FLATTEN trajectories hold grids {sorted(self.levels)} (latent "
-                             f"{self.latent_size[0]}x{self.latent_size[1]}), not {size[0]}x{size[1]}: sample the "
-                             "trajectories for the latent being sampled") from None
+            raise ValueError(
+                f"FLATTEN trajectories hold grids {sorted(self.levels)} (latent "
+                f"{self.latent_size[0]}x{self.latent_size[1]}), not {size[0]}x{size[1]}: sample the "
+                "trajectories for the latent being sampled"
+            ) from None
 
     def describe(self) -> str:
         h, w = self.latent_size
@@ -181,8 +183,13 @@ class TrajectorySet:
         return self
 
 
-def sample_trajectories(flow: torch.Tensor, latent_size: tuple[int, int], levels: int = DEFAULT_LEVELS,
-                        seed: int = 0, flow_resize: str = "official") -> TrajectorySet:
+def sample_trajectories(
+    flow: torch.Tensor,
+    latent_size: tuple[int, int],
+    levels: int = DEFAULT_LEVELS,
+    seed: int = 0,
+    flow_resize: str = "official",
+) -> TrajectorySet:
     """Trajectories of a clip at every latent resolution.
 
     Args:
@@ -200,8 +207,12 @@ def sample_trajectories(flow: torch.Tensor, latent_size: tuple[int, int], levels
         raise ValueError(f"flow must be [frames-1, H, W, 2], got {list(flow.shape)}")
     _resize_mode(flow_resize)
     gen = torch.Generator().manual_seed(int(seed))
-    out = TrajectorySet(frames=int(flow.shape[0]) + 1, latent_size=(int(latent_size[0]), int(latent_size[1])),
-                        seed=int(seed), flow_resize=flow_resize)
+    out = TrajectorySet(
+        frames=int(flow.shape[0]) + 1,
+        latent_size=(int(latent_size[0]), int(latent_size[1])),
+        seed=int(seed),
+        flow_resize=flow_resize,
+    )
     for size in latent_grid_sizes(*latent_size, levels):
         if size in out.levels:
             continue

@@ -27,13 +27,15 @@ def _base_grid(height: int, width: int, device: torch.device, dtype: torch.dtype
     """``[1, H, W, 2]`` pixel positions (x, y), built once per size/device/dtype: a warp runs per
     frame and step, and building the grid each time cost as much as the sampling (bench). Never
     written to (callers add to it)."""
-    ys, xs = torch.meshgrid(torch.arange(height, device=device, dtype=dtype),
-                            torch.arange(width, device=device, dtype=dtype), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=device, dtype=dtype), torch.arange(width, device=device, dtype=dtype), indexing="ij"
+    )
     return torch.stack([xs, ys], dim=-1)[None]
 
 
-def warp_backward(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros",
-                  mode: str = "bilinear") -> torch.Tensor:
+def warp_backward(
+    image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros", mode: str = "bilinear"
+) -> torch.Tensor:
     """Backward warp: ``out[p] = image[p + flow[p]]``, bilinear (or nearest).
 
     The output lives on the flow's grid. To bring frame i+1 onto frame i's grid, pass frame i+1
@@ -68,7 +70,8 @@ def warp_backward(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "
     # the normalised range), so grid_sample is told the same; one fused sampling call (kornia's
     # remap did the same maths in several passes, ~20x slower at 256² on CPU)
     height, width = grid.shape[1:3]
-    scale = torch.tensor([2.0 / max(width - 1, 1e-14), 2.0 / max(height - 1, 1e-14)], device=grid.device,
-                         dtype=grid.dtype)
+    scale = torch.tensor(
+        [2.0 / max(width - 1, 1e-14), 2.0 / max(height - 1, 1e-14)], device=grid.device, dtype=grid.dtype
+    )
     out = F.grid_sample(work, grid * scale - 1.0, mode=mode, padding_mode=padding_mode, align_corners=True)
     return out.to(image.dtype)

@@ -93,8 +93,12 @@ def is_pack_entry(folder: Path) -> bool:
         manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    return (isinstance(manifest, dict) and manifest.get("format") == 1 and manifest.get("key") == folder.name
-            and TENSORS in (manifest.get("files") or {}))
+    return (
+        isinstance(manifest, dict)
+        and manifest.get("format") == 1
+        and manifest.get("key") == folder.name
+        and TENSORS in (manifest.get("files") or {})
+    )
 
 
 class CorruptEntry(Exception):
@@ -110,8 +114,9 @@ class DiskCache:
         self.notes: list[str] = []  # what the user should see (recomputed entries), for the node's UI
 
     # -- reading -------------------------------------------------------------------------------
-    def load(self, key: str, expect: Mapping[str, tuple[tuple[int, ...] | None, torch.dtype | None]] | None = None
-             ) -> CacheEntry | None:
+    def load(
+        self, key: str, expect: Mapping[str, tuple[tuple[int, ...] | None, torch.dtype | None]] | None = None
+    ) -> CacheEntry | None:
         """The entry for ``key``, or None (miss, or a bad entry that was logged and removed).
 
         ``expect``: tensor name -> (shape or None, dtype or None) the caller requires.
@@ -253,8 +258,12 @@ class DiskCache:
             total -= size
             removed.append(key)
         if removed:
-            log.info("VideoEdit cache: evicted %d entr%s to stay under %.0f MB", len(removed),
-                     "y" if len(removed) == 1 else "ies", self.limit_bytes / 2**20)
+            log.info(
+                "VideoEdit cache: evicted %d entr%s to stay under %.0f MB",
+                len(removed),
+                "y" if len(removed) == 1 else "ies",
+                self.limit_bytes / 2**20,
+            )
         return removed
 
     def remove(self, key: str) -> None:
@@ -321,8 +330,19 @@ class TieredCache:
     ``nbytes(value)``: RAM a value takes. ``expect``: tensor shapes/dtypes a disk entry must have.
     """
 
-    def __init__(self, mode: str, memory: MemoryCache, root: str | os.PathLike | None, *, limit_bytes: int = 0,
-                 encode, decode, nbytes, expect: Mapping | None = None, notes: list[str] | None = None):
+    def __init__(
+        self,
+        mode: str,
+        memory: MemoryCache,
+        root: str | os.PathLike | None,
+        *,
+        limit_bytes: int = 0,
+        encode,
+        decode,
+        nbytes,
+        expect: Mapping | None = None,
+        notes: list[str] | None = None,
+    ):
         if mode not in CACHE_MODES:
             raise ValueError(f"cache_mode: '{mode}' is not one of {CACHE_MODES}")
         self.mode, self.memory, self.root, self.limit = mode, memory, root, int(limit_bytes)
@@ -353,8 +373,10 @@ class TieredCache:
         if self.mode == "memory" or (self.mode == "disk" and self._fits_memory(value)):
             self.memory.put(key, value, self.nbytes(value), self.limit)
         elif self.mode == "disk":
-            self.notes.append(f"inversion cache: {self.nbytes(value) / 2**20:.0f} MB exceed cache_limit_mb "
-                              f"{self.limit // 2**20}: kept on disk only (raise cache_limit_mb to keep a RAM copy)")
+            self.notes.append(
+                f"inversion cache: {self.nbytes(value) / 2**20:.0f} MB exceed cache_limit_mb "
+                f"{self.limit // 2**20}: kept on disk only (raise cache_limit_mb to keep a RAM copy)"
+            )
         if self.disk is not None:
             tensors, meta = self.encode(value)
             try:

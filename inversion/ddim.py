@@ -48,14 +48,14 @@ def eps_from_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tens
     return (x - denoised) / sigma
 
 
-def ddim_step(x: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor | float,
-              sigma_next: torch.Tensor | float) -> torch.Tensor:
+def ddim_step(
+    x: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor | float, sigma_next: torch.Tensor | float
+) -> torch.Tensor:
     """DDIM (eta 0) move of ``x`` from ``sigma`` to ``sigma_next`` with noise ``eps``, either way."""
     return x + (sigma_next - sigma) * eps
 
 
-def inversion_step(denoise: Denoiser, x: torch.Tensor, sigma: torch.Tensor,
-                   sigma_next: torch.Tensor) -> torch.Tensor:
+def inversion_step(denoise: Denoiser, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
     """One inversion step ``sigma -> sigma_next > sigma``, model evaluated at ``sigma_next``.
 
     The model gets the *same* VP latent ``z = x / sqrt(1+sigma^2)`` re-expressed in VE scale at
@@ -67,8 +67,9 @@ def inversion_step(denoise: Denoiser, x: torch.Tensor, sigma: torch.Tensor,
     return ddim_step(x, eps, sigma, sigma_next)
 
 
-def invert(denoise: Denoiser, x0: torch.Tensor, sigmas_up: torch.Tensor,
-           on_step: StepCallback | None = None) -> torch.Tensor:
+def invert(
+    denoise: Denoiser, x0: torch.Tensor, sigmas_up: torch.Tensor, on_step: StepCallback | None = None
+) -> torch.Tensor:
     """DDIM inversion of ``x0`` along ascending ``sigmas_up`` (``[K+1]``, first 0).
 
     ``on_step(i, x)`` is called with ``x`` at ``sigmas_up[i]`` for every i (0 = the input).
@@ -84,8 +85,9 @@ def invert(denoise: Denoiser, x0: torch.Tensor, sigmas_up: torch.Tensor,
     return x
 
 
-def sample(denoise: Denoiser, x: torch.Tensor, sigmas_down: torch.Tensor,
-           on_step: StepCallback | None = None) -> torch.Tensor:
+def sample(
+    denoise: Denoiser, x: torch.Tensor, sigmas_down: torch.Tensor, on_step: StepCallback | None = None
+) -> torch.Tensor:
     """DDIM sampling along descending ``sigmas_down`` (ComfyUI's ``euler``): model at the
     current sigma. ``on_step(i, x)`` gets ``x`` at ``sigmas_down[i]`` after each move."""
     for i in range(len(sigmas_down) - 1):

@@ -93,8 +93,9 @@ def canonical(obj: Any, depth: int = 0, tensor_hash=tensor_digest) -> Any:
     if isinstance(obj, (torch.dtype, torch.device)):
         return str(obj)
     if isinstance(obj, dict):
-        return {"dict": sorted(([json.dumps(rec(k), sort_keys=True), rec(v)] for k, v in obj.items()),
-                               key=lambda kv: kv[0])}
+        return {
+            "dict": sorted(([json.dumps(rec(k), sort_keys=True), rec(v)] for k, v in obj.items()), key=lambda kv: kv[0])
+        }
     if isinstance(obj, (list, tuple)):
         return {type(obj).__name__: [rec(v) for v in obj]}
     if isinstance(obj, (set, frozenset)):
@@ -106,8 +107,7 @@ def canonical(obj: Any, depth: int = 0, tensor_hash=tensor_digest) -> Any:
     if hasattr(obj, "__self__") and hasattr(obj, "__func__"):  # bound method
         return {"method": rec(obj.__func__), "of": rec(obj.__self__)}
     if isinstance(obj, torch.nn.Module):
-        return {"module": qualname(obj),
-                "state": fingerprint_tensors(sorted(obj.state_dict(keep_vars=True).items()))}
+        return {"module": qualname(obj), "state": fingerprint_tensors(sorted(obj.state_dict(keep_vars=True).items()))}
     if callable(obj) and hasattr(obj, "__qualname__"):  # functions, classes
         return {"callable": f"{getattr(obj, '__module__', '?')}.{obj.__qualname__}"}
     weights = getattr(obj, "weights", None)  # ComfyUI weight adapters (LoRA & co.)
@@ -119,16 +119,18 @@ def canonical(obj: Any, depth: int = 0, tensor_hash=tensor_digest) -> Any:
 def _is_setting(value: Any) -> bool:
     if isinstance(value, (bool, float, str, torch.Tensor)):
         return True
-    return isinstance(value, (list, tuple)) and len(value) > 0 and all(
-        isinstance(v, (bool, float, str, torch.Tensor)) for v in value)
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) > 0
+        and all(isinstance(v, (bool, float, str, torch.Tensor)) for v in value)
+    )
 
 
 def _settings(obj: Any) -> list[tuple[str, Any]]:
     """Public attributes of a foreign object that look like settings (tensors, floats, strings,
     booleans, lists of those). Ints are skipped: they are usually counters or indices that
     change as the object is used, and would make every run miss the cache."""
-    return [(k, v) for k, v in sorted(getattr(obj, "__dict__", {}).items())
-            if not k.startswith("_") and _is_setting(v)]
+    return [(k, v) for k, v in sorted(getattr(obj, "__dict__", {}).items()) if not k.startswith("_") and _is_setting(v)]
 
 
 def digest(obj: Any, tensor_hash=tensor_digest) -> str:

@@ -27,7 +27,7 @@ def center_crop_like(images: torch.Tensor, height: int, width: int) -> torch.Ten
     if h < height or w < width:
         raise ValueError(f"images: frames are {h}x{w}, smaller than the decoded {height}x{width}")
     top, left = (h - height) // 2, (w - width) // 2
-    return images[:, top:top + height, left:left + width]
+    return images[:, top : top + height, left : left + width]
 
 
 def error_image(a: torch.Tensor, b: torch.Tensor, scale: int = 8) -> torch.Tensor:

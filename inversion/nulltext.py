@@ -71,10 +71,17 @@ def cfg_eps(eps_c: torch.Tensor, eps_u: torch.Tensor, cfg: float) -> torch.Tenso
     return eps_u + cfg * (eps_c - eps_u)
 
 
-def optimize_null_text(eps_cond: EpsCond, eps_uncond: EpsUncond, x_T: torch.Tensor, targets_vp: torch.Tensor,
-                       sigmas: torch.Tensor, init_embedding: torch.Tensor, settings: NullTextSettings = NullTextSettings(),
-                       frame_chunk: int = 0, on_step: Callable[[StepReport], None] | None = None
-                       ) -> tuple[torch.Tensor, list[StepReport]]:
+def optimize_null_text(
+    eps_cond: EpsCond,
+    eps_uncond: EpsUncond,
+    x_T: torch.Tensor,
+    targets_vp: torch.Tensor,
+    sigmas: torch.Tensor,
+    init_embedding: torch.Tensor,
+    settings: NullTextSettings = NullTextSettings(),
+    frame_chunk: int = 0,
+    on_step: Callable[[StepReport], None] | None = None,
+) -> tuple[torch.Tensor, list[StepReport]]:
     """Optimise one unconditional embedding per step.
 
     Args:
@@ -135,9 +142,16 @@ def optimize_null_text(eps_cond: EpsCond, eps_uncond: EpsUncond, x_T: torch.Tens
     return torch.stack(out), reports
 
 
-def cfg_trajectory_losses(eps_cond: EpsCond, eps_uncond: EpsUncond, x_T: torch.Tensor, targets_vp: torch.Tensor,
-                          sigmas: torch.Tensor, embeddings: torch.Tensor, cfg: float, frame_chunk: int = 0
-                          ) -> list[float]:
+def cfg_trajectory_losses(
+    eps_cond: EpsCond,
+    eps_uncond: EpsUncond,
+    x_T: torch.Tensor,
+    targets_vp: torch.Tensor,
+    sigmas: torch.Tensor,
+    embeddings: torch.Tensor,
+    cfg: float,
+    frame_chunk: int = 0,
+) -> list[float]:
     """Per-step MSE (VP) between a CFG DDIM trajectory from ``x_T`` and the cached inversion
     latents, using ``embeddings`` ``[S, T, D]`` (one per step) or ``[1, T, D]`` (the same at every
     step, e.g. the plain negative prompt). Loss k compares the latent after step k."""

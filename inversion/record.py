@@ -54,9 +54,13 @@ class InversionRecord:
     def __post_init__(self):
         s = self.sigmas.numel()
         if self.latents_vp.ndim != 5 or self.latents_vp.shape[0] != s:
-            raise ValueError(f"latents_vp must be [{s}, F, C, h, w] (one row per sigma), got {tuple(self.latents_vp.shape)}")
+            raise ValueError(
+                f"latents_vp must be [{s}, F, C, h, w] (one row per sigma), got {tuple(self.latents_vp.shape)}"
+            )
         if tuple(self.x_T.shape) != tuple(self.latents_vp.shape[1:]):
-            raise ValueError(f"x_T {tuple(self.x_T.shape)} does not match the latents {tuple(self.latents_vp.shape[1:])}")
+            raise ValueError(
+                f"x_T {tuple(self.x_T.shape)} does not match the latents {tuple(self.latents_vp.shape[1:])}"
+            )
         if self.null_text is not None and self.null_text.shape[0] != s - 1:
             raise ValueError(f"null_text must hold one embedding per step ({s - 1}), got {self.null_text.shape[0]}")
 
@@ -100,17 +104,26 @@ class InversionRecord:
 
     def check_schedule(self, sampler_sigmas: torch.Tensor) -> None:
         """Every non-final sigma a sampler will evaluate must be cached; the error names both."""
-        missing = [float(s) for s in torch.as_tensor(sampler_sigmas).flatten()[:-1]
-                   if schedule.find_sigma(self.sigmas, s) is None]
+        missing = [
+            float(s)
+            for s in torch.as_tensor(sampler_sigmas).flatten()[:-1]
+            if schedule.find_sigma(self.sigmas, s) is None
+        ]
         if missing:
             raise ValueError(
                 f"the sampler's schedule {schedule.describe(torch.as_tensor(sampler_sigmas))} has sigmas "
                 f"{[f'{m:.4g}' for m in missing[:4]]} not in the inversion's {schedule.describe(self.sigmas)}"
             )
 
-    def latent_at(self, sigma: float | torch.Tensor, frames: Sequence[int] | torch.Tensor | None = None, *,
-                  space: str = "ve", device: torch.device | str | None = None,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def latent_at(
+        self,
+        sigma: float | torch.Tensor,
+        frames: Sequence[int] | torch.Tensor | None = None,
+        *,
+        space: str = "ve",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
         """Cached source latent ``[n, C, h, w]`` at exactly ``sigma`` (no interpolation).
 
         ``frames``: global frame indices (None = all). ``space``: ``"ve"`` (the sampler's x,
@@ -122,7 +135,9 @@ class InversionRecord:
         i = self.step_index(sigma)
         idx = None if frames is None else torch.as_tensor(frames, dtype=torch.long).flatten()
         if idx is not None and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_frames):
-            raise ValueError(f"frame indices {idx.tolist()[:8]} out of range: the inversion holds {self.num_frames} frames")
+            raise ValueError(
+                f"frame indices {idx.tolist()[:8]} out of range: the inversion holds {self.num_frames} frames"
+            )
         s = self.sigmas[i]
         if i == 0:
             x = self.x_T if idx is None else self.x_T[idx]
@@ -140,17 +155,23 @@ class InversionRecord:
     def null_text_at(self, sigma: float | torch.Tensor) -> torch.Tensor:
         """The optimised unconditional embedding ``[1, T, D]`` for the step starting at ``sigma``."""
         if self.null_text is None:
-            raise ValueError("this VE_INVERSION has no null-text embeddings: run VideoEdit Null-Text Optimization on it")
+            raise ValueError(
+                "this VE_INVERSION has no null-text embeddings: run VideoEdit Null-Text Optimization on it"
+            )
         i = self.step_index(sigma)
         if i >= self.num_steps:
             raise ValueError("sigma 0 ends the schedule; there is no step (and no null-text embedding) after it")
-        return self.null_text[i:i + 1]
+        return self.null_text[i : i + 1]
 
     # -- derived records -----------------------------------------------------------------------
     def with_null_text(self, embeddings: torch.Tensor, cfg: float, **info: Any) -> InversionRecord:
         """A shallow copy carrying ``embeddings`` ``[S, T, D]`` (one per step)."""
-        return dataclasses.replace(self, null_text=embeddings.detach().to("cpu", torch.float32),
-                                   null_text_cfg=float(cfg), info={**self.info, **info})
+        return dataclasses.replace(
+            self,
+            null_text=embeddings.detach().to("cpu", torch.float32),
+            null_text_cfg=float(cfg),
+            info={**self.info, **info},
+        )
 
     def with_features(self, **features: Any) -> InversionRecord:
         return dataclasses.replace(self, features={**self.features, **features})
@@ -167,9 +188,11 @@ class InversionRecord:
     def summary(self) -> str:
         c, h, w = self.latent_shape
         nt = "" if self.null_text is None else f", null-text x{self.null_text.shape[0]}"
-        return (f"DDIM inversion: {self.num_frames} frames of {c}x{h}x{w}, {self.num_steps} steps "
-                f"({self.info.get('scheduler', '?')}, inversion steps {self.info.get('inversion_steps', '?')}), "
-                f"sigma {float(self.sigmas[0]):.4g} -> 0{nt}, key {self.key[:12]}")
+        return (
+            f"DDIM inversion: {self.num_frames} frames of {c}x{h}x{w}, {self.num_steps} steps "
+            f"({self.info.get('scheduler', '?')}, inversion steps {self.info.get('inversion_steps', '?')}), "
+            f"sigma {float(self.sigmas[0]):.4g} -> 0{nt}, key {self.key[:12]}"
+        )
 
 
 # -- (de)serialisation for the disk cache ---------------------------------------------------------
@@ -179,9 +202,16 @@ def record_tensors(record: InversionRecord) -> tuple[dict[str, torch.Tensor], di
     tensors = {"sigmas": record.sigmas, "latents_vp": record.latents_vp, "x_T": record.x_T}
     if record.null_text is not None:
         tensors["null_text"] = record.null_text
-    meta = {"format_version": FORMAT_VERSION, "weights_id": record.weights_id, "patches_id": record.patches_id,
-            "latent_hash": record.latent_hash, "key": record.key, "info": record.info,
-            "null_text_cfg": record.null_text_cfg, "sigmas": [float(s) for s in record.sigmas]}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "weights_id": record.weights_id,
+        "patches_id": record.patches_id,
+        "latent_hash": record.latent_hash,
+        "key": record.key,
+        "info": record.info,
+        "null_text_cfg": record.null_text_cfg,
+        "sigmas": [float(s) for s in record.sigmas],
+    }
     return tensors, meta
 
 
@@ -189,8 +219,15 @@ def record_from_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any], 
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"record format {meta.get('format_version')} is not {FORMAT_VERSION}")
     return InversionRecord(
-        sigmas=tensors["sigmas"], latents_vp=tensors["latents_vp"], x_T=tensors["x_T"], conditioning=conditioning,
-        weights_id=meta["weights_id"], patches_id=meta["patches_id"], latent_hash=meta["latent_hash"],
-        key=meta.get("key", ""), info=dict(meta.get("info", {})), null_text=tensors.get("null_text"),
+        sigmas=tensors["sigmas"],
+        latents_vp=tensors["latents_vp"],
+        x_T=tensors["x_T"],
+        conditioning=conditioning,
+        weights_id=meta["weights_id"],
+        patches_id=meta["patches_id"],
+        latent_hash=meta["latent_hash"],
+        key=meta.get("key", ""),
+        info=dict(meta.get("info", {})),
+        null_text=tensors.get("null_text"),
         null_text_cfg=meta.get("null_text_cfg"),
     )

@@ -30,17 +30,26 @@ def source_context(conditioning: list) -> torch.Tensor:
     if not conditioning:
         raise ValueError("the inversion's source conditioning is empty")
     if len(conditioning) > 1:
-        log.warning("VideoEdit replay: the source conditioning has %d entries; the source branch uses the first",
-                    len(conditioning))
+        log.warning(
+            "VideoEdit replay: the source conditioning has %d entries; the source branch uses the first",
+            len(conditioning),
+        )
     return conditioning[0][0]
 
 
-SAMPLE_FIX = ("sample the inversion's own latent (DDIM Inversion's latent output, or the latent that was inverted) "
-              "with its SIGMAS, or invert the clip you are sampling")
+SAMPLE_FIX = (
+    "sample the inversion's own latent (DDIM Inversion's latent output, or the latent that was inverted) "
+    "with its SIGMAS, or invert the clip you are sampling"
+)
 
 
-def check_sampled_latent(num_frames: int, latent_shape: tuple[int, int, int], sample_shape: tuple[int, ...],
-                         frames: torch.Tensor, total: int | None) -> None:
+def check_sampled_latent(
+    num_frames: int,
+    latent_shape: tuple[int, int, int],
+    sample_shape: tuple[int, ...],
+    frames: torch.Tensor,
+    total: int | None,
+) -> None:
     """Raise a ValueError naming ``latent_image`` when a UNet call of the edit does not match
     the inversion being replayed.
 
@@ -108,8 +117,9 @@ class SourceReplay:
     def check_call(self, sample_shape: tuple[int, ...], frames: torch.Tensor, transformer_options: dict) -> None:
         """ValueError naming ``latent_image`` unless the call's rows (``(C, h, w)``, global
         ``frames``) belong to a latent of the inverted clip's frame count and size."""
-        check_sampled_latent(self.num_frames, self.record.latent_shape, sample_shape, frames,
-                             window_total(transformer_options))
+        check_sampled_latent(
+            self.num_frames, self.record.latent_shape, sample_shape, frames, window_total(transformer_options)
+        )
 
     def step_index(self, sigma: float | torch.Tensor) -> int:
         """0 for the noisiest sigma; ValueError naming both schedules when not cached."""
@@ -120,7 +130,9 @@ class SourceReplay:
         sampler's ``x`` would be for the source video."""
         return self.record.latent_at(sigma, frames, space="ve")
 
-    def unet_input(self, sigma: float | torch.Tensor, frames: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+    def unet_input(
+        self, sigma: float | torch.Tensor, frames: Sequence[int] | torch.Tensor | None = None
+    ) -> torch.Tensor:
         """VP latent ``x / sqrt(1+sigma^2)`` ``[n, C, h, w]``: the UNet's input (DIFFUSION_MODEL level)."""
         return self.record.latent_at(sigma, frames, space="vp")
 
@@ -131,11 +143,14 @@ class SourceReplay:
             return t[torch.as_tensor(frames, dtype=torch.long).to(t.device)]
         if t.shape[0] == n:
             return t
-        raise ValueError(f"source {what} has a batch of {t.shape[0]}; cannot serve {n} frames "
-                         "(per-frame conditioning needs the frame indices)")
+        raise ValueError(
+            f"source {what} has a batch of {t.shape[0]}; cannot serve {n} frames "
+            "(per-frame conditioning needs the frame indices)"
+        )
 
-    def unet_conditioning(self, n: int, like: torch.Tensor, frames: Sequence[int] | torch.Tensor | None = None
-                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def unet_conditioning(
+        self, n: int, like: torch.Tensor, frames: Sequence[int] | torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(context [n, T, D], y [n, A] or None)`` on ``like``'s device and dtype."""
         ctx = self._rows(self.context, n, frames, "conditioning").to(like.device, like.dtype)
         y = None if self.y is None else self._rows(self.y, n, frames, "y").to(like.device, like.dtype)

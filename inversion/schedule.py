@@ -50,8 +50,11 @@ def inversion_schedule(editing: torch.Tensor, fine: torch.Tensor | None = None) 
         return up.clone(), torch.arange(up.numel())
     fine = check_editing_sigmas(fine).flip(0)
     top = float(up[-1])  # never invert past the noisiest editing sigma: x_T must sit there
-    extra = [s for s in fine.tolist()
-             if s < top and not bool(torch.isclose(up, torch.tensor(s), rtol=SIGMA_RTOL, atol=SIGMA_ATOL).any())]
+    extra = [
+        s
+        for s in fine.tolist()
+        if s < top and not bool(torch.isclose(up, torch.tensor(s), rtol=SIGMA_RTOL, atol=SIGMA_ATOL).any())
+    ]
     union, _ = torch.sort(torch.cat([up, torch.tensor(extra, dtype=torch.float32)]))
     keep = torch.stack([torch.nonzero(union == s).flatten()[0] for s in up])
     return union, keep
@@ -72,5 +75,5 @@ def describe(sigmas: torch.Tensor, limit: int = 8) -> str:
     """Short human-readable form of a schedule for error messages."""
     values = [f"{v:.4g}" for v in sigmas.detach().cpu().flatten().tolist()]
     if len(values) > limit:
-        values = values[: limit // 2] + ["…"] + values[-limit // 2:]
+        values = values[: limit // 2] + ["…"] + values[-limit // 2 :]
     return f"[{', '.join(values)}] ({sigmas.numel()} values)"

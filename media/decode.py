@@ -76,8 +76,9 @@ def check_memory(frames: int, height: int, width: int, available_bytes: int, nam
         )
 
 
-def _stated_count(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                  fps: float) -> tuple[int, bool]:
+def _stated_count(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, fps: float
+) -> tuple[int, bool]:
     """The container's frame count and whether it is exact (a sample table, as mp4/mov keep)
     rather than an estimate from a duration (mkv/webm/avi)."""
     if stream.frames:
@@ -222,8 +223,13 @@ def read_video_frames(
         stated, exact = _stated_count(container, stream, source_fps)
         if stated and available_bytes > 0:
             out_w, out_h = target_size(source_width, source_height, custom_width, custom_height, size_multiple)
-            check_memory(selected_count(stated, frame_load_cap, skip_first_frames, select_every_nth), out_h, out_w,
-                         available_bytes, name)
+            check_memory(
+                selected_count(stated, frame_load_cap, skip_first_frames, select_every_nth),
+                out_h,
+                out_w,
+                available_bytes,
+                name,
+            )
         capped = False
         failure = None
         try:
@@ -242,8 +248,10 @@ def read_video_frames(
                     break
         except av.error.FFmpegError as err:
             if not kept:
-                raise ValueError(f"video: decoding '{name}' failed at frame {decoded} ({err}); "
-                                 "the file may be damaged: re-encode it, e.g. to H.264 mp4") from None
+                raise ValueError(
+                    f"video: decoding '{name}' failed at frame {decoded} ({err}); "
+                    "the file may be damaged: re-encode it, e.g. to H.264 mp4"
+                ) from None
             failure = str(err)
     warnings = [] if capped else _check_decoded(name, decoded, stated, exact, failure, len(kept), frame_load_cap)
     if not kept:
@@ -267,8 +275,9 @@ def read_video_frames(
     )
 
 
-def _check_decoded(name: str, decoded: int, stated: int, exact: bool, failure: str | None, kept: int,
-                   frame_load_cap: int) -> list[str]:
+def _check_decoded(
+    name: str, decoded: int, stated: int, exact: bool, failure: str | None, kept: int, frame_load_cap: int
+) -> list[str]:
     """After a load that read to the end: an error when frames the container lists could not
     be decoded, a warning when only an estimate disagrees. Returns the warnings."""
     # an exact count one frame above the decoded one is left to a warning: edit lists of some
@@ -285,8 +294,10 @@ def _check_decoded(name: str, decoded: int, stated: int, exact: bool, failure: s
     tolerance = 0 if exact else max(2, round(0.05 * stated))
     if stated and abs(decoded - stated) > tolerance:
         said = "its container lists" if exact else "its header's duration suggests about"
-        text = (f"video: '{name}': decoded {decoded} frames where {said} {stated} (a variable frame rate or a "
-                "wrong header); the frames loaded are all the file holds")
+        text = (
+            f"video: '{name}': decoded {decoded} frames where {said} {stated} (a variable frame rate or a "
+            "wrong header); the frames loaded are all the file holds"
+        )
         log.warning("VideoEdit: %s", text)
         return [text]
     return []

@@ -63,8 +63,9 @@ def h264_encoder() -> str:
             if name != "libx264":
                 log.warning("VideoEdit: libx264 is not available in PyAV's FFmpeg; mp4 uses %s (no crf control)", name)
             return name
-    log.warning("VideoEdit: no H.264 encoder in PyAV's FFmpeg; mp4 falls back to MPEG-4 Part 2 (%s)",
-                FALLBACK_MP4_ENCODER)
+    log.warning(
+        "VideoEdit: no H.264 encoder in PyAV's FFmpeg; mp4 falls back to MPEG-4 Part 2 (%s)", FALLBACK_MP4_ENCODER
+    )
     return FALLBACK_MP4_ENCODER
 
 
@@ -104,7 +105,9 @@ def pad_to_even(rgb: np.ndarray) -> np.ndarray:
 
 def _check_frames(frames: torch.Tensor) -> None:
     if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4) or frames.shape[0] == 0:
-        raise ValueError(f"images: expected a batch of frames [frames, height, width, 3], got shape {tuple(frames.shape)}")
+        raise ValueError(
+            f"images: expected a batch of frames [frames, height, width, 3], got shape {tuple(frames.shape)}"
+        )
 
 
 def _frame_rate(fps: float) -> Fraction:
@@ -118,8 +121,15 @@ def _bits_per_second(width: int, height: int, fps: float) -> int:
     return int(width * height * fps * 0.25)
 
 
-def _write_av(frames: torch.Tensor, path: str, rate: Fraction, fmt: str, crf: int,
-              metadata: dict[str, str] | None, on_frame: Callable[[int], None] | None) -> None:
+def _write_av(
+    frames: torch.Tensor,
+    path: str,
+    rate: Fraction,
+    fmt: str,
+    crf: int,
+    metadata: dict[str, str] | None,
+    on_frame: Callable[[int], None] | None,
+) -> None:
     codec = h264_encoder() if fmt == "mp4" else VP9_ENCODER
     height, width = frames.shape[1], frames.shape[2]
     if codec != VP9_ENCODER:  # VP9 handles odd sizes itself; H.264/MPEG-4 4:2:0 do not
@@ -156,8 +166,9 @@ def _write_gif(frames: torch.Tensor, path: str, rate: Fraction, on_frame: Callab
     first.save(path, format="GIF", save_all=True, append_images=images, duration=duration_ms, loop=0, optimize=False)
 
 
-def _write_png(frames: torch.Tensor, paths: list[str], metadata: dict[str, str] | None,
-               on_frame: Callable[[int], None] | None) -> None:
+def _write_png(
+    frames: torch.Tensor, paths: list[str], metadata: dict[str, str] | None, on_frame: Callable[[int], None] | None
+) -> None:
     info = None
     if metadata:
         info = PngInfo()

@@ -61,15 +61,19 @@ def reliable_pixels(forward: torch.Tensor, backward: torch.Tensor, chunk: int = 
     1.0
     """
     if forward.shape != backward.shape or forward.ndim != 4 or forward.shape[-1] != 2:
-        raise ValueError(f"forward {tuple(forward.shape)} and backward {tuple(backward.shape)} flows must both be "
-                         "[F-1,H,W,2]")
-    parts = [1.0 - occlusion_mask(forward[i:i + chunk].float(), backward[i:i + chunk].float())
-             for i in range(0, forward.shape[0], chunk)]
+        raise ValueError(
+            f"forward {tuple(forward.shape)} and backward {tuple(backward.shape)} flows must both be [F-1,H,W,2]"
+        )
+    parts = [
+        1.0 - occlusion_mask(forward[i : i + chunk].float(), backward[i : i + chunk].float())
+        for i in range(0, forward.shape[0], chunk)
+    ]
     return torch.cat(parts)
 
 
-def warp_errors(clips: Sequence[torch.Tensor], forward: torch.Tensor, weight: torch.Tensor,
-                chunk: int = _CHUNK) -> list[torch.Tensor]:
+def warp_errors(
+    clips: Sequence[torch.Tensor], forward: torch.Tensor, weight: torch.Tensor, chunk: int = _CHUNK
+) -> list[torch.Tensor]:
     """Warp error of each clip along one flow: for pair i,
     ``Σ_p w_i(p) · mean_c (x_i(p) - x_{i+1}(p + f_i(p)))² / Σ_p w_i(p)`` (bilinear sampling).
 
@@ -94,14 +98,15 @@ def warp_errors(clips: Sequence[torch.Tensor], forward: torch.Tensor, weight: to
         if c.shape[:3] != clips[0].shape[:3]:
             raise ValueError(f"clips {[tuple(x.shape) for x in clips]} differ in frames or size")
     if forward.shape != (count - 1, *clips[0].shape[1:3], 2) or weight.shape != forward.shape[:3]:
-        raise ValueError(f"flow {tuple(forward.shape)} / weight {tuple(weight.shape)} do not fit clips of "
-                         f"{tuple(clips[0].shape)}")
+        raise ValueError(
+            f"flow {tuple(forward.shape)} / weight {tuple(weight.shape)} do not fit clips of {tuple(clips[0].shape)}"
+        )
     widths = [c.shape[-1] for c in clips]
     sums = [[] for _ in clips]
     for i in range(0, count - 1, chunk):
         j = min(i + chunk, count - 1)
         # frames i..j of every clip, channels side by side: [j - i + 1, ΣC, H, W] (one chunk at a time)
-        frames = torch.cat([c[i:j + 1].float() for c in clips], dim=-1).permute(0, 3, 1, 2)
+        frames = torch.cat([c[i : j + 1].float() for c in clips], dim=-1).permute(0, 3, 1, 2)
         warped = warp_backward(frames[1:], forward[i:j].float())
         sq = (frames[:-1] - warped).square()
         w = weight[i:j].float()
@@ -140,8 +145,9 @@ def edge_magnitude(gray: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return torch.from_numpy(np.stack(out)).to(gray.device)
 
 
-def ssim_maps(a: torch.Tensor, b: torch.Tensor, window: int = SSIM_WINDOW, max_val: float = 1.0,
-              eps: float = 1e-12) -> torch.Tensor:
+def ssim_maps(
+    a: torch.Tensor, b: torch.Tensor, window: int = SSIM_WINDOW, max_val: float = 1.0, eps: float = 1e-12
+) -> torch.Tensor:
     """SSIM maps of single-channel frames, kornia's ``metrics.ssim`` (``padding="same"``) to
     float rounding: the same Gaussian window and formula, the local moments blurred with
     OpenCV's separable filter (reflect-101 border = torch's ``reflect``), about 8× faster on CPU
@@ -263,27 +269,34 @@ class QualityReport:
     def text(self) -> str:
         """The human-readable report (what the node shows and outputs)."""
         h = self.headline()
-        title = f"Edit quality{' — ' + self.label if self.label else ''}: {self.frames} frames, {self.width}×{self.height}"
+        title = (
+            f"Edit quality{' — ' + self.label if self.label else ''}: {self.frames} frames, {self.width}×{self.height}"
+        )
         lines = [title]
         # a ratio to a floor of (almost) zero says nothing: only given above 1e-6 (0.001 ×10⁻³)
-        ratio = (f" ({h['warp_error'] / h['warp_error_source']:.2f}× the floor)"
-                 if h["warp_error_source"] > 1e-6 else "")
+        ratio = f" ({h['warp_error'] / h['warp_error_source']:.2f}× the floor)" if h["warp_error_source"] > 1e-6 else ""
         cover = float(self.coverage.mean()) * 100 if self.coverage.numel() else math.nan
-        lines.append(f"warp error (MSE ×10⁻³ along the source's flow, non-occluded pixels; lower = steadier): edit "
-                     f"{h['warp_error'] * 1e3:.3f}, source floor {h['warp_error_source'] * 1e3:.3f}{ratio}; "
-                     f"{cover:.0f}% of pixels compared; flow: {self.flow_note}")
+        lines.append(
+            f"warp error (MSE ×10⁻³ along the source's flow, non-occluded pixels; lower = steadier): edit "
+            f"{h['warp_error'] * 1e3:.3f}, source floor {h['warp_error_source'] * 1e3:.3f}{ratio}; "
+            f"{cover:.0f}% of pixels compared; flow: {self.flow_note}"
+        )
         if self.warp_edit.numel() and not torch.isnan(self.warp_edit).all():
             worst = int(torch.nan_to_num(self.warp_edit, nan=-1.0).argmax())
             lines.append(f"  worst pair: frames {worst}→{worst + 1} ({float(self.warp_edit[worst]) * 1e3:.3f})")
-        lines.append(f"SSIM to the source (1 = structure kept): luminance {h['ssim_luma']:.3f}, edges {h['ssim_edges']:.3f}")
+        lines.append(
+            f"SSIM to the source (1 = structure kept): luminance {h['ssim_luma']:.3f}, edges {h['ssim_edges']:.3f}"
+        )
         for name, pair in (("inside the mask", self.ssim_inside), ("outside the mask", self.ssim_outside)):
             if pair is not None:
                 luma, edges = (QualityReport._nanmean(x) for x in pair)
                 lines.append(f"  {name}: luminance {luma:.3f}, edges {edges:.3f}")
         if self.clip_consistency is not None:
             src = QualityReport._nanmean(self.clip_consistency_source)
-            lines.append(f"CLIP frame consistency (cosine of consecutive frames): edit {h['clip_consistency']:.4f}, "
-                         f"source {src:.4f}")
+            lines.append(
+                f"CLIP frame consistency (cosine of consecutive frames): edit {h['clip_consistency']:.4f}, "
+                f"source {src:.4f}"
+            )
         if self.clip_text is not None:
             src = QualityReport._nanmean(self.clip_text_source)
             lines.append(f"CLIP text alignment (image–prompt cosine): edit {h['clip_text']:.4f}, source {src:.4f}")
@@ -308,8 +321,9 @@ def check_mask(mask: torch.Tensor, frames: int, height: int, width: int) -> torc
     if m.ndim != 3 or m.shape[0] not in (1, frames):
         raise ValueError(f"mask: expected [H,W], [1,H,W] or [{frames},H,W] (one per frame), got {tuple(mask.shape)}")
     if m.shape[1:] != (height, width):
-        m = torch.nn.functional.interpolate(m[:, None], size=(height, width), mode="bilinear",
-                                            align_corners=False)[:, 0]
+        m = torch.nn.functional.interpolate(m[:, None], size=(height, width), mode="bilinear", align_corners=False)[
+            :, 0
+        ]
     return m.clamp(0, 1).expand(frames, -1, -1)
 
 
@@ -342,8 +356,9 @@ def edit_quality(
     count, height, width = source.shape[:3]
     skipped: dict[str, str] = {}
     if forward is None:
-        forward, backward = bidirectional_flow(source[..., :3], dis_flow, batch_size=_FLOW_BATCH, scale=flow_scale,
-                                               on_batch=lambda _: step())
+        forward, backward = bidirectional_flow(
+            source[..., :3], dis_flow, batch_size=_FLOW_BATCH, scale=flow_scale, on_batch=lambda _: step()
+        )
         flow_note = f"DIS on the source at scale {flow_scale:g} (no flows given)"
     else:
         flow_note = "given"
@@ -352,27 +367,35 @@ def edit_quality(
     for i in range(0, count - 1, _CHUNK):
         j = min(i + _CHUNK, count - 1)
         weight = reliable_pixels(forward[i:j], backward[i:j])
-        errs = warp_errors([edited[i:j + 1, ..., :3], source[i:j + 1, ..., :3]], forward[i:j], weight)
+        errs = warp_errors([edited[i : j + 1, ..., :3], source[i : j + 1, ..., :3]], forward[i:j], weight)
         warp_edit.append(errs[0])
         warp_source.append(errs[1])
         coverage.append(weight.double().mean(dim=(1, 2)))
         step()
     luma, edges, inside, outside = [], [], [], []
     for i in range(0, count, _CHUNK):
-        luma_s, luma_e = luminance(source[i:i + _CHUNK]), luminance(edited[i:i + _CHUNK])
+        luma_s, luma_e = luminance(source[i : i + _CHUNK]), luminance(edited[i : i + _CHUNK])
         luma_map = ssim_maps(luma_s, luma_e)
         edge_map = ssim_maps(edge_magnitude(luma_s), edge_magnitude(luma_e))
         luma.append(masked_mean(luma_map))
         edges.append(masked_mean(edge_map))
         if mask is not None:
-            m = mask[i:i + _CHUNK]
+            m = mask[i : i + _CHUNK]
             inside.append((masked_mean(luma_map, m), masked_mean(edge_map, m)))
             outside.append((masked_mean(luma_map, 1.0 - m), masked_mean(edge_map, 1.0 - m)))
         step()
     report = QualityReport(
-        label=label, frames=count, height=height, width=width, flow_note=flow_note,
-        warp_edit=torch.cat(warp_edit), warp_source=torch.cat(warp_source), coverage=torch.cat(coverage),
-        ssim_luma=torch.cat(luma), ssim_edges=torch.cat(edges), skipped=skipped,
+        label=label,
+        frames=count,
+        height=height,
+        width=width,
+        flow_note=flow_note,
+        warp_edit=torch.cat(warp_edit),
+        warp_source=torch.cat(warp_source),
+        coverage=torch.cat(coverage),
+        ssim_luma=torch.cat(luma),
+        ssim_edges=torch.cat(edges),
+        skipped=skipped,
     )
     if mask is not None:
         report.ssim_inside = tuple(torch.cat(parts) for parts in zip(*inside))

@@ -55,8 +55,7 @@ def plot_report(report: QualityReport, width_px: int = 720, height_px: int = 640
     ax = axes[2]
     if report.clip_consistency is not None:
         ax.plot(pairs, report.clip_consistency.numpy(), "-o", ms=3, color=EDIT_COLOUR, label="consistency, edit")
-        ax.plot(pairs, report.clip_consistency_source.numpy(), "--", color=SOURCE_COLOUR,
-                label="consistency, source")
+        ax.plot(pairs, report.clip_consistency_source.numpy(), "--", color=SOURCE_COLOUR, label="consistency, source")
         if report.clip_text is not None:
             ax.plot(frames, report.clip_text.numpy(), "-s", ms=3, color="#ff7f0e", label="text alignment, edit")
         ax.set_ylabel("CLIP\ncosine ↑")

@@ -10,8 +10,16 @@ def all_nodes() -> list[type[io.ComfyNode]]:
     """Every node of the pack, in menu order. Each area module exports ``NODES``."""
     from . import flatten, flow, inversion, p2p, quality, rerender, tokenflow, video
 
-    return [*video.NODES, *flow.NODES, *inversion.NODES, *tokenflow.NODES, *flatten.NODES, *p2p.NODES,
-            *rerender.NODES, *quality.NODES]
+    return [
+        *video.NODES,
+        *flow.NODES,
+        *inversion.NODES,
+        *tokenflow.NODES,
+        *flatten.NODES,
+        *p2p.NODES,
+        *rerender.NODES,
+        *quality.NODES,
+    ]
 
 
 class VideoEditExtension(ComfyExtension):

@@ -15,8 +15,14 @@ def check_image(images, name: str = "images") -> torch.Tensor:
     return images
 
 
-def check_flow(flow, name: str, frames: int | None = None, size: tuple[int, int] | None = None,
-               missing: str = "", against: str = "the clip") -> torch.Tensor:
+def check_flow(
+    flow,
+    name: str,
+    frames: int | None = None,
+    size: tuple[int, int] | None = None,
+    missing: str = "",
+    against: str = "the clip",
+) -> torch.Tensor:
     """An OPTICAL_FLOW ``[F-1, H, W, 2]`` as float32; with ``frames``, it must hold ``frames - 1``
     pairs; with ``size`` ``(H, W)``, it is resized (and its vectors rescaled) to that grid.
     ``missing`` is the advice given when the input is not connected (``None``)."""
@@ -25,8 +31,10 @@ def check_flow(flow, name: str, frames: int | None = None, size: tuple[int, int]
     if not isinstance(flow, torch.Tensor) or flow.ndim != 4 or flow.shape[-1] != 2:
         raise ValueError(f"{name}: expected OPTICAL_FLOW [F-1,H,W,2] (from Estimate Optical Flow), got {_shape(flow)}")
     if frames is not None and flow.shape[0] != frames - 1:
-        raise ValueError(f"{name} has {flow.shape[0]} frame pairs ({flow.shape[0] + 1} frames) but {against} has "
-                         f"{frames} frames: use the flow of the same clip")
+        raise ValueError(
+            f"{name} has {flow.shape[0]} frame pairs ({flow.shape[0] + 1} frames) but {against} has "
+            f"{frames} frames: use the flow of the same clip"
+        )
     flow = flow.float()
     if size is not None and tuple(flow.shape[1:3]) != tuple(size):
         flow = resize_flow(flow, tuple(size))
@@ -45,7 +53,9 @@ def parse_int_list(text: str, input_name: str) -> list[int]:
     try:
         values = [int(part) for part in text.replace(";", ",").split(",") if part.strip()]
     except ValueError:
-        raise ValueError(f"{input_name}: '{text}' is not a comma-separated list of frame numbers, e.g. '0, 8, 16'") from None
+        raise ValueError(
+            f"{input_name}: '{text}' is not a comma-separated list of frame numbers, e.g. '0, 8, 16'"
+        ) from None
     if any(v < 0 for v in values):
         raise ValueError(f"{input_name}: frame numbers must be >= 0, got '{text}'")
     return sorted(set(values))
@@ -57,15 +67,21 @@ def check_filename_prefix(prefix, input_name: str = "filename_prefix") -> str:
     if not isinstance(prefix, str):
         raise ValueError(f"{input_name}: expected text, got {type(prefix).__name__}")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in prefix):
-        raise ValueError(f"{input_name}: contains a control character (e.g. a NUL byte); use letters, digits, "
-                         "'_', '-', '/' for subfolders")
+        raise ValueError(
+            f"{input_name}: contains a control character (e.g. a NUL byte); use letters, digits, "
+            "'_', '-', '/' for subfolders"
+        )
     parts = prefix.replace("\\", "/").split("/")
     if prefix.startswith(("/", "\\")) or (len(prefix) > 1 and prefix[1] == ":" and prefix[0].isalpha()):
-        raise ValueError(f"{input_name}: '{prefix}' is an absolute path; give a path inside ComfyUI's output "
-                         "folder, e.g. 'VideoEdit/my_edit'")
+        raise ValueError(
+            f"{input_name}: '{prefix}' is an absolute path; give a path inside ComfyUI's output "
+            "folder, e.g. 'VideoEdit/my_edit'"
+        )
     if ".." in parts:
-        raise ValueError(f"{input_name}: '{prefix}' climbs out of ComfyUI's output folder with '..'; give a path "
-                         "inside it, e.g. 'VideoEdit/my_edit'")
+        raise ValueError(
+            f"{input_name}: '{prefix}' climbs out of ComfyUI's output folder with '..'; give a path "
+            "inside it, e.g. 'VideoEdit/my_edit'"
+        )
     return prefix
 
 

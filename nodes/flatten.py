@@ -32,7 +32,8 @@ def _check_flow_and_latent(flow, latent) -> tuple[torch.Tensor, int, int, int]:
             f"flow: is {flow.shape[2]}x{flow.shape[1]} (w x h) but the latent is {w}x{h} ({w * 8}x{h * 8} pixels): "
             "their aspect ratios differ. Estimate the flow on the frames that were VAE-encoded, at their size or "
             f"any scale of it (e.g. crop or resize the frames to {w * 8}x{h * 8} before both VAE Encode and "
-            "Estimate Optical Flow)")
+            "Estimate Optical Flow)"
+        )
     return flow, frames, h, w
 
 
@@ -44,7 +45,7 @@ def crop_like_vae_encode(flow: torch.Tensor, height: int, width: int) -> torch.T
     if (fh, fw) == (height, width) or (fh // 8 * 8, fw // 8 * 8) != (height, width):
         return flow
     top, left = (fh % 8) // 2, (fw % 8) // 2
-    return flow[:, top:top + height, left:left + width]
+    return flow[:, top : top + height, left : left + width]
 
 
 class SampleTrajectories(io.ComfyNode):
@@ -55,21 +56,36 @@ class SampleTrajectories(io.ComfyNode):
             display_name="Sample Trajectories (FLATTEN)",
             category="VideoEdit/flatten",
             description="Patch trajectories for FLATTEN at every latent resolution the UNet attends at: the forward "
-                        "flow, resized to each grid and rounded to whole cells, links each cell to one cell of the "
-                        "next frame; where several cells land on one, a seeded choice continues and the others end; "
-                        "unreached cells start new trajectories. Every cell is on exactly one trajectory.",
+            "flow, resized to each grid and rounded to whole cells, links each cell to one cell of the "
+            "next frame; where several cells land on one, a seeded choice continues and the others end; "
+            "unreached cells start new trajectories. Every cell is on exactly one trajectory.",
             inputs=[
-                OPTICAL_FLOW.Input("flow", tooltip="Forward optical flow of the clip (frame i → i+1), any resolution "
-                                                   "with the frames' aspect ratio (VideoEdit Estimate Optical Flow)."),
-                io.Latent.Input("latent", tooltip="The clip's latent (VAE Encode of the same frames): gives the frame "
-                                                  "count and the latent size the trajectories are sampled for."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
-                             tooltip="Seed of the choice among cells that flow onto the same cell (deterministic; "
-                                     "the official code's choice is unseeded)."),
-                io.Combo.Input("flow_resize", options=list(FLOW_RESIZE), default=TRAJECTORY_FLOW_RESIZE,
-                               tooltip="How the flow is brought to each latent grid before rounding. official: "
-                                       "nearest (each cell moves with the pixel at its top-left corner, as the "
-                                       "official code); antialiased: with the mean motion of the pixels it covers."),
+                OPTICAL_FLOW.Input(
+                    "flow",
+                    tooltip="Forward optical flow of the clip (frame i → i+1), any resolution "
+                    "with the frames' aspect ratio (VideoEdit Estimate Optical Flow).",
+                ),
+                io.Latent.Input(
+                    "latent",
+                    tooltip="The clip's latent (VAE Encode of the same frames): gives the frame "
+                    "count and the latent size the trajectories are sampled for.",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=2**31 - 1,
+                    tooltip="Seed of the choice among cells that flow onto the same cell (deterministic; "
+                    "the official code's choice is unseeded).",
+                ),
+                io.Combo.Input(
+                    "flow_resize",
+                    options=list(FLOW_RESIZE),
+                    default=TRAJECTORY_FLOW_RESIZE,
+                    tooltip="How the flow is brought to each latent grid before rounding. official: "
+                    "nearest (each cell moves with the pixel at its top-left corner, as the "
+                    "official code); antialiased: with the mean motion of the pixels it covers.",
+                ),
             ],
             outputs=[VE_TRAJECTORIES.Output(display_name="trajectories")],
         )
@@ -93,49 +109,79 @@ class ApplyFLATTEN(io.ComfyNode):
             display_name="Apply FLATTEN",
             category="VideoEdit/flatten",
             description="FLATTEN (flow-guided attention) as a MODEL patch for any sampler, in inversion and sampling: "
-                        "in every self-attention layer, attention over the frames of each cond/uncond branch gives H, "
-                        "then at the chosen resolutions each token attends to the tokens of its flow trajectory "
-                        "(q = k = v = H, the layer's own output projection after). With an inversion, the source's "
-                        "ResBlock features and self-attention q/k replace the edit's in early steps (PnP).",
+            "in every self-attention layer, attention over the frames of each cond/uncond branch gives H, "
+            "then at the chosen resolutions each token attends to the tokens of its flow trajectory "
+            "(q = k = v = H, the layer's own output projection after). With an inversion, the source's "
+            "ResBlock features and self-attention q/k replace the edit's in early steps (PnP).",
             inputs=[
                 io.Model.Input("model", tooltip="The model to patch (a clone is returned; the input is not changed)."),
-                VE_TRAJECTORIES.Input("trajectories", tooltip="From VideoEdit Sample Trajectories, for the latent "
-                                                              "that will be sampled (same frames and size)."),
-                io.Combo.Input("mode", **spec("mode"),
-                               tooltip="dense: every frame attends to all frames (the paper; cost grows with frames²). "
-                                       "bounded: every frame attends to the anchor frames and its neighbours ±1, "
-                                       "so time and memory grow linearly with frames; trajectory attention is the "
-                                       "same in both."),
-                io.Combo.Input("levels", **spec("levels"),
-                               tooltip="Resolutions that get the trajectory attention. highest: the highest one the "
-                                       "UNet attends at (the paper); all: every resolution."),
-                io.Boolean.Input("old_qk", **spec("old_qk"),
-                                 tooltip="Trajectory attention with the layer's own (possibly injected) q and k and "
-                                         "v = H, instead of q = k = v = H (the official --old_qk 1)."),
-                io.Int.Input("anchor_stride", **spec("anchor_stride"),
-                             tooltip="bounded mode: frames whose index is a multiple of this are anchors "
-                                     "(1 with max_anchors 0 = every frame = dense)."),
-                io.Int.Input("max_anchors", **spec("max_anchors"),
-                             tooltip="bounded mode: at most this many anchors, spread evenly over the strided "
-                                     "ones, so the cost per frame stays fixed for long clips (0 = no limit)."),
-                io.Float.Input("inject_step", **spec("inject_step"),
-                               tooltip="With an inversion: fraction of the steps (from the start) during which the "
-                                       "source's features replace the edit's (the official 40 of 50 steps)."),
-                io.String.Input("pnp_attn_blocks", **spec("pnp_attn_blocks"),
-                                tooltip="With an inversion: self-attention layers whose q/k come from the source, by "
-                                        "resolution of the image ('output 1/32#1-2, 1/16': decoder blocks at 1/32 from "
-                                        "the 2nd on, all at 1/16; the default is the official SD decoder layers 4-9) "
-                                        "or by ComfyUI block ids ('output 4-9', 'input 1,2; output 9-11'). 'none' "
-                                        "disables."),
-                io.String.Input("pnp_resnet_blocks", **spec("pnp_resnet_blocks"),
-                                tooltip="With an inversion: ResBlocks whose residual branch comes from the source, by "
-                                        "resolution (the default: the decoder's first two at 1/32 and first at 1/16 = "
-                                        "output_blocks[3, 4, 6][0] on SD1.5/2.x as the official code) or by block id "
-                                        "('output 3, 4, 6'). Empty disables."),
-                VE_INVERSION.Input("inversion", optional=True,
-                                   tooltip="Optional DDIM inversion of the source video (VideoEdit DDIM Inversion, "
-                                           "run with a FLATTEN-patched model): enables PnP feature injection. Sample "
-                                           "with the inversion's SIGMAS."),
+                VE_TRAJECTORIES.Input(
+                    "trajectories",
+                    tooltip="From VideoEdit Sample Trajectories, for the latent "
+                    "that will be sampled (same frames and size).",
+                ),
+                io.Combo.Input(
+                    "mode",
+                    **spec("mode"),
+                    tooltip="dense: every frame attends to all frames (the paper; cost grows with frames²). "
+                    "bounded: every frame attends to the anchor frames and its neighbours ±1, "
+                    "so time and memory grow linearly with frames; trajectory attention is the "
+                    "same in both.",
+                ),
+                io.Combo.Input(
+                    "levels",
+                    **spec("levels"),
+                    tooltip="Resolutions that get the trajectory attention. highest: the highest one the "
+                    "UNet attends at (the paper); all: every resolution.",
+                ),
+                io.Boolean.Input(
+                    "old_qk",
+                    **spec("old_qk"),
+                    tooltip="Trajectory attention with the layer's own (possibly injected) q and k and "
+                    "v = H, instead of q = k = v = H (the official --old_qk 1).",
+                ),
+                io.Int.Input(
+                    "anchor_stride",
+                    **spec("anchor_stride"),
+                    tooltip="bounded mode: frames whose index is a multiple of this are anchors "
+                    "(1 with max_anchors 0 = every frame = dense).",
+                ),
+                io.Int.Input(
+                    "max_anchors",
+                    **spec("max_anchors"),
+                    tooltip="bounded mode: at most this many anchors, spread evenly over the strided "
+                    "ones, so the cost per frame stays fixed for long clips (0 = no limit).",
+                ),
+                io.Float.Input(
+                    "inject_step",
+                    **spec("inject_step"),
+                    tooltip="With an inversion: fraction of the steps (from the start) during which the "
+                    "source's features replace the edit's (the official 40 of 50 steps).",
+                ),
+                io.String.Input(
+                    "pnp_attn_blocks",
+                    **spec("pnp_attn_blocks"),
+                    tooltip="With an inversion: self-attention layers whose q/k come from the source, by "
+                    "resolution of the image ('output 1/32#1-2, 1/16': decoder blocks at 1/32 from "
+                    "the 2nd on, all at 1/16; the default is the official SD decoder layers 4-9) "
+                    "or by ComfyUI block ids ('output 4-9', 'input 1,2; output 9-11'). 'none' "
+                    "disables.",
+                ),
+                io.String.Input(
+                    "pnp_resnet_blocks",
+                    **spec("pnp_resnet_blocks"),
+                    tooltip="With an inversion: ResBlocks whose residual branch comes from the source, by "
+                    "resolution (the default: the decoder's first two at 1/32 and first at 1/16 = "
+                    "output_blocks[3, 4, 6][0] on SD1.5/2.x as the official code) or by block id "
+                    "('output 3, 4, 6'). Empty disables.",
+                ),
+                VE_INVERSION.Input(
+                    "inversion",
+                    optional=True,
+                    tooltip="Optional DDIM inversion of the source video (VideoEdit DDIM Inversion, "
+                    "run with a FLATTEN-patched model): enables PnP feature injection. Sample "
+                    "with the inversion's SIGMAS.",
+                ),
             ],
             outputs=[io.Model.Output()],
         )

@@ -39,7 +39,8 @@ def input_videos() -> list[str]:
     if not os.path.isdir(folder):
         return []
     return sorted(
-        name for name in os.listdir(folder)
+        name
+        for name in os.listdir(folder)
         if name.lower().endswith(VIDEO_EXTENSIONS) and os.path.isfile(os.path.join(folder, name))
     )
 
@@ -73,27 +74,61 @@ class LoadVideo(io.ComfyNode):
             display_name="Load Video (VideoEdit)",
             category="VideoEdit/video",
             description="Loads frames of a video from ComfyUI's input folder as an IMAGE batch. Frames are selected "
-                        "and resized while decoding, so memory holds only the frames kept.",
+            "and resized while decoding, so memory holds only the frames kept.",
             inputs=[
-                io.Combo.Input("video", options=input_videos(), upload=io.UploadType.video,
-                               tooltip="A video in ComfyUI's input folder (mp4, webm, mkv, mov, avi, gif, m4v); "
-                                       "use the upload button to add one. The file is only read."),
-                io.Int.Input("frame_load_cap", default=0, min=0, max=1_000_000,
-                             tooltip="Most frames to load (after skipping and striding); 0 loads all of them."),
-                io.Int.Input("skip_first_frames", default=0, min=0, max=10_000_000,
-                             tooltip="Frames to drop from the start before selecting."),
-                io.Int.Input("select_every_nth", default=1, min=1, max=1000,
-                             tooltip="Keep every n-th frame after the skipped ones (1 = all); the fps output is "
-                                     "divided by it so playback speed stays right."),
-                io.Int.Input("custom_width", default=0, min=0, max=16384,
-                             tooltip="Output width in pixels; 0 keeps the source width, or follows custom_height "
-                                     "with the source aspect ratio."),
-                io.Int.Input("custom_height", default=0, min=0, max=16384,
-                             tooltip="Output height in pixels; 0 keeps the source height, or follows custom_width "
-                                     "with the source aspect ratio."),
-                io.Int.Input("size_multiple", default=8, min=1, max=512,
-                             tooltip="Both sides are rounded to the nearest multiple of this (8 suits SD VAEs, 64 "
-                                     "is safest for UNet down/up-sampling); 1 keeps the exact size."),
+                io.Combo.Input(
+                    "video",
+                    options=input_videos(),
+                    upload=io.UploadType.video,
+                    tooltip="A video in ComfyUI's input folder (mp4, webm, mkv, mov, avi, gif, m4v); "
+                    "use the upload button to add one. The file is only read.",
+                ),
+                io.Int.Input(
+                    "frame_load_cap",
+                    default=0,
+                    min=0,
+                    max=1_000_000,
+                    tooltip="Most frames to load (after skipping and striding); 0 loads all of them.",
+                ),
+                io.Int.Input(
+                    "skip_first_frames",
+                    default=0,
+                    min=0,
+                    max=10_000_000,
+                    tooltip="Frames to drop from the start before selecting.",
+                ),
+                io.Int.Input(
+                    "select_every_nth",
+                    default=1,
+                    min=1,
+                    max=1000,
+                    tooltip="Keep every n-th frame after the skipped ones (1 = all); the fps output is "
+                    "divided by it so playback speed stays right.",
+                ),
+                io.Int.Input(
+                    "custom_width",
+                    default=0,
+                    min=0,
+                    max=16384,
+                    tooltip="Output width in pixels; 0 keeps the source width, or follows custom_height "
+                    "with the source aspect ratio.",
+                ),
+                io.Int.Input(
+                    "custom_height",
+                    default=0,
+                    min=0,
+                    max=16384,
+                    tooltip="Output height in pixels; 0 keeps the source height, or follows custom_width "
+                    "with the source aspect ratio.",
+                ),
+                io.Int.Input(
+                    "size_multiple",
+                    default=8,
+                    min=1,
+                    max=512,
+                    tooltip="Both sides are rounded to the nearest multiple of this (8 suits SD VAEs, 64 "
+                    "is safest for UNet down/up-sampling); 1 keeps the exact size.",
+                ),
             ],
             outputs=[
                 io.Image.Output(display_name="images"),
@@ -105,16 +140,27 @@ class LoadVideo(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, video, frame_load_cap, skip_first_frames, select_every_nth,
-                custom_width, custom_height, size_multiple) -> io.NodeOutput:
+    def execute(
+        cls, video, frame_load_cap, skip_first_frames, select_every_nth, custom_width, custom_height, size_multiple
+    ) -> io.NodeOutput:
         path = _video_path(video)
         if not os.path.isfile(path):
-            raise ValueError(f"video: '{video}' is not in ComfyUI's input folder ({folder_paths.get_input_directory()}); "
-                             "upload it with the node's upload button or copy it there")
+            raise ValueError(
+                f"video: '{video}' is not in ComfyUI's input folder ({folder_paths.get_input_directory()}); "
+                "upload it with the node's upload button or copy it there"
+            )
         total = frames_to_decode(probe_video(path).frame_count, frame_load_cap, skip_first_frames, select_every_nth)
-        loaded = read_video_frames(path, frame_load_cap, skip_first_frames, select_every_nth, custom_width,
-                                   custom_height, size_multiple, on_frame=_interruptible_progress(total),
-                                   available_bytes=available_ram())
+        loaded = read_video_frames(
+            path,
+            frame_load_cap,
+            skip_first_frames,
+            select_every_nth,
+            custom_width,
+            custom_height,
+            size_multiple,
+            on_frame=_interruptible_progress(total),
+            available_bytes=available_ram(),
+        )
         frames = loaded.frames
         outputs = (frames, frames.shape[0], loaded.fps, frames.shape[2], frames.shape[1])
         if loaded.warnings:
@@ -154,22 +200,34 @@ class SaveVideo(io.ComfyNode):
             display_name="Save Video (VideoEdit)",
             category="VideoEdit/video",
             description="Saves IMAGE frames as a video (mp4, webm, gif) or a PNG sequence in ComfyUI's output folder, "
-                        "with the workflow embedded where the format allows, and shows it in the UI.",
+            "with the workflow embedded where the format allows, and shows it in the UI.",
             inputs=[
                 io.Image.Input("images", tooltip="Frames to save, [frames, height, width, 3] in 0..1."),
-                io.Float.Input("fps", **SaveVideoOptions.spec("fps"),
-                               tooltip="Playback frame rate; wire Load Video's fps output to keep the source timing. "
-                                       "GIF stores delays in 1/100 s, so its rate is rounded."),
-                io.Combo.Input("format", **SaveVideoOptions.spec("format"),
-                               tooltip=f"mp4: H.264 ({h264_note}), yuv420p, odd sides padded by one repeated pixel; "
-                                       "webm: VP9; gif: looping, 256 colours per frame; png: a PNG sequence, lossless, "
-                                       "one file per frame. mp4/webm/png carry the workflow metadata."),
-                io.String.Input("filename_prefix", **SaveVideoOptions.spec("filename_prefix"),
-                                tooltip="Output path inside ComfyUI's output folder; a counter is appended, so "
-                                        "existing files are never overwritten. May contain %date:…% style variables."),
-                io.Int.Input("crf", **SaveVideoOptions.spec("crf"),
-                             tooltip="Constant rate factor: lower = better quality and bigger files. H.264 uses "
-                                     "0-51 (17-23 typical), VP9 0-63 (15-35 typical); ignored by gif and png."),
+                io.Float.Input(
+                    "fps",
+                    **SaveVideoOptions.spec("fps"),
+                    tooltip="Playback frame rate; wire Load Video's fps output to keep the source timing. "
+                    "GIF stores delays in 1/100 s, so its rate is rounded.",
+                ),
+                io.Combo.Input(
+                    "format",
+                    **SaveVideoOptions.spec("format"),
+                    tooltip=f"mp4: H.264 ({h264_note}), yuv420p, odd sides padded by one repeated pixel; "
+                    "webm: VP9; gif: looping, 256 colours per frame; png: a PNG sequence, lossless, "
+                    "one file per frame. mp4/webm/png carry the workflow metadata.",
+                ),
+                io.String.Input(
+                    "filename_prefix",
+                    **SaveVideoOptions.spec("filename_prefix"),
+                    tooltip="Output path inside ComfyUI's output folder; a counter is appended, so "
+                    "existing files are never overwritten. May contain %date:…% style variables.",
+                ),
+                io.Int.Input(
+                    "crf",
+                    **SaveVideoOptions.spec("crf"),
+                    tooltip="Constant rate factor: lower = better quality and bigger files. H.264 uses "
+                    "0-51 (17-23 typical), VP9 0-63 (15-35 typical); ignored by gif and png.",
+                ),
             ],
             outputs=[],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
@@ -183,12 +241,17 @@ class SaveVideo(io.ComfyNode):
         check_filename_prefix(filename_prefix)
         try:
             folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
-                filename_prefix, folder_paths.get_output_directory(), images.shape[2], images.shape[1])
+                filename_prefix, folder_paths.get_output_directory(), images.shape[2], images.shape[1]
+            )
         except Exception as err:  # core's own check (e.g. a %variable% that expands outside the folder)
-            raise ValueError(f"filename_prefix: '{filename_prefix}' cannot be used ({err}); give a path inside "
-                             "ComfyUI's output folder, e.g. 'VideoEdit/my_edit'") from err
-        while any(os.path.exists(p) for p in output_paths(os.path.join(folder, f"{filename}_{counter:05}_"), fmt,
-                                                            images.shape[0])):
+            raise ValueError(
+                f"filename_prefix: '{filename_prefix}' cannot be used ({err}); give a path inside "
+                "ComfyUI's output folder, e.g. 'VideoEdit/my_edit'"
+            ) from err
+        while any(
+            os.path.exists(p)
+            for p in output_paths(os.path.join(folder, f"{filename}_{counter:05}_"), fmt, images.shape[0])
+        ):
             counter += 1  # a file written since the counter was computed: never overwrite it
         stem = os.path.join(folder, f"{filename}_{counter:05}_")
         paths = write_video(images, stem, fps, fmt, crf, cls._metadata(), _interruptible_progress(images.shape[0]))
@@ -222,12 +285,17 @@ class SelectKeyframes(io.ComfyNode):
             display_name="Select Keyframes",
             category="VideoEdit/video",
             description="Frames 0, K, 2K, ... of a clip (the keyframes Rerender Keyframes renders) and their indices "
-                        "as text. Edit the keyframes with any method, then fill every frame with Propagate Keyframes "
-                        "(images = the whole clip, keyframe_indices = this node's indices).",
+            "as text. Edit the keyframes with any method, then fill every frame with Propagate Keyframes "
+            "(images = the whole clip, keyframe_indices = this node's indices).",
             inputs=[
                 io.Image.Input("images", tooltip="The clip [F,H,W,3]."),
-                io.Int.Input("keyframe_interval", default=10, min=1, max=10000,
-                             tooltip="K: every K-th frame is a keyframe, starting with frame 0 (Rerender-A-Video: 10)."),
+                io.Int.Input(
+                    "keyframe_interval",
+                    default=10,
+                    min=1,
+                    max=10000,
+                    tooltip="K: every K-th frame is a keyframe, starting with frame 0 (Rerender-A-Video: 10).",
+                ),
             ],
             outputs=[io.Image.Output(display_name="keyframes"), io.String.Output(display_name="keyframe_indices")],
         )

@@ -56,15 +56,17 @@ def main(argv=None) -> int:
             link.unlink()
         link.symlink_to(a.ckpt.resolve())
     a.output.mkdir(parents=True, exist_ok=True)
-    prompt = prepare_prompt(json.loads(a.workflow.read_text()), a.video.name, a.ckpt.name if a.ckpt else None,
-                            a.prompt)
+    prompt = prepare_prompt(json.loads(a.workflow.read_text()), a.video.name, a.ckpt.name if a.ckpt else None, a.prompt)
     if a.ckpt is None:  # smoke run: keep it short
         prompt = shrink(prompt, frames=a.smoke_frames, steps=a.smoke_steps, width=256)
 
     if a.ckpt is None:
-        print("NOTE: no CKPT given: this is a SMOKE RUN with a tiny random-weight model. It exercises the whole\n"
-              "      pipeline through ComfyUI's HTTP API, but the 'edited' video is not a meaningful edit.\n"
-              "      For a real edit: make demo CKPT=/path/to/sd15_model.safetensors", flush=True)
+        print(
+            "NOTE: no CKPT given: this is a SMOKE RUN with a tiny random-weight model. It exercises the whole\n"
+            "      pipeline through ComfyUI's HTTP API, but the 'edited' video is not a meaningful edit.\n"
+            "      For a real edit: make demo CKPT=/path/to/sd15_model.safetensors",
+            flush=True,
+        )
     print(f"starting ComfyUI (base {base}, outputs {a.output}) ...", flush=True)
     t0 = time.time()
     with ComfyServer(base, with_smoke_models=True, output_dir=a.output) as server:

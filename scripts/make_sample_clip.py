@@ -46,9 +46,11 @@ def smooth_noise(rng: np.random.Generator, height: int, width: int, cells: tuple
 
 def backdrop(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Float RGB ``[H, W, 3]`` in 0..1: a sky-to-meadow gradient modulated by noise at three scales."""
-    detail = (0.5 * smooth_noise(rng, height, width, (10, 6))
-              + 0.3 * smooth_noise(rng, height, width, (36, 20))
-              + 0.2 * smooth_noise(rng, height, width, (110, 60)))
+    detail = (
+        0.5 * smooth_noise(rng, height, width, (10, 6))
+        + 0.3 * smooth_noise(rng, height, width, (36, 20))
+        + 0.2 * smooth_noise(rng, height, width, (110, 60))
+    )
     t = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
     sky, meadow = np.array([0.45, 0.62, 0.85], np.float32), np.array([0.30, 0.55, 0.22], np.float32)
     base = sky * (1 - t) + meadow * t
@@ -79,13 +81,15 @@ def draw_square(frame: np.ndarray, texture: np.ndarray, centre: tuple[float, flo
 
 def draw_ball(frame: np.ndarray, centre: tuple[float, float], radius: float, phase: float) -> None:
     """A ball with stripes fixed to it (so its motion is visible inside, not only at the rim)."""
-    y, x = np.mgrid[0:frame.shape[0], 0:frame.shape[1]].astype(np.float32)
+    y, x = np.mgrid[0 : frame.shape[0], 0 : frame.shape[1]].astype(np.float32)
     dx, dy = x - centre[0], y - centre[1]
     alpha = np.clip(radius + 0.5 - np.sqrt(dx * dx + dy * dy), 0.0, 1.0)
     stripes = 0.5 + 0.5 * np.sin((dx + dy) * 0.45 + phase)
     shade = np.clip(1.0 - 0.35 * (dx + dy) / (2 * radius), 0.6, 1.2)[..., None]
-    colour = (np.array([0.15, 0.25, 0.80], np.float32) * (1 - stripes[..., None])
-              + np.array([0.92, 0.92, 0.98], np.float32) * stripes[..., None])
+    colour = (
+        np.array([0.15, 0.25, 0.80], np.float32) * (1 - stripes[..., None])
+        + np.array([0.92, 0.92, 0.98], np.float32) * stripes[..., None]
+    )
     composite(frame, np.clip(colour * shade, 0, 1), alpha)
 
 
@@ -123,8 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.output.parent) as tmp:
         (written,) = write_video(frames, os.path.join(tmp, "clip"), args.fps, "mp4", crf=args.crf)
         os.replace(written, args.output)
-    log.info("wrote %s: %d frames, %dx%d, %.3g fps, %.0f KB", args.output, args.frames, WIDTH, HEIGHT, args.fps,
-             args.output.stat().st_size / 1024)
+    log.info(
+        "wrote %s: %d frames, %dx%d, %.3g fps, %.0f KB",
+        args.output,
+        args.frames,
+        WIDTH,
+        HEIGHT,
+        args.fps,
+        args.output.stat().st_size / 1024,
+    )
     return 0
 
 

@@ -1,6 +1,6 @@
 """Print the README's node reference (markdown) from the nodes' own schemas.
 
-    .venv/bin/python scripts/node_reference.py > /tmp/nodes.md
+.venv/bin/python scripts/node_reference.py > /tmp/nodes.md
 """
 
 from __future__ import annotations

@@ -126,13 +126,24 @@ def api_to_ui(prompt: dict, object_info: dict, titles: dict | None = None, name:
         node = prompt[nid]
         info = object_info[node["class_type"]]
         inputs, widgets, pending, _kinds = parts[nid]
-        outputs = [{"name": oname, "type": otype, "slot_index": i, "links": []}
-                   for i, (otype, oname) in enumerate(zip(info["output"], info.get("output_name", info["output"])))]
+        outputs = [
+            {"name": oname, "type": otype, "slot_index": i, "links": []}
+            for i, (otype, oname) in enumerate(zip(info["output"], info.get("output_name", info["output"])))
+        ]
         box = layout.boxes[nid]
-        ui_node = {"id": int(nid), "type": node["class_type"], "pos": [box.x, box.y], "size": [box.w, box.h],
-                   "flags": {}, "order": len(nodes), "mode": BYPASS if nid in extra else 0, "inputs": inputs,
-                   "outputs": outputs,
-                   "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets}
+        ui_node = {
+            "id": int(nid),
+            "type": node["class_type"],
+            "pos": [box.x, box.y],
+            "size": [box.w, box.h],
+            "flags": {},
+            "order": len(nodes),
+            "mode": BYPASS if nid in extra else 0,
+            "inputs": inputs,
+            "outputs": outputs,
+            "properties": {"Node name for S&R": node["class_type"]},
+            "widgets_values": widgets,
+        }
         title = titles.get(nid) or node.get("_meta", {}).get("title")
         if title:
             ui_node["title"] = title
@@ -148,14 +159,35 @@ def api_to_ui(prompt: dict, object_info: dict, titles: dict | None = None, name:
         links.append([link_id, int(src), slot, dst["id"], input_index, src_node["outputs"][slot]["type"]])
     next_id = max(by_id) + 1
     for stage, box, text in layout.notes:
-        nodes.append({"id": next_id, "type": NOTE_TYPES[0], "pos": [box.x, box.y], "size": [box.w, box.h],
-                      "flags": {}, "order": len(nodes), "mode": 0, "inputs": [], "outputs": [],
-                      "title": f"Read me: {STAGE_TITLES[stage].split(' · ')[-1]}", "properties": {}, "widgets_values": [text],
-                      "color": "#432", "bgcolor": "#653"})
+        nodes.append(
+            {
+                "id": next_id,
+                "type": NOTE_TYPES[0],
+                "pos": [box.x, box.y],
+                "size": [box.w, box.h],
+                "flags": {},
+                "order": len(nodes),
+                "mode": 0,
+                "inputs": [],
+                "outputs": [],
+                "title": f"Read me: {STAGE_TITLES[stage].split(' · ')[-1]}",
+                "properties": {},
+                "widgets_values": [text],
+                "color": "#432",
+                "bgcolor": "#653",
+            }
+        )
         next_id += 1
-    return {"last_node_id": next_id - 1, "last_link_id": link_id, "nodes": nodes, "links": links,
-            "groups": layout.groups, "config": {}, "extra": {"ds": {"scale": 0.5, "offset": [40, 40]}},
-            "version": 0.4}
+    return {
+        "last_node_id": next_id - 1,
+        "last_link_id": link_id,
+        "nodes": nodes,
+        "links": links,
+        "groups": layout.groups,
+        "config": {},
+        "extra": {"ds": {"scale": 0.5, "offset": [40, 40]}},
+        "version": 0.4,
+    }
 
 
 def _resolve(link_id: int, links: dict, nodes: dict) -> list | None:

@@ -20,16 +20,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 STAGES = ("load", "flow", "inversion", "edit", "save")
-STAGE_TITLES = {"load": "1 · Load", "flow": "2 · Optical flow", "inversion": "3 · Inversion", "edit": "4 · Edit",
-                "save": "5 · Decode / Save"}
+STAGE_TITLES = {
+    "load": "1 · Load",
+    "flow": "2 · Optical flow",
+    "inversion": "3 · Inversion",
+    "edit": "4 · Edit",
+    "save": "5 · Decode / Save",
+}
 STAGE_COLOURS = {"load": "#3f789e", "flow": "#8A8", "inversion": "#b58b2a", "edit": "#a1309b", "save": "#444"}
 NOTE_TYPES = ("Note", "MarkdownNote")  # frontend-only nodes: not in /object_info, never in the API prompt
 
 # Core node types whose stage is not obvious from the category alone.
 CORE_STAGES = {
-    "CheckpointLoaderSimple": "load", "VAEEncode": "load", "CLIPTextEncode": "load", "LoadImage": "load",
-    "ControlNetLoader": "load", "KSamplerSelect": "edit", "SamplerCustom": "edit", "KSampler": "edit",
-    "VAEDecode": "save", "SaveImage": "save", "PreviewImage": "save",
+    "CheckpointLoaderSimple": "load",
+    "VAEEncode": "load",
+    "CLIPTextEncode": "load",
+    "LoadImage": "load",
+    "ControlNetLoader": "load",
+    "KSamplerSelect": "edit",
+    "SamplerCustom": "edit",
+    "KSampler": "edit",
+    "VAEDecode": "save",
+    "SaveImage": "save",
+    "PreviewImage": "save",
 }
 FLOW_TYPES = {"OPTICAL_FLOW", "VE_TRAJECTORIES", "MASK"}
 
@@ -66,8 +79,12 @@ class Layout:
 
 def _links(prompt: dict) -> list[tuple[str, str]]:
     """(source id, destination id) for every link."""
-    return [(str(v[0]), nid) for nid, node in prompt.items() for v in node["inputs"].values()
-            if isinstance(v, list) and len(v) == 2]
+    return [
+        (str(v[0]), nid)
+        for nid, node in prompt.items()
+        for v in node["inputs"].values()
+        if isinstance(v, list) and len(v) == 2
+    ]
 
 
 def auto_stage(class_type: str, info: dict) -> str:
@@ -82,8 +99,12 @@ def auto_stage(class_type: str, info: dict) -> str:
         return "flow"
     if category.endswith("/inversion"):
         return "inversion"
-    if (category.endswith("/video") or category.startswith("loaders") or category.startswith("conditioning")
-            or "preprocessor" in category):  # ControlNet hints are prepared with the inputs
+    if (
+        category.endswith("/video")
+        or category.startswith("loaders")
+        or category.startswith("conditioning")
+        or "preprocessor" in category
+    ):  # ControlNet hints are prepared with the inputs
         return "load"
     if category.startswith("latent"):
         return "save" if "decode" in class_type.lower() else "load"
@@ -102,8 +123,10 @@ def assign_stages(prompt: dict, object_info: dict, overrides: dict[str, str] | N
     """
     overrides = {str(k): v for k, v in (overrides or {}).items()}
     order = {s: i for i, s in enumerate(STAGES)}
-    stage = {nid: overrides.get(nid) or auto_stage(node["class_type"], object_info[node["class_type"]])
-             for nid, node in prompt.items()}
+    stage = {
+        nid: overrides.get(nid) or auto_stage(node["class_type"], object_info[node["class_type"]])
+        for nid, node in prompt.items()
+    }
     links = _links(prompt)
     consumers: dict[str, list[str]] = {nid: [] for nid in prompt}
     parents: dict[str, list[str]] = {nid: [] for nid in prompt}
@@ -132,9 +155,13 @@ def assign_stages(prompt: dict, object_info: dict, overrides: dict[str, str] | N
         if not changed:
             break
     for nid in prompt:
-        if (object_info[prompt[nid]["class_type"]].get("output_node") and parents[nid]
-                and {stage[p] for p in parents[nid]} <= {"flow", "load"} and "flow" in {stage[p] for p in parents[nid]}
-                and nid not in overrides):
+        if (
+            object_info[prompt[nid]["class_type"]].get("output_node")
+            and parents[nid]
+            and {stage[p] for p in parents[nid]} <= {"flow", "load"}
+            and "flow" in {stage[p] for p in parents[nid]}
+            and nid not in overrides
+        ):
             stage[nid] = "flow"
     return stage
 
@@ -181,8 +208,13 @@ def note_height(text: str, width: float) -> float:
     return round(NOTE_LINE_H * lines + 30)
 
 
-def lay_out(prompt: dict, object_info: dict, sizes: dict[str, tuple[float, float]],
-            notes: dict[str, str], overrides: dict[str, str] | None = None) -> Layout:
+def lay_out(
+    prompt: dict,
+    object_info: dict,
+    sizes: dict[str, tuple[float, float]],
+    notes: dict[str, str],
+    overrides: dict[str, str] | None = None,
+) -> Layout:
     """Positions for every node, one group per stage present, a Note on top of each group.
 
     ``sizes``: node id → (width, body height); ``notes``: stage → the text of its Note.
@@ -219,8 +251,9 @@ def lay_out(prompt: dict, object_info: dict, sizes: dict[str, tuple[float, float
         bottom = y0
         for c, cw in zip(sorted(columns), col_widths):
             # Order a column by where its inputs sit (fewer crossing links), then by id.
-            col = sorted(columns[c], key=lambda n: (min((row_of.get(p, 1e9) for p in parents[n]), default=-1),
-                                                    _id_key(n)))
+            col = sorted(
+                columns[c], key=lambda n: (min((row_of.get(p, 1e9) for p in parents[n]), default=-1), _id_key(n))
+            )
             y = y0
             for nid in col:
                 w, h = sizes[nid]
@@ -230,8 +263,16 @@ def lay_out(prompt: dict, object_info: dict, sizes: dict[str, tuple[float, float
             bottom = max(bottom, y - ROW_GAP)
             cx += cw + COL_GAP
         width = content_w + 2 * GROUP_PAD
-        out.groups.append({"id": gi + 1, "title": STAGE_TITLES[st], "bounding": [x, top, width, bottom - top + GROUP_PAD],
-                           "color": STAGE_COLOURS[st], "font_size": 24, "flags": {}})
+        out.groups.append(
+            {
+                "id": gi + 1,
+                "title": STAGE_TITLES[st],
+                "bounding": [x, top, width, bottom - top + GROUP_PAD],
+                "color": STAGE_COLOURS[st],
+                "font_size": 24,
+                "flags": {},
+            }
+        )
         x += width + GROUP_GAP
     # Groups of one height read as one row of panels.
     tallest = max(g["bounding"][3] for g in out.groups)

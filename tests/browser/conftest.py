@@ -76,5 +76,6 @@ def pytest_terminal_summary(terminalreporter):
     errors = sum(r.get("page_errors", 0) for r in RESULTS.values())
     terminalreporter.write_line(
         f"browser tier: {ok}/{total} UI workflows loaded in the ComfyUI frontend, {missing} missing node types, "
-        f"{errors} page errors; screenshots in {SCREENSHOTS.relative_to(PACK_ROOT)}/")
+        f"{errors} page errors; screenshots in {SCREENSHOTS.relative_to(PACK_ROOT)}/"
+    )
     (SCREENSHOTS / "results.json").write_text(json.dumps(RESULTS, indent=1) + "\n")

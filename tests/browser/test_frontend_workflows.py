@@ -101,19 +101,26 @@ def test_workflow_layout_reads_left_to_right(frontend, path):
     rects = {n["id"]: _rect(n) for n in nodes}
     for n in nodes:
         # Every node, Notes too, fits the size the frontend needs for its widgets ...
-        assert n["size"][1] + 1 >= n["min_size"][1] and n["size"][0] + 1 >= n["min_size"][0], \
+        assert n["size"][1] + 1 >= n["min_size"][1] and n["size"][0] + 1 >= n["min_size"][0], (
             f"{n['title']}: size {n['size']} smaller than the frontend's {n['min_size']}"
+        )
     ids = sorted(rects)
     for i, a in enumerate(ids):  # ... no node lies on another ...
-        for b in ids[i + 1:]:
+        for b in ids[i + 1 :]:
             ra, rb = rects[a], rects[b]
             overlap = ra[0] < rb[2] and rb[0] < ra[2] and ra[1] < rb[3] and rb[1] < ra[3]
             assert not overlap, f"nodes {a} and {b} overlap: {ra} {rb}"
     inside = {}
     for n in nodes:  # ... and each lies inside exactly one group.
         x0, y0, x1, y1 = rects[n["id"]]
-        hits = [g["title"] for g in groups if g["bounding"][0] <= x0 and x1 <= g["bounding"][0] + g["bounding"][2]
-                and g["bounding"][1] <= y0 and y1 <= g["bounding"][1] + g["bounding"][3]]
+        hits = [
+            g["title"]
+            for g in groups
+            if g["bounding"][0] <= x0
+            and x1 <= g["bounding"][0] + g["bounding"][2]
+            and g["bounding"][1] <= y0
+            and y1 <= g["bounding"][1] + g["bounding"][3]
+        ]
         assert len(hits) == 1, f"{n['title']}: in groups {hits}"
         inside[n["id"]] = hits[0]
     # Groups stand left to right and every link runs to the same or a later group.
@@ -121,5 +128,6 @@ def test_workflow_layout_reads_left_to_right(frontend, path):
     for n in nodes:
         for inp in n["inputs"]:
             if inp["link"] is not None:
-                assert order[inside[inp["origin"]]] <= order[inside[n["id"]]], \
+                assert order[inside[inp["origin"]]] <= order[inside[n["id"]]], (
                     f"{n['title']}.{inp['name']} reads from a group on its right"
+                )

@@ -46,8 +46,18 @@ def _sample(model, pos, neg, latent, sigmas, cfg=4.0):
     import comfy.sample
     import comfy.samplers
 
-    return comfy.sample.sample_custom(model, torch.zeros_like(latent), cfg, comfy.samplers.sampler_object("euler"),
-                                      sigmas, pos, neg, latent, disable_pbar=True, seed=0)
+    return comfy.sample.sample_custom(
+        model,
+        torch.zeros_like(latent),
+        cfg,
+        comfy.samplers.sampler_object("euler"),
+        sigmas,
+        pos,
+        neg,
+        latent,
+        disable_pbar=True,
+        seed=0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,21 +67,24 @@ def clip_setup(host, tiny_model, tiny_clip):
     with torch.inference_mode():
         latent = torch.randn(FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.5
         pos, neg, src = (encode_prompt(tiny_clip, t) for t in ("a red car", "", "a car"))
-        record, noisy, sigmas = DDIMInversion.execute(tiny_model, {"samples": latent}, src, 3, 0, "ddim_uniform", 16,
-                                                      "off", 0, False).args
+        record, noisy, sigmas = DDIMInversion.execute(
+            tiny_model, {"samples": latent}, src, 3, 0, "ddim_uniform", 16, "off", 0, False
+        ).args
     return dict(latent=latent, pos=pos, neg=neg, src=src, record=record, x_t=noisy["samples"], sigmas=sigmas)
 
 
-def test_extended_attention_with_the_keyframes_in_every_window_equals_no_windows(host, pack_nodes, tiny_model,
-                                                                                  clip_setup, inference_mode):
+def test_extended_attention_with_the_keyframes_in_every_window_equals_no_windows(
+    host, pack_nodes, tiny_model, clip_setup, inference_mode
+):
     from comfyui_videoedit.nodes.tokenflow import ApplyExtendedAttention
 
     s = clip_setup
     (patched,) = ApplyExtendedAttention.execute(tiny_model, keyframe_stride=1, keyframes="4, 6").args
     whole = _sample(patched, s["pos"], s["neg"], s["latent"], s["sigmas"])
     # windows [0-7], [4-11]: keyframes 4 and 6 are in both (core node first, then the patch)
-    model, probe = _probe(ApplyExtendedAttention.execute(_windows(tiny_model, 8, 4), keyframe_stride=1,
-                                                         keyframes="4, 6").args[0])
+    model, probe = _probe(
+        ApplyExtendedAttention.execute(_windows(tiny_model, 8, 4), keyframe_stride=1, keyframes="4, 6").args[0]
+    )
     windowed = _sample(model, s["pos"], s["neg"], s["latent"], s["sigmas"])
     assert set(probe.windows) == {tuple(range(0, 8)), tuple(range(4, 12))}
     assert (windowed - whole).abs().max() <= 1e-5 * whole.abs().max(), (windowed - whole).abs().max()
@@ -92,9 +105,16 @@ def test_tokenflow_on_12_frames_in_windows_of_6(host, pack_nodes, tiny_model, cl
     from comfyui_videoedit.nodes.tokenflow import ApplyTokenFlow
 
     s = clip_setup
-    args = dict(window=4, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1, nn_feature="input",
-                blend="official", pnp_attn_blocks="output 1/32#1-2, 1/16, 1/8",
-                pnp_resnet_blocks="output 1/32#1")
+    args = dict(
+        window=4,
+        pnp_attn_t=0.5,
+        pnp_f_t=0.8,
+        seed=1,
+        nn_feature="input",
+        blend="official",
+        pnp_attn_blocks="output 1/32#1-2, 1/16, 1/8",
+        pnp_resnet_blocks="output 1/32#1",
+    )
     model = ApplyTokenFlow.execute(_windows(tiny_model), s["record"], **args).args[0]
     used = []
 
@@ -127,22 +147,33 @@ def test_flatten_on_12_frames_in_windows_of_6(host, pack_nodes, tiny_model, clip
     flow = torch.zeros(FRAMES - 1, 64, 64, 2)
     flow[..., 0] = 8.0
     (ts,) = SampleTrajectories.execute(flow, {"samples": s["latent"]}, 0).args
-    inputs = dict(mode="dense", levels="highest", old_qk=False, anchor_stride=4, max_anchors=4,
-                  inject_step=0.8, pnp_attn_blocks="output 1/32#1-2, 1/16, 1/8#0",
-                  pnp_resnet_blocks="output 1/32#0-1, 1/16#0")
+    inputs = dict(
+        mode="dense",
+        levels="highest",
+        old_qk=False,
+        anchor_stride=4,
+        max_anchors=4,
+        inject_step=0.8,
+        pnp_attn_blocks="output 1/32#1-2, 1/16, 1/8#0",
+        pnp_resnet_blocks="output 1/32#0-1, 1/16#0",
+    )
     model, probe = _probe(ApplyFLATTEN.execute(_windows(tiny_model), ts, **inputs, inversion=s["record"]).args[0])
     out = _sample(model, s["pos"], s["neg"], s["x_t"], s["sigmas"])
     assert out.shape == s["x_t"].shape and torch.isfinite(out).all()
     assert (4, 5, 6, 7, 8, 9) in probe.windows
-    whole = _sample(ApplyFLATTEN.execute(tiny_model, ts, **inputs, inversion=s["record"]).args[0], s["pos"], s["neg"],
-                    s["x_t"], s["sigmas"])
+    whole = _sample(
+        ApplyFLATTEN.execute(tiny_model, ts, **inputs, inversion=s["record"]).args[0],
+        s["pos"],
+        s["neg"],
+        s["x_t"],
+        s["sigmas"],
+    )
     assert (out - whole).abs().max() > 1e-5  # attention spans a window, not the clip
     one = ApplyFLATTEN.execute(_windows(tiny_model, FRAMES, 0), ts, **inputs, inversion=s["record"]).args[0]
     assert torch.equal(_sample(one, s["pos"], s["neg"], s["x_t"], s["sigmas"]), whole)
 
 
-def test_inversion_under_windows_equals_the_inversion_without(host, pack_nodes, tiny_model, clip_setup,
-                                                               inference_mode):
+def test_inversion_under_windows_equals_the_inversion_without(host, pack_nodes, tiny_model, clip_setup, inference_mode):
     """DDIM Inversion of a windowed model: each window of a frame chunk maps to the clip's
     frames; the plain UNet treats frames independently, so every cached row is the one the
     inversion without windows records (the windows' overlaps average equal values)."""
@@ -150,8 +181,9 @@ def test_inversion_under_windows_equals_the_inversion_without(host, pack_nodes, 
 
     s = clip_setup
     model, probe = _probe(_windows(tiny_model))
-    record, noisy, _ = DDIMInversion.execute(model, {"samples": s["latent"]}, s["src"], 3, 0, "ddim_uniform", 16,
-                                             "off", 0, False).args
+    record, noisy, _ = DDIMInversion.execute(
+        model, {"samples": s["latent"]}, s["src"], 3, 0, "ddim_uniform", 16, "off", 0, False
+    ).args
     assert (6, 7, 8, 9, 10, 11) in probe.windows
     assert record.num_frames == FRAMES
     reference = s["record"]
@@ -172,8 +204,12 @@ def test_peak_memory_at_24_frames_is_bounded_by_the_window(host):
     script = Path(__file__).resolve().parents[1] / "ve_testkit" / "peak_rss.py"
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc/self/clear_refs to reset the peak-RSS mark")
-    run = subprocess.run([sys.executable, str(script), "--method", "flatten", "--frames", "24", "--size", "8"],
-                         capture_output=True, text=True, timeout=900)
+    run = subprocess.run(
+        [sys.executable, str(script), "--method", "flatten", "--frames", "24", "--size", "8"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     print(result)
@@ -188,7 +224,8 @@ def test_video_p2p_refuses_a_model_with_context_windows(host, pack_nodes, tiny_m
     from comfyui_videoedit.attention.p2p_patch import P2PConfig
     from comfyui_videoedit.nodes.p2p import P2PEditNode
 
-    edit = P2PEditNode.execute(tiny_clip, source_prompt="a red car", target_prompt="a blue car", blend_source="car",
-                           blend_target="car").args[0]
+    edit = P2PEditNode.execute(
+        tiny_clip, source_prompt="a red car", target_prompt="a blue car", blend_source="car", blend_target="car"
+    ).args[0]
     with pytest.raises(ValueError, match="^model: Video-P2P does not run under context windows"):
         apply_p2p(_windows(tiny_model), edit, clip_setup["record"], P2PConfig())

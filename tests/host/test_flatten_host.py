@@ -28,8 +28,16 @@ def _trajectories(latent, dx=8.0, seed=0):
 def _apply(model, ts, **kw):
     from comfyui_videoedit.nodes.flatten import ApplyFLATTEN
 
-    args = dict(mode="dense", levels="highest", old_qk=False, anchor_stride=4, max_anchors=4,
-                inject_step=0.8, pnp_attn_blocks="output 4-9", pnp_resnet_blocks="output 3, 4, 6")
+    args = dict(
+        mode="dense",
+        levels="highest",
+        old_qk=False,
+        anchor_stride=4,
+        max_anchors=4,
+        inject_step=0.8,
+        pnp_attn_blocks="output 4-9",
+        pnp_resnet_blocks="output 3, 4, 6",
+    )
     args.update(kw)
     (patched,) = ApplyFLATTEN.execute(model, ts, **args).args
     return patched
@@ -46,16 +54,28 @@ def _sample(model, pos, neg, latent, sigmas, cfg=4.0, noise=None, callback=None)
     import comfy.samplers
 
     noise = torch.zeros_like(latent) if noise is None else noise
-    return comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.sampler_object("euler"), sigmas, pos, neg,
-                                      latent, callback=callback, disable_pbar=True, seed=0)
+    return comfy.sample.sample_custom(
+        model,
+        noise,
+        cfg,
+        comfy.samplers.sampler_object("euler"),
+        sigmas,
+        pos,
+        neg,
+        latent,
+        callback=callback,
+        disable_pbar=True,
+        seed=0,
+    )
 
 
 def _invert(model, cond, latent, steps=STEPS, frame_batch_size=16):
     """VideoEdit_DDIMInversion (cfg 1 along the model's schedule, cache off)."""
     from comfyui_videoedit.nodes.inversion import DDIMInversion
 
-    record, noisy, sigmas = DDIMInversion.execute(model, {"samples": latent}, cond, steps, 0, "ddim_uniform",
-                                                  frame_batch_size, "off", 0, False).args
+    record, noisy, sigmas = DDIMInversion.execute(
+        model, {"samples": latent}, cond, steps, 0, "ddim_uniform", frame_batch_size, "off", 0, False
+    ).args
     return record, noisy["samples"], sigmas
 
 
@@ -84,8 +104,9 @@ def test_inversion_and_sampling_with_flatten(host, pack_nodes, tiny_model, tiny_
     injected = _sample(injected_model, pos, neg, inverted, sigmas)
     assert torch.isfinite(injected).all() and (injected - edit).abs().max() > 1e-4
     # no injected step = no injection at all
-    assert torch.equal(_sample(_apply(tiny_model, ts, inversion=record, inject_step=0.0), pos, neg, inverted, sigmas),
-                       edit)
+    assert torch.equal(
+        _sample(_apply(tiny_model, ts, inversion=record, inject_step=0.0), pos, neg, inverted, sigmas), edit
+    )
 
     # the user's model: same options, same output as before
     assert repr(tiny_model.model_options) == before
@@ -110,17 +131,24 @@ def test_modes_levels_and_seed(host, pack_nodes, tiny_model, tiny_clip, inferenc
     assert all(isinstance(p, FlattenAttention) for p in patches.values()) and len(patches) == 16
     # the highest resolution only (as the paper's 64x64 layers): input 1-2, output 9-11
     assert sorted(k for k, p in patches.items() if p.flow_step) == [
-        ("input", 1, 0), ("input", 2, 0), ("output", 9, 0), ("output", 10, 0), ("output", 11, 0)]
+        ("input", 1, 0),
+        ("input", 2, 0),
+        ("output", 9, 0),
+        ("output", 10, 0),
+        ("output", 11, 0),
+    ]
     everywhere = _apply(tiny_model, ts, levels="all")
-    assert all(p.flow_step for p in everywhere.model_options["transformer_options"]["patches_replace"]["attn1"].values())
+    assert all(
+        p.flow_step for p in everywhere.model_options["transformer_options"]["patches_replace"]["attn1"].values()
+    )
 
     a = _sample(dense, pos, neg, latent, sigmas)
     # bounded with every frame an anchor is the dense mode
-    all_anchors = _sample(_apply(tiny_model, ts, mode="bounded", anchor_stride=1, max_anchors=0),
-                          pos, neg, latent, sigmas)
+    all_anchors = _sample(
+        _apply(tiny_model, ts, mode="bounded", anchor_stride=1, max_anchors=0), pos, neg, latent, sigmas
+    )
     assert (all_anchors - a).abs().max() <= 1e-5 * a.abs().max()
-    bounded = _sample(_apply(tiny_model, ts, mode="bounded", anchor_stride=4, max_anchors=1),
-                      pos, neg, latent, sigmas)
+    bounded = _sample(_apply(tiny_model, ts, mode="bounded", anchor_stride=4, max_anchors=1), pos, neg, latent, sigmas)
     assert torch.isfinite(bounded).all() and (bounded - a).abs().max() > 1e-4
     for other in (_apply(tiny_model, ts, levels="all"), _apply(tiny_model, ts, old_qk=True)):
         assert (_sample(other, pos, neg, latent, sigmas) - a).abs().max() > 1e-4
@@ -192,8 +220,11 @@ def test_bad_input(host, pack_nodes, tiny_model, tiny_clip, inference_mode):
     pos, neg = encode_prompt(tiny_clip, "a red car"), encode_prompt(tiny_clip, "")
     latent = torch.randn(FRAMES, 4, 8, 8)
     patched = _apply(tiny_model, _trajectories(latent))
-    with pytest.raises(ValueError, match=r"trajectories were sampled for 6 frames at latent 8x8, but the latent "
-                                         r"being sampled has 5 frames at latent 8x8"):
+    with pytest.raises(
+        ValueError,
+        match=r"trajectories were sampled for 6 frames at latent 8x8, but the latent "
+        r"being sampled has 5 frames at latent 8x8",
+    ):
         _sample(patched, pos, neg, latent[:5], _sigmas(tiny_model, 1))
     with pytest.raises(ValueError, match=r"sampled for 6 frames at latent 8x8, .* has 6 frames at latent 16x8"):
         _sample(patched, pos, neg, torch.randn(FRAMES, 4, 16, 8), _sigmas(tiny_model, 1))

@@ -35,15 +35,25 @@ def test_flatten_with_sdpa_equals_flatten_with_comfys_kernel(tiny_model, tiny_cl
     flow = torch.zeros(3, 64, 64, 2)
     flow[..., 0] = 8.0
     (ts,) = SampleTrajectories.execute(flow, {"samples": latent}, 0).args
-    (patched,) = ApplyFLATTEN.execute(tiny_model, ts, mode="dense", levels="highest", old_qk=False,
-                                      anchor_stride=4, max_anchors=4, inject_step=0.8,
-                                      pnp_attn_blocks="output 4-9", pnp_resnet_blocks="output 3, 4, 6").args
+    (patched,) = ApplyFLATTEN.execute(
+        tiny_model,
+        ts,
+        mode="dense",
+        levels="highest",
+        old_qk=False,
+        anchor_stride=4,
+        max_anchors=4,
+        inject_step=0.8,
+        pnp_attn_blocks="output 4-9",
+        pnp_resnet_blocks="output 3, 4, 6",
+    ).args
     pos, neg = encode_prompt(tiny_clip, "a cat"), encode_prompt(tiny_clip, "")
 
     def sample():
         noise = comfy.sample.prepare_noise(latent, 0)
-        return comfy.sample.sample(patched, noise, 3, 5.0, "euler", "normal", pos, neg, latent, disable_pbar=True,
-                                   seed=0)
+        return comfy.sample.sample(
+            patched, noise, 3, 5.0, "euler", "normal", pos, neg, latent, disable_pbar=True, seed=0
+        )
 
     fused = sample()
     for patch in patched.model_options["transformer_options"]["patches_replace"]["attn1"].values():

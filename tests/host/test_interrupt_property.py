@@ -79,9 +79,18 @@ def setup(host, pack_nodes, tiny_model, tiny_clip):
     with torch.inference_mode():
         latent = {"samples": torch.randn(FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.5}
         src = encode_prompt(tiny_clip, "a car")
-        inversion, x_t, sigmas = DDIMInversion.execute(tiny_model, latent, src, steps=STEPS, inversion_steps=0,
-                                                       scheduler="ddim_uniform", frame_batch_size=16,
-                                                       cache_mode="off", cache_limit_mb=0, clear_cache=False).args
+        inversion, x_t, sigmas = DDIMInversion.execute(
+            tiny_model,
+            latent,
+            src,
+            steps=STEPS,
+            inversion_steps=0,
+            scheduler="ddim_uniform",
+            frame_batch_size=16,
+            cache_mode="off",
+            cache_limit_mb=0,
+            clear_cache=False,
+        ).args
         pos, neg = encode_prompt(tiny_clip, "a red car"), encode_prompt(tiny_clip, "")
     yield {"latent": latent, "src": src, "inversion": inversion, "x_t": x_t, "sigmas": sigmas, "pos": pos, "neg": neg}
     print("\ninterrupt property, k tried per method:", K_COUNTS)
@@ -95,8 +104,16 @@ def _sampler_custom(host, model, s, cfg=5.0):
     return out[0]["samples"]
 
 
-TOKENFLOW = dict(window=2, pnp_attn_t=0.5, pnp_f_t=1.0, seed=1, nn_feature="input", blend="official", pnp_attn_blocks="output 4-11",
-                 pnp_resnet_blocks="output 4")
+TOKENFLOW = dict(
+    window=2,
+    pnp_attn_t=0.5,
+    pnp_f_t=1.0,
+    seed=1,
+    nn_feature="input",
+    blend="official",
+    pnp_attn_blocks="output 4-11",
+    pnp_resnet_blocks="output 4",
+)
 
 
 def test_tokenflow_apply_then_sampler_custom(host, tiny_model, setup, inference_mode):
@@ -131,8 +148,9 @@ def test_tokenflow_sampler_one_box(host, tiny_model, setup, inference_mode):
     from comfyui_videoedit.nodes.tokenflow import TokenFlowSampler
 
     def run():
-        return TokenFlowSampler.execute(tiny_model, setup["pos"], setup["neg"], setup["inversion"], 5.0, "euler",
-                                        **TOKENFLOW).args[0]
+        return TokenFlowSampler.execute(
+            tiny_model, setup["pos"], setup["neg"], setup["inversion"], 5.0, "euler", **TOKENFLOW
+        ).args[0]
 
     check_interrupt_property("tokenflow_sampler", tiny_model, run)
 
@@ -150,10 +168,19 @@ def _flatten_model(tiny_model, setup, inversion=None):
     flow = torch.zeros(FRAMES - 1, 64, 64, 2)
     flow[..., 0] = 8.0
     (ts,) = SampleTrajectories.execute(flow, setup["latent"], 0).args
-    (model,) = ApplyFLATTEN.execute(tiny_model, ts, mode="bounded", levels="highest",
-                                    old_qk=False, anchor_stride=2, max_anchors=2, inject_step=1.0,
-                                    pnp_attn_blocks="output 4-9", pnp_resnet_blocks="output 3, 4, 6",
-                                    inversion=inversion).args
+    (model,) = ApplyFLATTEN.execute(
+        tiny_model,
+        ts,
+        mode="bounded",
+        levels="highest",
+        old_qk=False,
+        anchor_stride=2,
+        max_anchors=2,
+        inject_step=1.0,
+        pnp_attn_blocks="output 4-9",
+        pnp_resnet_blocks="output 3, 4, 6",
+        inversion=inversion,
+    ).args
     return model
 
 
@@ -167,9 +194,18 @@ def test_flatten_inversion_then_pnp_sampling(host, tiny_model, setup, inference_
 
     def invert():
         MEMORY_CACHE.clear()
-        return DDIMInversion.execute(plain, setup["latent"], setup["src"], steps=STEPS, inversion_steps=0,
-                                     scheduler="ddim_uniform", frame_batch_size=16, cache_mode="memory",
-                                     cache_limit_mb=0, clear_cache=False).args
+        return DDIMInversion.execute(
+            plain,
+            setup["latent"],
+            setup["src"],
+            steps=STEPS,
+            inversion_steps=0,
+            scheduler="ddim_uniform",
+            frame_batch_size=16,
+            cache_mode="memory",
+            cache_limit_mb=0,
+            clear_cache=False,
+        ).args
 
     check_interrupt_property("flatten_inversion", tiny_model, invert)
     inversion, x_t, sigmas = invert()
@@ -194,11 +230,34 @@ def test_rerender_keyframes(host, tiny_model, tiny_vae, setup, inference_mode):
 
     g = torch.Generator().manual_seed(4)
     images = torch.rand(4, 32, 32, 3, generator=g)
-    args = dict(model=tiny_model, positive=setup["pos"], negative=setup["neg"], vae=tiny_vae, images=images,
-                keyframe_interval=3, steps=4, cfg=5.0, sampler_name="euler", scheduler="ddim_uniform", seed=3,
-                x0_strength=0.75, flow_method="dis", mask_strength=0.5,
-                inner_strength=0.9, smooth_boundary=True, fidelity_threshold=0.25, fidelity_lambda=1.0,
-                fidelity_mode="code", cross_frame_blocks="decoder",
-                cross_frame_start=0.0, cross_frame_end=1.0, shape_fusion_start=0.0, shape_fusion_end=0.5,
-                pixel_fusion_start=0.5, pixel_fusion_end=0.8, adain_start=0.8, adain_end=1.0)
+    args = dict(
+        model=tiny_model,
+        positive=setup["pos"],
+        negative=setup["neg"],
+        vae=tiny_vae,
+        images=images,
+        keyframe_interval=3,
+        steps=4,
+        cfg=5.0,
+        sampler_name="euler",
+        scheduler="ddim_uniform",
+        seed=3,
+        x0_strength=0.75,
+        flow_method="dis",
+        mask_strength=0.5,
+        inner_strength=0.9,
+        smooth_boundary=True,
+        fidelity_threshold=0.25,
+        fidelity_lambda=1.0,
+        fidelity_mode="code",
+        cross_frame_blocks="decoder",
+        cross_frame_start=0.0,
+        cross_frame_end=1.0,
+        shape_fusion_start=0.0,
+        shape_fusion_end=0.5,
+        pixel_fusion_start=0.5,
+        pixel_fusion_end=0.8,
+        adain_start=0.8,
+        adain_end=1.0,
+    )
     check_interrupt_property("rerender_keyframes", tiny_model, lambda: RerenderKeyframes.execute(**args).result)

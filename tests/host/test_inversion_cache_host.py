@@ -34,8 +34,9 @@ def adapter(host):
 
 
 def run(inv, model, latent, cond, mode, steps=4, inversion_steps=0, clear=False, limit=0):
-    out = inv.DDIMInversion.execute(model, {"samples": latent}, cond, steps, inversion_steps, "ddim_uniform", 2, mode,
-                                    limit, clear)
+    out = inv.DDIMInversion.execute(
+        model, {"samples": latent}, cond, steps, inversion_steps, "ddim_uniform", 2, mode, limit, clear
+    )
     return out.result
 
 
@@ -103,10 +104,19 @@ def test_disk_cache_survives_a_fresh_process(host, inv, adapter, tiny_model, tin
 
     # a new ComfyUI process (its node cache and our RAM cache gone) reads the same entry
     save_file({"samples": latent.contiguous()}, str(tmp_path / "latent.safetensors"))
-    script = FRESH_PROCESS.format(tests=str(TESTS_DIR), base=str(host.base), latent=str(tmp_path / "latent.safetensors"),
-                                  out=str(tmp_path / "out.safetensors"))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    script = FRESH_PROCESS.format(
+        tests=str(TESTS_DIR),
+        base=str(host.base),
+        latent=str(tmp_path / "latent.safetensors"),
+        out=str(tmp_path / "out.safetensors"),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
     assert result == {"calls": 0, "key": rec1.key}
@@ -115,8 +125,9 @@ def test_disk_cache_survives_a_fresh_process(host, inv, adapter, tiny_model, tin
     assert torch.equal(fresh["noisy"], lat1["samples"]) and torch.equal(fresh["sigmas"], sig1)
 
 
-def test_truncated_cache_file_is_recomputed_with_a_warning(host, inv, adapter, tiny_model, tiny_clip, inference_mode,
-                                                            caplog):
+def test_truncated_cache_file_is_recomputed_with_a_warning(
+    host, inv, adapter, tiny_model, tiny_clip, inference_mode, caplog
+):
     cond = encode_prompt(tiny_clip, "a red car")
     latent = fresh_latent(12)
     rec1, _, _ = run(inv, CallCounter().attach(tiny_model), latent, cond, "disk")  # same patches as below
@@ -159,8 +170,11 @@ def test_key_changes_with_patches_latent_steps_and_prompt(host, inv, adapter, ti
     lat2 = latent.clone()
     lat2[1, 2, 3, 4] += 1e-3
     variants = {
-        "patches": key(m=patched), "wrapper settings": key(m=other_field), "latent": key(lat=lat2),
-        "steps": key(steps=5), "inversion_steps": key(inversion_steps=8),
+        "patches": key(m=patched),
+        "wrapper settings": key(m=other_field),
+        "latent": key(lat=lat2),
+        "steps": key(steps=5),
+        "inversion_steps": key(inversion_steps=8),
         "prompt": key(c=encode_prompt(tiny_clip, "a blue car")),
     }
     for name, k in variants.items():

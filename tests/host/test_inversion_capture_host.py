@@ -29,8 +29,11 @@ def reference_features(dm, x_vp, t, ctx):
     handles.append(block.norm1.register_forward_hook(keep("n")))
     handles.append(block.attn1.to_q.register_forward_hook(keep("q")))
     handles.append(block.attn1.to_k.register_forward_hook(keep("k")))
-    handles.append(resblock.register_forward_hook(
-        lambda mod, args, out: got.__setitem__("res", out - mod.skip_connection(args[0]))))
+    handles.append(
+        resblock.register_forward_hook(
+            lambda mod, args, out: got.__setitem__("res", out - mod.skip_connection(args[0]))
+        )
+    )
     try:
         with torch.no_grad():
             dm(x_vp, t, context=ctx)
@@ -44,8 +47,7 @@ def test_capture_matches_forward_hooks(host, tiny_model, record, inference_mode)
     from comfyui_videoedit.adapters import source as comfy_adapter
     from comfyui_videoedit.attention.capture import CaptureSpec
 
-    spec = CaptureSpec(attn1_inputs=[("output", 4, 0), ("input", 1, 0)], qk=[("output", 4, 0)],
-                       resnets=[("output", 6)])
+    spec = CaptureSpec(attn1_inputs=[("output", 4, 0), ("input", 1, 0)], qk=[("output", 4, 0)], resnets=[("output", 6)])
     model = comfy_adapter.install_feature_capture(tiny_model, spec)
     sigma = float(record.sigmas[1])
     frames = [2, 0]
@@ -70,8 +72,9 @@ def test_capture_matches_forward_hooks(host, tiny_model, record, inference_mode)
     x = replay.latent(sigma, frames)
     sig = torch.full((2,), sigma)
     den_plain = tiny_model.model.apply_model(x, sig, c_crossattn=ctx, transformer_options={})
-    den_patched = model.model.apply_model(x, sig, c_crossattn=ctx,
-                                          transformer_options=dict(model.model_options["transformer_options"]))
+    den_patched = model.model.apply_model(
+        x, sig, c_crossattn=ctx, transformer_options=dict(model.model_options["transformer_options"])
+    )
     assert torch.allclose(den_plain, den_patched, atol=1e-5)
 
 

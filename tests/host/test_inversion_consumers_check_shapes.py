@@ -17,26 +17,53 @@ def setup(host, pack_nodes, tiny_model, tiny_clip):
     with torch.inference_mode():
         latent = {"samples": torch.randn(FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.5}
         src = encode_prompt(tiny_clip, "a car")
-        inversion, x_t, sigmas = DDIMInversion.execute(tiny_model, latent, src, steps=2, inversion_steps=0,
-                                                       scheduler="ddim_uniform", frame_batch_size=16,
-                                                       cache_mode="off", cache_limit_mb=0, clear_cache=False).args
+        inversion, x_t, sigmas = DDIMInversion.execute(
+            tiny_model,
+            latent,
+            src,
+            steps=2,
+            inversion_steps=0,
+            scheduler="ddim_uniform",
+            frame_batch_size=16,
+            cache_mode="off",
+            cache_limit_mb=0,
+            clear_cache=False,
+        ).args
         pos, neg = encode_prompt(tiny_clip, "a red car"), encode_prompt(tiny_clip, "")
     return {"latent": latent, "inversion": inversion, "x_t": x_t, "sigmas": sigmas, "pos": pos, "neg": neg}
 
 
 def _sample(host, model, s, samples):
     node = host.custom_sampler.SamplerCustom()
-    out = node.execute(model, False, 0, 5.0, s["pos"], s["neg"], host.comfy.samplers.sampler_object("euler"),
-                       s["sigmas"], {"samples": samples})
+    out = node.execute(
+        model,
+        False,
+        0,
+        5.0,
+        s["pos"],
+        s["neg"],
+        host.comfy.samplers.sampler_object("euler"),
+        s["sigmas"],
+        {"samples": samples},
+    )
     return (out.args if hasattr(out, "args") else out)[0]["samples"]
 
 
 def _tokenflow(tiny_model, inversion):
     from comfyui_videoedit.nodes.tokenflow import ApplyTokenFlow
 
-    return ApplyTokenFlow.execute(tiny_model, inversion, window=2, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1,
-                                  nn_feature="input", blend="official", pnp_attn_blocks="output 4-11",
-                                  pnp_resnet_blocks="output 4").args[0]
+    return ApplyTokenFlow.execute(
+        tiny_model,
+        inversion,
+        window=2,
+        pnp_attn_t=0.5,
+        pnp_f_t=0.8,
+        seed=1,
+        nn_feature="input",
+        blend="official",
+        pnp_attn_blocks="output 4-11",
+        pnp_resnet_blocks="output 4",
+    ).args[0]
 
 
 LATENTS = {
@@ -72,9 +99,19 @@ def test_flatten_pnp_refuses_an_inversion_of_another_latent(host, tiny_model, se
     f, _, h, w = samples.shape
     flow = torch.zeros(f - 1, h * 8, w * 8, 2)
     (ts,) = SampleTrajectories.execute(flow, {"samples": samples}, 0).args
-    (model,) = ApplyFLATTEN.execute(tiny_model, ts, mode="dense", levels="highest", old_qk=False,
-                                    anchor_stride=4, max_anchors=4, inject_step=0.8, pnp_attn_blocks="output 4-9",
-                                    pnp_resnet_blocks="output 3, 4, 6", inversion=setup["inversion"]).args
+    (model,) = ApplyFLATTEN.execute(
+        tiny_model,
+        ts,
+        mode="dense",
+        levels="highest",
+        old_qk=False,
+        anchor_stride=4,
+        max_anchors=4,
+        inject_step=0.8,
+        pnp_attn_blocks="output 4-9",
+        pnp_resnet_blocks="output 3, 4, 6",
+        inversion=setup["inversion"],
+    ).args
     with pytest.raises(ValueError, match=r"latent_image: .*inversion holds 3 frames"):
         _sample(host, model, setup, samples)
 
@@ -83,5 +120,6 @@ def test_reconstruction_refuses_a_source_latent_of_another_shape(host, tiny_mode
     from comfyui_videoedit.nodes.inversion import InversionReconstruction
 
     with pytest.raises(ValueError, match="source_latent: has shape"):
-        InversionReconstruction.execute(tiny_model, setup["inversion"], 1.0, False,
-                                        source_latent={"samples": setup["latent"]["samples"][:2]})
+        InversionReconstruction.execute(
+            tiny_model, setup["inversion"], 1.0, False, source_latent={"samples": setup["latent"]["samples"][:2]}
+        )

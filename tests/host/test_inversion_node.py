@@ -17,9 +17,18 @@ def inv(host):
 
 def invert(inv, model, latent, cond, steps=10, inversion_steps=0, batch=2, scheduler="ddim_uniform"):
     """The node called as ComfyUI's executor calls V3 nodes: keyword arguments by input id."""
-    out = inv.DDIMInversion.execute(model=model, latent=latent, conditioning=cond, steps=steps,
-                                    inversion_steps=inversion_steps, scheduler=scheduler, frame_batch_size=batch,
-                                    cache_mode="off", cache_limit_mb=0, clear_cache=False)
+    out = inv.DDIMInversion.execute(
+        model=model,
+        latent=latent,
+        conditioning=cond,
+        steps=steps,
+        inversion_steps=inversion_steps,
+        scheduler=scheduler,
+        frame_batch_size=batch,
+        cache_mode="off",
+        cache_limit_mb=0,
+        clear_cache=False,
+    )
     return out.result
 
 

@@ -26,8 +26,18 @@ def per_step_losses(host, model, record, positive, negative, cfg):
         xs[step] = x.detach().cpu()
 
     x_T = comfy_adapter.output_latent(model, record)["samples"]
-    out = host.comfy.sample.sample_custom(model, torch.zeros_like(x_T), cfg, host.comfy.samplers.sampler_object("euler"),
-                                          record.sigmas, positive, negative, x_T, callback=callback, disable_pbar=True)
+    out = host.comfy.sample.sample_custom(
+        model,
+        torch.zeros_like(x_T),
+        cfg,
+        host.comfy.samplers.sampler_object("euler"),
+        record.sigmas,
+        positive,
+        negative,
+        x_T,
+        callback=callback,
+        disable_pbar=True,
+    )
     xs[record.num_steps] = model.get_model_object("process_latent_in")(out)
     losses = []
     for k in range(1, record.num_steps + 1):
@@ -41,8 +51,7 @@ def test_null_text_pulls_cfg_sampling_back_onto_the_inversion(host, inv, tiny_mo
     positive = encode_prompt(tiny_clip, "a cat on a sofa")
     negative = encode_prompt(tiny_clip, "")
     latent = {"samples": torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(20))}
-    record = inv.DDIMInversion.execute(tiny_model, latent, positive, 3, 0, "ddim_uniform", 2, "off", 0,
-                                       False).result[0]
+    record = inv.DDIMInversion.execute(tiny_model, latent, positive, 3, 0, "ddim_uniform", 2, "off", 0, False).result[0]
     steps = record.num_steps
     out = inv.NullTextOptimization.execute(tiny_model, record, negative, 7.5, 5, 1)
     tuned = out.result[0]
@@ -69,10 +78,15 @@ def test_null_text_swap_replaces_only_the_uncond_chunk(host, inference_mode):
     from comfyui_videoedit.inversion.record import InversionRecord
 
     sigmas = torch.tensor([4.0, 1.0, 0.0])
-    record = InversionRecord(sigmas=sigmas, latents_vp=torch.zeros(3, 2, 4, 2, 2).half(), x_T=torch.zeros(2, 4, 2, 2),
-                             conditioning=[[torch.zeros(1, 77, 8), {}]], weights_id="w", patches_id="p",
-                             latent_hash="l").with_null_text(torch.stack([torch.full((77, 8), 1.0),
-                                                                          torch.full((77, 8), 2.0)]), 7.5)
+    record = InversionRecord(
+        sigmas=sigmas,
+        latents_vp=torch.zeros(3, 2, 4, 2, 2).half(),
+        x_T=torch.zeros(2, 4, 2, 2),
+        conditioning=[[torch.zeros(1, 77, 8), {}]],
+        weights_id="w",
+        patches_id="p",
+        latent_hash="l",
+    ).with_null_text(torch.stack([torch.full((77, 8), 1.0), torch.full((77, 8), 2.0)]), 7.5)
     seen = {}
 
     def executor(x, t, c_concat, c_crossattn, control, transformer_options, **kw):

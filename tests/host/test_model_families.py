@@ -27,10 +27,21 @@ def family(request, host):
         model, clip = build_family(request.param)
         pos, neg, src = (encode_prompt(clip, t) for t in ("a red car", "", "a car"))
         latent = torch.randn(FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(11)) * 0.5
-        record, noisy, sigmas = DDIMInversion.execute(model, {"samples": latent}, src, STEPS, 0, "ddim_uniform", 16,
-                                                      "off", 0, False).args
-    return dict(name=request.param, model=model, clip=clip, pos=pos, neg=neg, src=src, latent=latent,
-                record=record, x_t=noisy["samples"], sigmas=sigmas)
+        record, noisy, sigmas = DDIMInversion.execute(
+            model, {"samples": latent}, src, STEPS, 0, "ddim_uniform", 16, "off", 0, False
+        ).args
+    return dict(
+        name=request.param,
+        model=model,
+        clip=clip,
+        pos=pos,
+        neg=neg,
+        src=src,
+        latent=latent,
+        record=record,
+        x_t=noisy["samples"],
+        sigmas=sigmas,
+    )
 
 
 def _sample_custom(model, f, latent=None, sigmas=None, cfg=4.0):
@@ -39,8 +50,18 @@ def _sample_custom(model, f, latent=None, sigmas=None, cfg=4.0):
 
     latent = f["x_t"] if latent is None else latent
     sigmas = f["sigmas"] if sigmas is None else sigmas
-    return comfy.sample.sample_custom(model, torch.zeros_like(latent), cfg, comfy.samplers.sampler_object("euler"),
-                                      sigmas, f["pos"], f["neg"], latent, disable_pbar=True, seed=0)
+    return comfy.sample.sample_custom(
+        model,
+        torch.zeros_like(latent),
+        cfg,
+        comfy.samplers.sampler_object("euler"),
+        sigmas,
+        f["pos"],
+        f["neg"],
+        latent,
+        disable_pbar=True,
+        seed=0,
+    )
 
 
 def _close(a, b, rel=1e-5):
@@ -62,8 +83,9 @@ def check_inversion(host, f):
     assert prediction == "v" or not isinstance(ms, cms.V_PREDICTION)
     field = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     analytic = AnalyticPrediction(field, ms, prediction=prediction).attach(base)
-    record, noisy, sigmas = DDIMInversion.execute(analytic, {"samples": f["latent"]}, f["src"], 8, 0, "ddim_uniform",
-                                                  2, "off", 0, False).args
+    record, noisy, sigmas = DDIMInversion.execute(
+        analytic, {"samples": f["latent"]}, f["src"], 8, 0, "ddim_uniform", 2, "off", 0, False
+    ).args
     back = _sample_custom(analytic, dict(f, pos=f["src"], neg=f["src"]), noisy["samples"], sigmas, cfg=1.0)
     assert (back - f["latent"]).abs().max() < 1e-4
     assert torch.isfinite(f["x_t"]).all() and f["record"].num_frames == FRAMES
@@ -104,8 +126,7 @@ def check_tokenflow(host, f):
     assert runtime.config.pnp_attn_keys and runtime.config.pnp_res_keys
     a = _sample_custom(model, f)
     assert torch.isfinite(a).all() and torch.equal(a, _sample_custom(model, f))
-    reduced = dict(inputs, window=1, blend="paper", pnp_attn_blocks="none",
-                   pnp_resnet_blocks="")
+    reduced = dict(inputs, window=1, blend="paper", pnp_attn_blocks="none", pnp_resnet_blocks="")
     tf = ApplyTokenFlow.execute(f["model"], f["record"], **reduced).args[0]
     (ext,) = ApplyExtendedAttention.execute(f["model"], keyframe_stride=1, keyframes="").args
     assert _close(_sample_custom(tf, f), _sample_custom(ext, f))
@@ -120,8 +141,11 @@ def check_flatten(host, f):
     flow = torch.zeros(FRAMES - 1, 64, 64, 2)
     flow[..., 0] = 8.0
     (ts,) = SampleTrajectories.execute(flow, {"samples": f["latent"]}, 0).args
-    inputs = {i.id: i.default for i in ApplyFLATTEN.define_schema().inputs
-              if i.id not in ("model", "trajectories", "inversion")}
+    inputs = {
+        i.id: i.default
+        for i in ApplyFLATTEN.define_schema().inputs
+        if i.id not in ("model", "trajectories", "inversion")
+    }
     dense = ApplyFLATTEN.execute(f["model"], ts, **inputs).args[0]
     patches = dense.model_options["transformer_options"]["patches_replace"]["attn1"]
     levels = block_levels(f["model"].model.diffusion_model)
@@ -142,26 +166,70 @@ def check_rerender(host, f, tiny_vae):
 
     steps, x0, seed = 4, 0.75, 3
     frames = torch.rand(3, 64, 64, 3, generator=torch.Generator().manual_seed(4))
-    off = dict(cross_frame_start=0.0, cross_frame_end=0.0, shape_fusion_start=0.0, shape_fusion_end=0.0,
-               pixel_fusion_start=0.0, pixel_fusion_end=0.0, adain_start=0.0, adain_end=0.0)
-    on = dict(cross_frame_start=0.0, cross_frame_end=1.0, shape_fusion_start=0.0, shape_fusion_end=0.5,
-              pixel_fusion_start=0.5, pixel_fusion_end=0.8, adain_start=0.8, adain_end=1.0)
+    off = dict(
+        cross_frame_start=0.0,
+        cross_frame_end=0.0,
+        shape_fusion_start=0.0,
+        shape_fusion_end=0.0,
+        pixel_fusion_start=0.0,
+        pixel_fusion_end=0.0,
+        adain_start=0.0,
+        adain_end=0.0,
+    )
+    on = dict(
+        cross_frame_start=0.0,
+        cross_frame_end=1.0,
+        shape_fusion_start=0.0,
+        shape_fusion_end=0.5,
+        pixel_fusion_start=0.5,
+        pixel_fusion_end=0.8,
+        adain_start=0.8,
+        adain_end=1.0,
+    )
 
     def render(stages):
         return RerenderKeyframes.execute(
-            model=f["model"], positive=f["pos"], negative=f["neg"], vae=tiny_vae, images=frames, keyframe_interval=2,
-            steps=steps, cfg=7.5, sampler_name="euler", scheduler="ddim_uniform", seed=seed, x0_strength=x0,
-            flow_method="dis", mask_strength=0.5, inner_strength=0.9,
-            smooth_boundary=True, fidelity_threshold=0.25, fidelity_lambda=1.0, fidelity_mode=list(FIDELITY_MODES)[0],
-            cross_frame_blocks="decoder", **stages).result
+            model=f["model"],
+            positive=f["pos"],
+            negative=f["neg"],
+            vae=tiny_vae,
+            images=frames,
+            keyframe_interval=2,
+            steps=steps,
+            cfg=7.5,
+            sampler_name="euler",
+            scheduler="ddim_uniform",
+            seed=seed,
+            x0_strength=x0,
+            flow_method="dis",
+            mask_strength=0.5,
+            inner_strength=0.9,
+            smooth_boundary=True,
+            fidelity_threshold=0.25,
+            fidelity_lambda=1.0,
+            fidelity_mode=list(FIDELITY_MODES)[0],
+            cross_frame_blocks="decoder",
+            **stages,
+        ).result
 
     images, indices = render(on)
     assert indices == "0, 2" and images.shape == (2, 64, 64, 3) and torch.isfinite(images).all()
     plain, _ = render(off)
     latent = {"samples": tiny_vae.encode(frames[2:3])}
-    (ref,) = host.nodes.common_ksampler(f["model"], seed, steps, 7.5, "euler", "ddim_uniform", f["pos"], f["neg"],
-                                        latent, start_step=int(steps * (1 - x0)), last_step=10000,
-                                        force_full_denoise=True)
+    (ref,) = host.nodes.common_ksampler(
+        f["model"],
+        seed,
+        steps,
+        7.5,
+        "euler",
+        "ddim_uniform",
+        f["pos"],
+        f["neg"],
+        latent,
+        start_step=int(steps * (1 - x0)),
+        last_step=10000,
+        force_full_denoise=True,
+    )
     assert torch.equal(plain[1], tiny_vae.decode(ref["samples"])[0])
     assert (images[1] - plain[1]).abs().mean() > 1e-4
 
@@ -169,16 +237,29 @@ def check_rerender(host, f, tiny_vae):
 def _p2p_edit(f, source, target, **kw):
     from comfyui_videoedit.nodes.p2p import P2PEditNode
 
-    args = dict(source_prompt=source, target_prompt=target, mode="auto", reweight="", blend_source="",
-                blend_target="", subtract="")
+    args = dict(
+        source_prompt=source,
+        target_prompt=target,
+        mode="auto",
+        reweight="",
+        blend_source="",
+        blend_target="",
+        subtract="",
+    )
     return P2PEditNode.execute(f["clip"], **dict(args, **kw)).args
 
 
 def _p2p(model, edit, record, **kw):
     from comfyui_videoedit.nodes.p2p import ApplyP2P
 
-    args = dict(cross_replace_steps="1.0", self_replace_steps=1.0, blend_threshold=0.3, blend_start=0.0,
-                source_mode="replay", frame_attention="none")
+    args = dict(
+        cross_replace_steps="1.0",
+        self_replace_steps=1.0,
+        blend_threshold=0.3,
+        blend_start=0.0,
+        source_mode="replay",
+        frame_attention="none",
+    )
     return ApplyP2P.execute(model, edit, record, **dict(args, **kw)).args[0]
 
 
@@ -193,9 +274,19 @@ def _retraced(model, f, pos, cfg):
     import comfy.sample
     import comfy.samplers
 
-    out = comfy.sample.sample_custom(model, torch.zeros_like(x_t), cfg, comfy.samplers.sampler_object("euler"),
-                                     record.sigmas, pos, f["neg"], x_t, disable_pbar=True, seed=0,
-                                     callback=lambda i, d, x, n: states.append(x.float().clone()))
+    out = comfy.sample.sample_custom(
+        model,
+        torch.zeros_like(x_t),
+        cfg,
+        comfy.samplers.sampler_object("euler"),
+        record.sigmas,
+        pos,
+        f["neg"],
+        x_t,
+        disable_pbar=True,
+        seed=0,
+        callback=lambda i, d, x, n: states.append(x.float().clone()),
+    )
     states.append(model.get_model_object("process_latent_in")(out.clone()).float())
     s = record.sigmas.view(-1, 1, 1, 1, 1)
     vp = torch.stack(states) / torch.sqrt(1 + s * s)
@@ -227,8 +318,9 @@ def check_p2p(host, f):
     assert _close(zero, src, 1e-5), (zero - src).abs().max()
     # joint mode (the source branch's own CFG, the empty prompt as its uncond: SDXL's y of both):
     # with a zero mask the result is the source prompt's plain sampling from x_T
-    joint = _sample_custom(_p2p(f["model"], edit, f["record"], blend_threshold=1.0, source_mode="joint"),
-                           dict(f, pos=cond), cfg=3.0)
+    joint = _sample_custom(
+        _p2p(f["model"], edit, f["record"], blend_threshold=1.0, source_mode="joint"), dict(f, pos=cond), cfg=3.0
+    )
     plain = _sample_custom(f["model"], dict(f, pos=same_cond), cfg=3.0)
     assert _close(joint, plain, 1e-4), (joint - plain).abs().max()
     # P2P's "16²" rules by resolution: a recorder owning attn1 under P2P sees the q P2P hands
@@ -254,8 +346,9 @@ def check_p2p(host, f):
     hw = tuple(f["latent"].shape[-2:])
     limit = self_replace_max_tokens(hw)
     replaced = {n for (n, *_), same in same_q.items() if same}
-    assert replaced == {n for n, *_ in same_q if n <= limit} and replaced and len(replaced) < len(
-        {n for n, *_ in same_q}), (limit, same_q)
+    assert (
+        replaced == {n for n, *_ in same_q if n <= limit} and replaced and len(replaced) < len({n for n, *_ in same_q})
+    ), (limit, same_q)
     runtime = probe.wrappers[pe.WrappersMP.OUTER_SAMPLE][P2P_WRAPPER_KEY][0].runtime
     mask = runtime.last_mask  # maps were summed (only layers at latent/4 add them): the mask was built
     assert blend_resolution(hw) == (hw[0] // 4, hw[1] // 4) and mask is not None
@@ -298,8 +391,9 @@ def _choose(family, spec, resblocks=False):
 
     dm = _dm(family)
     keys = resblock_keys(dm) if resblocks else transformer_block_keys(dm)
-    return choose_blocks(spec, dm, keys, lambda s: parse_block_list(s, keys), "blocks",
-                         "ResBlocks" if resblocks else "self-attention")
+    return choose_blocks(
+        spec, dm, keys, lambda s: parse_block_list(s, keys), "blocks", "ResBlocks" if resblocks else "self-attention"
+    )
 
 
 def _ids(keys):
@@ -314,8 +408,10 @@ def test_default_layers_by_resolution(host, family):
         br.TOKENFLOW_PNP_ATTN: (out[4:12], out[1:6]),
         br.FLATTEN_PNP_ATTN: (out[4:10], out[1:6]),
     }
-    res_cases = {br.TOKENFLOW_PNP_RES: ([out[4]], [out[1]]), br.FLATTEN_PNP_RES: ([out[3], out[4], out[6]],
-                                                                                 [out[0], out[1], out[3]])}
+    res_cases = {
+        br.TOKENFLOW_PNP_RES: ([out[4]], [out[1]]),
+        br.FLATTEN_PNP_RES: ([out[3], out[4], out[6]], [out[0], out[1], out[3]]),
+    }
     pick = 1 if family["name"] == "sdxl" else 0
     for spec, expected in cases.items():
         assert _ids(_choose(family, spec)) == expected[pick], spec
@@ -332,13 +428,18 @@ def test_default_layers_by_resolution(host, family):
 
 def test_a_block_spec_the_model_does_not_have_names_what_it_has(host, family):
     if family["name"] == "sdxl":
-        with pytest.raises(ValueError, match=r"this model has no .*output_blocks\[9\].* with self-attention; it has \["):
+        with pytest.raises(
+            ValueError, match=r"this model has no .*output_blocks\[9\].* with self-attention; it has \["
+        ):
             _choose(family, "output 4-11")
         with pytest.raises(ValueError, match=r"does not run at 1/64 of the image; it runs at 1/8, 1/16, 1/32"):
             _choose(family, "output 1/64")
-        with pytest.raises(ValueError, match=r"selects no self-attention on this model; it has self-attention in "
-                                             r"input: 1/16 blocks 4-5, 1/32 blocks 7-8; middle: 1/32 blocks 0; "
-                                             r"output: 1/32 blocks 0-2, 1/16 blocks 3-5"):
+        with pytest.raises(
+            ValueError,
+            match=r"selects no self-attention on this model; it has self-attention in "
+            r"input: 1/16 blocks 4-5, 1/32 blocks 7-8; middle: 1/32 blocks 0; "
+            r"output: 1/32 blocks 0-2, 1/16 blocks 3-5",
+        ):
             _choose(family, "output 1/8")
     with pytest.raises(ValueError, match=r"asks for block #5 .* are \["):
         _choose(family, "output 1/16#5")
@@ -370,5 +471,6 @@ def test_flow_matching_models_are_refused(host, inference_mode):
     model = build_tiny_flow_model()
     cond = encode_prompt(build_tiny_clip(), "a car")
     with pytest.raises(ValueError, match=r"supports eps/v-prediction diffusion models .* flow-matching model"):
-        DDIMInversion.execute(model, {"samples": torch.zeros(2, 4, 8, 8)}, cond, 3, 0, "ddim_uniform", 16, "off", 0,
-                              False)
+        DDIMInversion.execute(
+            model, {"samples": torch.zeros(2, 4, 8, 8)}, cond, 3, 0, "ddim_uniform", 16, "off", 0, False
+        )

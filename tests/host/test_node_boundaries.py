@@ -18,8 +18,16 @@ from ve_testkit.models import encode_prompt
 
 # -- combos and block lists --------------------------------------------------------------------
 def _tokenflow_args(**kw):
-    args = dict(window=2, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1, nn_feature="input", blend="official",
-                pnp_attn_blocks="output 4-11", pnp_resnet_blocks="output 4")
+    args = dict(
+        window=2,
+        pnp_attn_t=0.5,
+        pnp_f_t=0.8,
+        seed=1,
+        nn_feature="input",
+        blend="official",
+        pnp_attn_blocks="output 4-11",
+        pnp_resnet_blocks="output 4",
+    )
     args.update(kw)
     return args
 
@@ -30,16 +38,23 @@ def inversion(host, pack_nodes, tiny_model, tiny_clip):
 
     with torch.inference_mode():
         latent = {"samples": torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(3))}
-        return DDIMInversion.execute(tiny_model, latent, encode_prompt(tiny_clip, "a car"), 2, 0, "ddim_uniform", 16,
-                                     "off", 0, False).args[0]
+        return DDIMInversion.execute(
+            tiny_model, latent, encode_prompt(tiny_clip, "a car"), 2, 0, "ddim_uniform", 16, "off", 0, False
+        ).args[0]
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(nn_feature="outptu"), r"^nn_feature: 'outptu' is not one of input, output$"),
-    (dict(blend="smooth"), r"^blend: 'smooth' is not one of official, paper$"),
-    (dict(pnp_attn_blocks="output 4-1l"), r"^pnp_attn_blocks: 'output 4-1l' is not like 'output 4-11'"),
-    (dict(pnp_attn_blocks="outptu 4"), r"^pnp_attn_blocks: 'outptu 4' is not like 'output 4-11' \(input/middle/output"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(nn_feature="outptu"), r"^nn_feature: 'outptu' is not one of input, output$"),
+        (dict(blend="smooth"), r"^blend: 'smooth' is not one of official, paper$"),
+        (dict(pnp_attn_blocks="output 4-1l"), r"^pnp_attn_blocks: 'output 4-1l' is not like 'output 4-11'"),
+        (
+            dict(pnp_attn_blocks="outptu 4"),
+            r"^pnp_attn_blocks: 'outptu 4' is not like 'output 4-11' \(input/middle/output",
+        ),
+    ],
+)
 def test_tokenflow_options_are_checked(host, tiny_model, inversion, bad, match, inference_mode):
     from comfyui_videoedit.nodes.tokenflow import ApplyTokenFlow
 
@@ -75,16 +90,27 @@ def test_flatten_and_rerender_combos_are_checked(host, tiny_model, tiny_vae, tin
         PropagateKeyframes.execute(images, images[:1], "0", None, None, "avg", "ycbcr", 1.0, 1.0)
     cond = encode_prompt(tiny_clip, "x")
     with pytest.raises(ValueError, match="^sampler_name: 'eulerr' is not one of "):
-        RerenderKeyframes.execute(tiny_model, cond, cond, tiny_vae, images, keyframe_interval=1, steps=2,
-                                  sampler_name="eulerr", scheduler="normal", flow_method="dis")
+        RerenderKeyframes.execute(
+            tiny_model,
+            cond,
+            cond,
+            tiny_vae,
+            images,
+            keyframe_interval=1,
+            steps=2,
+            sampler_name="eulerr",
+            scheduler="normal",
+            flow_method="dis",
+        )
 
 
 # -- FLATTEN: the crop VAE Encode makes ----------------------------------------------------------
 def _trajectories(frames, h=8, w=8):
     from comfyui_videoedit.nodes.flatten import SampleTrajectories
 
-    return SampleTrajectories.execute(torch.zeros(frames - 1, h * 8, w * 8, 2),
-                                      {"samples": torch.zeros(frames, 4, h, w)}, 0).args[0]
+    return SampleTrajectories.execute(
+        torch.zeros(frames - 1, h * 8, w * 8, 2), {"samples": torch.zeros(frames, 4, h, w)}, 0
+    ).args[0]
 
 
 def test_flatten_accepts_the_flow_of_frames_vae_encode_cropped(host, tiny_vae, inference_mode):
@@ -98,8 +124,11 @@ def test_flatten_accepts_the_flow_of_frames_vae_encode_cropped(host, tiny_vae, i
     (ts,) = SampleTrajectories.execute(flow, latent, 0).args
     cropped = SampleTrajectories.execute(flow[:, 2:34, 2:66], latent, 0).args[0]
     assert torch.equal(ts.at((4, 8)).traj_id, cropped.at((4, 8)).traj_id)
-    with pytest.raises(ValueError, match=r"flow: is 100x36 .* latent is 8x4 \(64x32 pixels\).*crop or resize the "
-                                         r"frames to 64x32 before both VAE Encode and Estimate Optical Flow"):
+    with pytest.raises(
+        ValueError,
+        match=r"flow: is 100x36 .* latent is 8x4 \(64x32 pixels\).*crop or resize the "
+        r"frames to 64x32 before both VAE Encode and Estimate Optical Flow",
+    ):
         SampleTrajectories.execute(torch.zeros(2, 36, 100, 2), latent, 0)
 
 
@@ -111,8 +140,7 @@ def raft_files(host, tmp_path_factory):
     from safetensors.torch import save_file
 
     folder = tmp_path_factory.mktemp("raft_bad")
-    torch.save({"w": collections.OrderedDict(a=torch.zeros(1)), "layer": torch.nn.Linear(1, 1)},
-               folder / "unsafe.pth")
+    torch.save({"w": collections.OrderedDict(a=torch.zeros(1)), "layer": torch.nn.Linear(1, 1)}, folder / "unsafe.pth")
     (folder / "foreign.safetensors").write_bytes(os.urandom(4096))
     (folder / "garbage.pth").write_bytes(os.urandom(4096))
     torch.save({"foo.weight": torch.zeros(3)}, folder / "other_model.pth")
@@ -121,13 +149,19 @@ def raft_files(host, tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("name, match", [
-    ("unsafe.pth", r"raft_weights: 'unsafe.pth' holds Python objects besides tensors .* never code from a pickle"),
-    ("garbage.pth", r"raft_weights: 'garbage.pth' (holds Python objects|cannot be read)"),
-    ("foreign.safetensors", r"raft_weights: 'foreign.safetensors' is not a readable safetensors file"),
-    ("other_model.pth", r"raft_weights: 'other_model.pth' holds no RAFT weights \(1 tensors such as \[foo.weight\]"),
-    ("other_model.safetensors", r"raft_weights: 'other_model.safetensors' holds no RAFT weights"),
-])
+@pytest.mark.parametrize(
+    "name, match",
+    [
+        ("unsafe.pth", r"raft_weights: 'unsafe.pth' holds Python objects besides tensors .* never code from a pickle"),
+        ("garbage.pth", r"raft_weights: 'garbage.pth' (holds Python objects|cannot be read)"),
+        ("foreign.safetensors", r"raft_weights: 'foreign.safetensors' is not a readable safetensors file"),
+        (
+            "other_model.pth",
+            r"raft_weights: 'other_model.pth' holds no RAFT weights \(1 tensors such as \[foo.weight\]",
+        ),
+        ("other_model.safetensors", r"raft_weights: 'other_model.safetensors' holds no RAFT weights"),
+    ],
+)
 def test_raft_file_errors_are_the_packs_words(host, pack_nodes, raft_files, name, match, inference_mode):
     from comfyui_videoedit.nodes.flow import EstimateFlow
 
@@ -137,15 +171,19 @@ def test_raft_file_errors_are_the_packs_words(host, pack_nodes, raft_files, name
 
 
 # -- Save Video prefixes -------------------------------------------------------------------------
-@pytest.mark.parametrize("prefix, match", [
-    ("../escape", r"filename_prefix: '../escape' climbs out of ComfyUI's output folder"),
-    ("VideoEdit/../../escape", r"filename_prefix: .* climbs out"),
-    ("/tmp/escape", r"filename_prefix: '/tmp/escape' is an absolute path"),
-    ("C:\\escape", r"filename_prefix: .* is an absolute path"),
-    ("name\x00.mp4", r"filename_prefix: contains a control character \(e.g. a NUL byte\)"),
-])
-def test_save_video_refuses_prefixes_outside_the_output_folder(host, pack_nodes, prefix, match, tmp_path,
-                                                               inference_mode):
+@pytest.mark.parametrize(
+    "prefix, match",
+    [
+        ("../escape", r"filename_prefix: '../escape' climbs out of ComfyUI's output folder"),
+        ("VideoEdit/../../escape", r"filename_prefix: .* climbs out"),
+        ("/tmp/escape", r"filename_prefix: '/tmp/escape' is an absolute path"),
+        ("C:\\escape", r"filename_prefix: .* is an absolute path"),
+        ("name\x00.mp4", r"filename_prefix: contains a control character \(e.g. a NUL byte\)"),
+    ],
+)
+def test_save_video_refuses_prefixes_outside_the_output_folder(
+    host, pack_nodes, prefix, match, tmp_path, inference_mode
+):
     from comfyui_videoedit.nodes.video import SaveVideo
 
     out = host.folder_paths.get_output_directory()
@@ -161,8 +199,7 @@ def _input(host, name):
     return os.path.join(host.folder_paths.get_input_directory(), name)
 
 
-def test_load_video_errors_on_a_truncated_mp4_and_warns_on_a_lying_header(host, pack_nodes, tmp_path,
-                                                                          inference_mode):
+def test_load_video_errors_on_a_truncated_mp4_and_warns_on_a_lying_header(host, pack_nodes, tmp_path, inference_mode):
     from comfyui_videoedit.media.encode import write_video
     from comfyui_videoedit.nodes.video import LoadVideo
 
@@ -170,8 +207,9 @@ def test_load_video_errors_on_a_truncated_mp4_and_warns_on_a_lying_header(host, 
     data = open(full, "rb").read()
     with open(_input(host, "truncated.mp4"), "wb") as f:
         f.write(data[: len(data) // 3])
-    args = dict(frame_load_cap=0, skip_first_frames=0, select_every_nth=1, custom_width=0, custom_height=0,
-                size_multiple=8)
+    args = dict(
+        frame_load_cap=0, skip_first_frames=0, select_every_nth=1, custom_width=0, custom_height=0, size_multiple=8
+    )
     with pytest.raises(ValueError, match=r"video: 'truncated.mp4' is truncated or damaged: only \d+ frames of the 24"):
         LoadVideo.execute(video="truncated.mp4", **args)
 
@@ -200,13 +238,21 @@ def test_load_video_memory_guard_names_the_inputs(host, pack_nodes, tmp_path, mo
     shutil.copyfile(path, _input(host, "small.mp4"))
     monkeypatch.setattr(video, "available_ram", lambda: 2 * 32 * 32 * 3 * 4)
     with pytest.raises(ValueError, match=r"frame_load_cap/custom_width: loading 6 frames .* at most 2"):
-        video.LoadVideo.execute(video="small.mp4", frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
-                                custom_width=0, custom_height=0, size_multiple=8)
+        video.LoadVideo.execute(
+            video="small.mp4",
+            frame_load_cap=0,
+            skip_first_frames=0,
+            select_every_nth=1,
+            custom_width=0,
+            custom_height=0,
+            size_multiple=8,
+        )
 
 
 # -- the inversion cache -------------------------------------------------------------------------
-def test_an_edited_cache_manifest_recomputes_and_says_so_in_the_ui(host, tiny_model, tiny_clip, tmp_path,
-                                                                   inference_mode):
+def test_an_edited_cache_manifest_recomputes_and_says_so_in_the_ui(
+    host, tiny_model, tiny_clip, tmp_path, inference_mode
+):
     from comfyui_videoedit.adapters import inversion as comfy_adapter
     from comfyui_videoedit.inversion.cache import MANIFEST
     from comfyui_videoedit.nodes.inversion import DDIMInversion
@@ -237,8 +283,11 @@ def test_inversion_memory_guards(host, tiny_model, tiny_clip, inference_mode):
 
     latent = {"samples": torch.randn(8, 4, 64, 64)}
     cond = encode_prompt(tiny_clip, "a boat")
-    with pytest.raises(ValueError, match=r"cache_limit_mb: the inversion of 8 frames at 2 steps takes 1 MB, more "
-                                         r"than cache_limit_mb \(1 MB\).*at least 2"):
+    with pytest.raises(
+        ValueError,
+        match=r"cache_limit_mb: the inversion of 8 frames at 2 steps takes 1 MB, more "
+        r"than cache_limit_mb \(1 MB\).*at least 2",
+    ):
         DDIMInversion.execute(tiny_model, latent, cond, 2, 0, "ddim_uniform", 16, "memory", 1, False)
     with pytest.raises(ValueError, match=r"latent/steps: the inversion of 8 frames at 2 steps needs"):
         comfy_adapter.invert_video(tiny_model, latent, cond, 2, cache_mode="off", available_bytes=1000)
@@ -252,8 +301,18 @@ def test_flatten_inversion_in_chunks_checks_the_whole_clip(host, tiny_model, tin
 
     model = flatten_model(tiny_model, _trajectories(4))
     with pytest.raises(ValueError, match=r"^latent \(FLATTEN\): the trajectories were sampled for 4 frames .* has 3"):
-        DDIMInversion.execute(model, {"samples": torch.zeros(3, 4, 8, 8)}, encode_prompt(tiny_clip, "x"), 2, 0,
-                              "ddim_uniform", 2, "off", 0, False)
+        DDIMInversion.execute(
+            model,
+            {"samples": torch.zeros(3, 4, 8, 8)},
+            encode_prompt(tiny_clip, "x"),
+            2,
+            0,
+            "ddim_uniform",
+            2,
+            "off",
+            0,
+            False,
+        )
 
 
 def test_rerender_flows_of_another_aspect_are_refused(host, tiny_model, tiny_vae, tiny_clip, inference_mode):

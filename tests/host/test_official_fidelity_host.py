@@ -11,8 +11,16 @@ import torch.nn.functional as F
 from ve_testkit.models import encode_prompt
 
 SIZE, STEPS = 64, 8
-ONLY_CROSS_FRAME = dict(cross_frame_start=0.0, cross_frame_end=1.0, shape_fusion_start=0.0, shape_fusion_end=0.0,
-                        pixel_fusion_start=0.0, pixel_fusion_end=0.0, adain_start=0.0, adain_end=0.0)
+ONLY_CROSS_FRAME = dict(
+    cross_frame_start=0.0,
+    cross_frame_end=1.0,
+    shape_fusion_start=0.0,
+    shape_fusion_end=0.0,
+    pixel_fusion_start=0.0,
+    pixel_fusion_end=0.0,
+    adain_start=0.0,
+    adain_end=0.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +35,29 @@ def _clip(frames):
 
 
 def _node_args(model, conds, vae, frames, **kw):
-    args = dict(model=model, positive=conds[0], negative=conds[1], vae=vae, images=frames, keyframe_interval=3,
-                steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="ddim_uniform", seed=1, x0_strength=0.75,
-                flow_method="dis", mask_strength=0.5, inner_strength=0.9,
-                smooth_boundary=True, fidelity_threshold=0.25, fidelity_lambda=1.0,
-                fidelity_mode="code", cross_frame_blocks="decoder", **ONLY_CROSS_FRAME)
+    args = dict(
+        model=model,
+        positive=conds[0],
+        negative=conds[1],
+        vae=vae,
+        images=frames,
+        keyframe_interval=3,
+        steps=STEPS,
+        cfg=5.0,
+        sampler_name="euler",
+        scheduler="ddim_uniform",
+        seed=1,
+        x0_strength=0.75,
+        flow_method="dis",
+        mask_strength=0.5,
+        inner_strength=0.9,
+        smooth_boundary=True,
+        fidelity_threshold=0.25,
+        fidelity_lambda=1.0,
+        fidelity_mode="code",
+        cross_frame_blocks="decoder",
+        **ONLY_CROSS_FRAME,
+    )
     args.update(kw)
     return args
 
@@ -57,15 +83,33 @@ def test_rerender_node_inputs_select_the_settings(monkeypatch, tiny_model, tiny_
         rerender.RerenderKeyframes.execute(**_node_args(tiny_model, conds, tiny_vae, frames))
     s = seen[-1]
     assert (s.style_update_freq, s.keyframe_layout, s.latent_flow_resize, s.store_dtype, s.adain_formula) == (
-        10, "even", "official", torch.float16, "official")
+        10,
+        "even",
+        "official",
+        torch.float16,
+        "official",
+    )
     assert s.style_update_freq == RerenderConfig.style_update_freq
     with pytest.raises(_Captured):
-        rerender.RerenderKeyframes.execute(**_node_args(tiny_model, conds, tiny_vae, frames, style_update_freq=3,
-                                                        keyframe_layout="official", latent_flow_resize="antialiased",
-                                                        cross_frame_store="model"))
+        rerender.RerenderKeyframes.execute(
+            **_node_args(
+                tiny_model,
+                conds,
+                tiny_vae,
+                frames,
+                style_update_freq=3,
+                keyframe_layout="official",
+                latent_flow_resize="antialiased",
+                cross_frame_store="model",
+            )
+        )
     s = seen[-1]
     assert (s.style_update_freq, s.keyframe_layout, s.latent_flow_resize, s.store_dtype) == (
-        3, "official", "antialiased", None)
+        3,
+        "official",
+        "antialiased",
+        None,
+    )
     for name, bad in (("keyframe_layout", "paper"), ("latent_flow_resize", "area"), ("cross_frame_store", "fp8")):
         with pytest.raises(ValueError, match=name):
             rerender.RerenderKeyframes.execute(**_node_args(tiny_model, conds, tiny_vae, frames, **{name: bad}))
@@ -74,7 +118,8 @@ def test_rerender_node_inputs_select_the_settings(monkeypatch, tiny_model, tiny_
 
 
 def test_official_layout_renders_0_1_4_7_and_moves_the_previous_style_on_as_the_official_loop(
-        monkeypatch, tiny_model, tiny_vae, conds, inference_mode):
+    monkeypatch, tiny_model, tiny_vae, conds, inference_mode
+):
     from comfyui_videoedit.adapters import rerender as rerender_adapter
     from comfyui_videoedit.nodes import rerender
 
@@ -91,8 +136,9 @@ def test_official_layout_renders_0_1_4_7_and_moves_the_previous_style_on_as_the_
     monkeypatch.setattr(rerender_adapter.RerenderRun, "render_keyframe", spy)
     frames = _clip(10)
     # official loop: i = 0, 3, 6 → cid 1, 4, 7; i % 6 == 0 updates at cid 1 and 7, not at 4
-    images, indices = rerender.RerenderKeyframes.execute(**_node_args(
-        tiny_model, conds, tiny_vae, frames, keyframe_layout="official", style_update_freq=6)).result
+    images, indices = rerender.RerenderKeyframes.execute(
+        **_node_args(tiny_model, conds, tiny_vae, frames, keyframe_layout="official", style_update_freq=6)
+    ).result
     assert indices == "0, 1, 4, 7" and images.shape == (4, SIZE, SIZE, 3)
     assert calls == [(1, True, False, 0), (4, False, True, 0), (7, True, False, 0)]
 
@@ -101,13 +147,17 @@ def test_injection_on_comfy_resblock_is_bit_identical_to_the_official_order(tiny
     from comfyui_videoedit.attention.resnet_hooks import resblock_of, residual_branch_end, residual_hooks
 
     dm = tiny_model.model.diffusion_model
-    key = next(("output", i) for i in range(len(dm.output_blocks))
-               if hasattr(dm.output_blocks[i][0], "skip_connection")
-               and not isinstance(dm.output_blocks[i][0].skip_connection, torch.nn.Identity))
+    key = next(
+        ("output", i)
+        for i in range(len(dm.output_blocks))
+        if hasattr(dm.output_blocks[i][0], "skip_connection")
+        and not isinstance(dm.output_blocks[i][0].skip_connection, torch.nn.Identity)
+    )
     block = copy.deepcopy(resblock_of(dm, key)).to(torch.bfloat16)
     holder = torch.nn.Module()
-    holder.output_blocks = torch.nn.ModuleList([torch.nn.Sequential() for _ in range(key[1])] +
-                                               [torch.nn.Sequential(block)])
+    holder.output_blocks = torch.nn.ModuleList(
+        [torch.nn.Sequential() for _ in range(key[1])] + [torch.nn.Sequential(block)]
+    )
     assert residual_branch_end(block) is block.out_layers[-1]
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(2, block.channels, 8, 8, generator=g) * 6).bfloat16()

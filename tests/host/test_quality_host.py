@@ -23,9 +23,10 @@ def tiny_vision(host):
 
 def _clip(count=5, height=48, width=56, seed=0):
     g = torch.Generator().manual_seed(seed)
-    tex = torch.nn.functional.interpolate(torch.rand(1, 3, 10, 12, generator=g), size=(height + 10, width + 10),
-                                          mode="bicubic").clamp(0, 1)[0]
-    frames = [tex[:, 8 - k: 8 - k + height, 8 - 2 * k: 8 - 2 * k + width] for k in range(count)]
+    tex = torch.nn.functional.interpolate(
+        torch.rand(1, 3, 10, 12, generator=g), size=(height + 10, width + 10), mode="bicubic"
+    ).clamp(0, 1)[0]
+    frames = [tex[:, 8 - k : 8 - k + height, 8 - 2 * k : 8 - 2 * k + width] for k in range(count)]
     return torch.stack(frames).permute(0, 2, 3, 1).contiguous()
 
 
@@ -41,9 +42,11 @@ def _cos(a, b):
 
 def test_frame_consistency_equals_a_naive_loop_over_clip_vision_embeddings(node, tiny_vision, inference_mode):
     source = _clip()
-    edited = (1.0 - source).clamp(0, 1) * 0.8 + 0.1 * torch.rand(source.shape, generator=torch.Generator().manual_seed(1))
+    edited = (1.0 - source).clamp(0, 1) * 0.8 + 0.1 * torch.rand(
+        source.shape, generator=torch.Generator().manual_seed(1)
+    )
     out = _run(node, source, edited, clip_vision=tiny_vision)
-    embeds = [tiny_vision.encode_image(edited[i:i + 1])["image_embeds"][0] for i in range(edited.shape[0])]
+    embeds = [tiny_vision.encode_image(edited[i : i + 1])["image_embeds"][0] for i in range(edited.shape[0])]
     naive = sum(_cos(embeds[i], embeds[i + 1]) for i in range(len(embeds) - 1)) / (len(embeds) - 1)
     assert out[6] == pytest.approx(naive, abs=1e-5)
     assert not math.isclose(naive, 1.0, abs_tol=1e-3)  # random weights still tell frames apart
@@ -53,8 +56,9 @@ def test_frame_consistency_equals_a_naive_loop_over_clip_vision_embeddings(node,
     assert math.isnan(out[7])
 
 
-def test_text_alignment_is_given_only_when_the_text_tower_shares_the_image_space(node, tiny_vision, tiny_clip,
-                                                                                 inference_mode):
+def test_text_alignment_is_given_only_when_the_text_tower_shares_the_image_space(
+    node, tiny_vision, tiny_clip, inference_mode
+):
     from comfyui_videoedit.adapters.quality import shared_text_tower, text_embedding
     from ve_testkit.models import build_tiny_clip_vision, build_tiny_projected_clip
 
@@ -69,7 +73,7 @@ def test_text_alignment_is_given_only_when_the_text_tower_shares_the_image_space
     assert shared_text_tower(tiny_vision, projected) == ("clip_l", "")
     out = _run(node, source, source, clip_vision=tiny_vision, clip=projected, prompt=prompt)
     text = text_embedding(projected, "clip_l", prompt)
-    embeds = [tiny_vision.encode_image(source[i:i + 1])["image_embeds"][0] for i in range(source.shape[0])]
+    embeds = [tiny_vision.encode_image(source[i : i + 1])["image_embeds"][0] for i in range(source.shape[0])]
     naive = sum(_cos(e, text) for e in embeds) / len(embeds)
     assert out[7] == pytest.approx(naive, abs=1e-5)
     assert "CLIP text alignment (image–prompt cosine)" in out[0]
@@ -98,8 +102,9 @@ def test_given_flows_and_a_mask_are_used(node, pack_nodes, inference_mode):
     from comfyui_videoedit.nodes.flow import EstimateFlow
 
     source = _clip()
-    fwd, bwd = EstimateFlow.execute(images=source, method="dis", raft_weights="auto", num_flow_updates=12,
-                                    batch_size=4, scale=1.0).args
+    fwd, bwd = EstimateFlow.execute(
+        images=source, method="dis", raft_weights="auto", num_flow_updates=12, batch_size=4, scale=1.0
+    ).args
     mask = torch.zeros(48, 56)
     mask[10:30, 10:40] = 1
     out = _run(node, source, source * 0.9, forward_flow=fwd, backward_flow=bwd, mask=mask)
@@ -107,10 +112,13 @@ def test_given_flows_and_a_mask_are_used(node, pack_nodes, inference_mode):
     assert "inside the mask" in out[0] and "outside the mask" in out[0]
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda s: s[:-1], "edited: 4 frames but source has 5"),
-    (lambda s: s[:, :40], r"edited: frames are 56×40 \(w×h\) but source frames are 56×48"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s[:-1], "edited: 4 frames but source has 5"),
+        (lambda s: s[:, :40], r"edited: frames are 56×40 \(w×h\) but source frames are 56×48"),
+    ],
+)
 def test_mismatched_clips_are_refused_naming_both_inputs(node, change, message, inference_mode):
     source = _clip()
     with pytest.raises(ValueError, match=message):

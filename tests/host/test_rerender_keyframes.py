@@ -10,17 +10,37 @@ from ve_testkit.models import CallCounter, encode_prompt, tiny_controlnet
 
 FRAMES, SIZE, K = 7, 64, 3
 STEPS, CFG, SEED, X0 = 8, 7.5, 3, 0.75  # SDEdit start: step int(8 * 0.25) = 2
-OFF = dict(cross_frame_start=0.0, cross_frame_end=0.0, shape_fusion_start=0.0, shape_fusion_end=0.0,
-           pixel_fusion_start=0.0, pixel_fusion_end=0.0, adain_start=0.0, adain_end=0.0)
-ON = dict(cross_frame_start=0.0, cross_frame_end=1.0, shape_fusion_start=0.0, shape_fusion_end=0.3,
-          pixel_fusion_start=0.5, pixel_fusion_end=0.8, adain_start=0.8, adain_end=1.0)
+OFF = dict(
+    cross_frame_start=0.0,
+    cross_frame_end=0.0,
+    shape_fusion_start=0.0,
+    shape_fusion_end=0.0,
+    pixel_fusion_start=0.0,
+    pixel_fusion_end=0.0,
+    adain_start=0.0,
+    adain_end=0.0,
+)
+ON = dict(
+    cross_frame_start=0.0,
+    cross_frame_end=1.0,
+    shape_fusion_start=0.0,
+    shape_fusion_end=0.3,
+    pixel_fusion_start=0.5,
+    pixel_fusion_end=0.8,
+    adain_start=0.8,
+    adain_end=1.0,
+)
 
 
 def translating_clip(count=FRAMES, size=SIZE, step=(2.0, 1.0), seed=0):
     g = torch.Generator().manual_seed(seed)
     pad = 32
-    tex = F.interpolate(torch.rand(1, 3, (size + 2 * pad) // 8, (size + 2 * pad) // 8, generator=g),
-                        size=(size + 2 * pad, size + 2 * pad), mode="bicubic", align_corners=False).clamp(0, 1)
+    tex = F.interpolate(
+        torch.rand(1, 3, (size + 2 * pad) // 8, (size + 2 * pad) // 8, generator=g),
+        size=(size + 2 * pad, size + 2 * pad),
+        mode="bicubic",
+        align_corners=False,
+    ).clamp(0, 1)
     ys, xs = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
     out = []
     for t in range(count):
@@ -33,12 +53,29 @@ def translating_clip(count=FRAMES, size=SIZE, step=(2.0, 1.0), seed=0):
 def render(pack_nodes, model, pos, neg, vae, frames, stages, **kw):
     from comfyui_videoedit.nodes.rerender import FIDELITY_MODES, RerenderKeyframes
 
-    args = dict(model=model, positive=pos, negative=neg, vae=vae, images=frames, keyframe_interval=K, steps=STEPS,
-                cfg=CFG, sampler_name="euler", scheduler="ddim_uniform", seed=SEED, x0_strength=X0,
-                flow_method="dis", mask_strength=0.5, inner_strength=0.9,
-                smooth_boundary=True, fidelity_threshold=0.25, fidelity_lambda=1.0,
-                fidelity_mode=list(FIDELITY_MODES)[0],
-                cross_frame_blocks="decoder", **stages)
+    args = dict(
+        model=model,
+        positive=pos,
+        negative=neg,
+        vae=vae,
+        images=frames,
+        keyframe_interval=K,
+        steps=STEPS,
+        cfg=CFG,
+        sampler_name="euler",
+        scheduler="ddim_uniform",
+        seed=SEED,
+        x0_strength=X0,
+        flow_method="dis",
+        mask_strength=0.5,
+        inner_strength=0.9,
+        smooth_boundary=True,
+        fidelity_threshold=0.25,
+        fidelity_lambda=1.0,
+        fidelity_mode=list(FIDELITY_MODES)[0],
+        cross_frame_blocks="decoder",
+        **stages,
+    )
     args.update(kw)
     images, indices = RerenderKeyframes.execute(**args).result
     return images, indices
@@ -47,8 +84,20 @@ def render(pack_nodes, model, pos, neg, vae, frames, stages, **kw):
 def plain_img2img(host, model, pos, neg, vae, frame):
     start = int(STEPS * (1 - X0))
     latent = {"samples": vae.encode(frame[None])}
-    (out,) = host.nodes.common_ksampler(model, SEED, STEPS, CFG, "euler", "ddim_uniform", pos, neg, latent,
-                                        start_step=start, last_step=10000, force_full_denoise=True)
+    (out,) = host.nodes.common_ksampler(
+        model,
+        SEED,
+        STEPS,
+        CFG,
+        "euler",
+        "ddim_uniform",
+        pos,
+        neg,
+        latent,
+        start_step=start,
+        last_step=10000,
+        force_full_denoise=True,
+    )
     return vae.decode(out["samples"])[0]
 
 
@@ -70,12 +119,17 @@ def plain_run(tiny_model, tiny_vae, conds, clip):
 
 def _options_snapshot(model):
     to = model.model_options.get("transformer_options", {})
-    return (sorted(model.model_options), repr(sorted(to)), {k: len(v) for k, v in to.get("patches", {}).items()},
-            len(model.model_options.get("sampler_post_cfg_function", [])))
+    return (
+        sorted(model.model_options),
+        repr(sorted(to)),
+        {k: len(v) for k, v in to.get("patches", {}).items()},
+        len(model.model_options.get("sampler_post_cfg_function", [])),
+    )
 
 
-def test_every_stage_renders_keyframes_0_3_6_and_leaves_the_model_alone(host, pack_nodes, tiny_model, tiny_vae, conds,
-                                                                        clip, inference_mode):
+def test_every_stage_renders_keyframes_0_3_6_and_leaves_the_model_alone(
+    host, pack_nodes, tiny_model, tiny_vae, conds, clip, inference_mode
+):
     pos, neg = conds
     counter = CallCounter()
     model = counter.attach(tiny_model)
@@ -101,8 +155,9 @@ def test_every_stage_renders_keyframes_0_3_6_and_leaves_the_model_alone(host, pa
     assert torch.equal(after, reference)
 
 
-def test_every_stage_off_is_plain_per_frame_img2img_with_a_per_frame_controlnet(host, pack_nodes, tiny_model,
-                                                                               tiny_vae, conds, clip, inference_mode):
+def test_every_stage_off_is_plain_per_frame_img2img_with_a_per_frame_controlnet(
+    host, pack_nodes, tiny_model, tiny_vae, conds, clip, inference_mode
+):
     pos, neg = conds
     apply = host.nodes.ControlNetApplyAdvanced()
     cn1, cn2 = tiny_controlnet(5), tiny_controlnet(6)
@@ -112,8 +167,8 @@ def test_every_stage_off_is_plain_per_frame_img2img_with_a_per_frame_controlnet(
     images, indices = render(pack_nodes, tiny_model, p2, n2, tiny_vae, clip, OFF)
     assert indices == "0, 3, 6"
     for i, k in enumerate((0, 3, 6)):
-        pk, nk = apply.apply_controlnet(pos, neg, cn1, hints[k:k + 1], 0.8, 0.0, 1.0)
-        pk, nk = apply.apply_controlnet(pk, nk, cn2, (1.0 - clip)[k:k + 1], 0.5, 0.0, 0.9)
+        pk, nk = apply.apply_controlnet(pos, neg, cn1, hints[k : k + 1], 0.8, 0.0, 1.0)
+        pk, nk = apply.apply_controlnet(pk, nk, cn2, (1.0 - clip)[k : k + 1], 0.5, 0.0, 0.9)
         expected = plain_img2img(host, tiny_model, pk, nk, tiny_vae, clip[k])
         assert torch.equal(images[i], expected), (k, (images[i] - expected).abs().max())
     # the sliced conditioning holds frame k's hints, chain kept (a batch-1 sample of the full
@@ -131,8 +186,9 @@ def test_every_stage_on_with_a_controlnet(host, pack_nodes, tiny_model, tiny_vae
     pos, neg = conds
     short = clip[:4]  # keyframes 0 and 3
     p, n = host.nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, tiny_controlnet(7), short, 1.0, 0.0, 1.0)
-    images, indices = render(pack_nodes, tiny_model, p, n, tiny_vae, short, ON, x0_strength=1.0,
-                             flow_method="chain", **_flows(short))
+    images, indices = render(
+        pack_nodes, tiny_model, p, n, tiny_vae, short, ON, x0_strength=1.0, flow_method="chain", **_flows(short)
+    )
     assert indices == "0, 3"
     assert images.shape == (2, SIZE, SIZE, 3) and torch.isfinite(images).all()
 
@@ -146,6 +202,7 @@ def _flows(frames):
 
 
 # -- each x0 stage in isolation, through the run object ------------------------------------------------
+
 
 def _run(tiny_model, tiny_vae, conds, frames, store_dtype=torch.float16, **windows):
     """Keyframes 0 and 3 through the run object with only the given windows on and zero flows
@@ -164,8 +221,9 @@ def _run(tiny_model, tiny_vae, conds, frames, store_dtype=torch.float16, **windo
     return run, [run.final_latents[k] for k in (0, 3)], torch.cat(results)
 
 
-def test_shape_fusion_with_zero_flow_and_no_occlusion_reproduces_the_anchor(tiny_model, tiny_vae, conds, clip,
-                                                                           plain_run, inference_mode):
+def test_shape_fusion_with_zero_flow_and_no_occlusion_reproduces_the_anchor(
+    tiny_model, tiny_vae, conds, clip, plain_run, inference_mode
+):
     _, latents, images = _run(tiny_model, tiny_vae, conds, clip[:4], shape_fusion=(0.0, 1.0))
     # every step's x0 is the anchor's (zero flow: nothing occluded), so is the last one, which the
     # final euler step to sigma 0 returns (up to its rounding)
@@ -193,8 +251,9 @@ def test_adain_gives_the_anchor_channel_statistics(tiny_model, tiny_vae, conds, 
     assert not torch.allclose(s, s0, rtol=1e-2)
 
 
-def test_cross_frame_attention_reads_the_anchor_at_the_same_step_layer_and_branch(tiny_model, tiny_vae, conds, clip,
-                                                                                 plain_run, inference_mode):
+def test_cross_frame_attention_reads_the_anchor_at_the_same_step_layer_and_branch(
+    tiny_model, tiny_vae, conds, clip, plain_run, inference_mode
+):
     still = clip[:1].expand(4, -1, -1, -1).contiguous()  # every frame is frame 0
     # fp32 stores so the comparison can be tight
     run, latents, _ = _run(tiny_model, tiny_vae, conds, still, store_dtype=None, cross_frame=(0.0, 1.0))

@@ -3,8 +3,12 @@
 import pytest
 import torch
 
-RERENDER_NODES = {"VideoEdit_RerenderKeyframes", "VideoEdit_PropagateKeyframes", "VideoEdit_FidelityEncode",
-                  "VideoEdit_LatentAdaIN"}
+RERENDER_NODES = {
+    "VideoEdit_RerenderKeyframes",
+    "VideoEdit_PropagateKeyframes",
+    "VideoEdit_FidelityEncode",
+    "VideoEdit_LatentAdaIN",
+}
 
 
 def test_rerender_nodes_are_registered(pack_nodes):
@@ -20,9 +24,10 @@ def test_rerender_nodes_are_registered(pack_nodes):
 
 def _clip(count=5, size=48):
     g = torch.Generator().manual_seed(0)
-    base = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 16, generator=g), size=(size, size + 16),
-                                           mode="bicubic", align_corners=False).clamp(0, 1)
-    return torch.stack([base[0, :, :, t:t + size].permute(1, 2, 0) for t in range(count)])  # 1 px/frame to the left
+    base = torch.nn.functional.interpolate(
+        torch.rand(1, 3, 12, 16, generator=g), size=(size, size + 16), mode="bicubic", align_corners=False
+    ).clamp(0, 1)
+    return torch.stack([base[0, :, :, t : t + size].permute(1, 2, 0) for t in range(count)])  # 1 px/frame to the left
 
 
 def test_propagate_node_fills_every_frame(pack_nodes, inference_mode):

@@ -14,8 +14,18 @@ def edit_setup(host, pack_nodes, tiny_model, tiny_clip):
     with torch.inference_mode():
         latent = {"samples": torch.randn(frames, 4, 8, 8, generator=torch.Generator().manual_seed(5)) * 0.5}
         src = encode_prompt(tiny_clip, "a car")
-        out = DDIMInversion.execute(tiny_model, latent, src, steps=4, inversion_steps=0, scheduler="ddim_uniform",
-                                    frame_batch_size=16, cache_mode="memory", cache_limit_mb=0, clear_cache=False)
+        out = DDIMInversion.execute(
+            tiny_model,
+            latent,
+            src,
+            steps=4,
+            inversion_steps=0,
+            scheduler="ddim_uniform",
+            frame_batch_size=16,
+            cache_mode="memory",
+            cache_limit_mb=0,
+            clear_cache=False,
+        )
         inversion, x_t, sigmas = out.args
         pos, neg = encode_prompt(tiny_clip, "a red car"), encode_prompt(tiny_clip, "")
     return {"inversion": inversion, "x_t": x_t, "sigmas": sigmas, "pos": pos, "neg": neg}
@@ -24,9 +34,16 @@ def edit_setup(host, pack_nodes, tiny_model, tiny_clip):
 def _apply(model, inversion, **kw):
     from comfyui_videoedit.nodes.tokenflow import ApplyTokenFlow
 
-    args = dict(window=4, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1, nn_feature="input",
-                blend="official", pnp_attn_blocks="output 4-11",
-                pnp_resnet_blocks="output 4")
+    args = dict(
+        window=4,
+        pnp_attn_t=0.5,
+        pnp_f_t=0.8,
+        seed=1,
+        nn_feature="input",
+        blend="official",
+        pnp_attn_blocks="output 4-11",
+        pnp_resnet_blocks="output 4",
+    )
     args.update(kw)
     return ApplyTokenFlow.execute(model, inversion, **args).args[0]
 
@@ -53,24 +70,45 @@ def test_nine_frame_edit_through_sampler_custom(host, tiny_model, edit_setup, in
 
 def test_ksampler_with_same_steps_and_ddim_uniform(host, tiny_model, edit_setup, inference_mode):
     model = _apply(tiny_model, edit_setup["inversion"])
-    (out,) = host.nodes.common_ksampler(model, 0, 4, 5.0, "euler", "ddim_uniform", edit_setup["pos"],
-                                        edit_setup["neg"], edit_setup["x_t"], disable_noise=True)
+    (out,) = host.nodes.common_ksampler(
+        model,
+        0,
+        4,
+        5.0,
+        "euler",
+        "ddim_uniform",
+        edit_setup["pos"],
+        edit_setup["neg"],
+        edit_setup["x_t"],
+        disable_noise=True,
+    )
     assert torch.allclose(out["samples"], _sampler_custom(host, model, edit_setup), atol=1e-5)
 
 
 def test_mismatched_schedule_names_both(host, tiny_model, edit_setup, inference_mode):
     model = _apply(tiny_model, edit_setup["inversion"])
     with pytest.raises(ValueError, match="not in the inversion's schedule"):
-        host.nodes.common_ksampler(model, 0, 4, 5.0, "euler", "karras", edit_setup["pos"], edit_setup["neg"],
-                                   edit_setup["x_t"], disable_noise=True)
+        host.nodes.common_ksampler(
+            model,
+            0,
+            4,
+            5.0,
+            "euler",
+            "karras",
+            edit_setup["pos"],
+            edit_setup["neg"],
+            edit_setup["x_t"],
+            disable_noise=True,
+        )
 
 
 def test_interrupt_leaves_no_patch_behind(host, tiny_model, edit_setup, inference_mode):
     import comfy.model_management as mm
 
     before = repr(tiny_model.model_options)
-    plain_before = host.nodes.common_ksampler(tiny_model, 0, 2, 5.0, "euler", "normal", edit_setup["pos"],
-                                              edit_setup["neg"], edit_setup["x_t"])[0]["samples"]
+    plain_before = host.nodes.common_ksampler(
+        tiny_model, 0, 2, 5.0, "euler", "normal", edit_setup["pos"], edit_setup["neg"], edit_setup["x_t"]
+    )[0]["samples"]
     model = _apply(tiny_model, edit_setup["inversion"])
     calls = {"n": 0}
 
@@ -82,15 +120,17 @@ def test_interrupt_leaves_no_patch_behind(host, tiny_model, edit_setup, inferenc
         return executor(*args, **kwargs)
 
     m = model.clone()
-    m.add_wrapper_with_key(host.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_interrupt",
-                           interrupt_on_second_step)
+    m.add_wrapper_with_key(
+        host.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_interrupt", interrupt_on_second_step
+    )
     with pytest.raises(mm.InterruptProcessingException):
         _sampler_custom(host, m, edit_setup)
     mm.interrupt_current_processing(False)
     assert repr(tiny_model.model_options) == before
     assert not any(mod._forward_hooks for mod in tiny_model.model.diffusion_model.modules())
-    plain_after = host.nodes.common_ksampler(tiny_model, 0, 2, 5.0, "euler", "normal", edit_setup["pos"],
-                                             edit_setup["neg"], edit_setup["x_t"])[0]["samples"]
+    plain_after = host.nodes.common_ksampler(
+        tiny_model, 0, 2, 5.0, "euler", "normal", edit_setup["pos"], edit_setup["neg"], edit_setup["x_t"]
+    )[0]["samples"]
     assert torch.equal(plain_before, plain_after)
 
 
@@ -107,10 +147,21 @@ def test_sampler_node_equals_apply_then_sampler_custom(host, tiny_model, edit_se
 
     before = repr(tiny_model.model_options)
     (latent,) = TokenFlowSampler.execute(
-        tiny_model, edit_setup["pos"], edit_setup["neg"], edit_setup["inversion"], 5.0, "euler", window=4,
-        pnp_attn_t=0.5, pnp_f_t=0.8, seed=1, nn_feature="input",
-        blend="official", pnp_attn_blocks="output 4-11",
-        pnp_resnet_blocks="output 4").args
+        tiny_model,
+        edit_setup["pos"],
+        edit_setup["neg"],
+        edit_setup["inversion"],
+        5.0,
+        "euler",
+        window=4,
+        pnp_attn_t=0.5,
+        pnp_f_t=0.8,
+        seed=1,
+        nn_feature="input",
+        blend="official",
+        pnp_attn_blocks="output 4-11",
+        pnp_resnet_blocks="output 4",
+    ).args
     expected = _sampler_custom(host, _apply(tiny_model, edit_setup["inversion"]), edit_setup)
     assert torch.equal(latent["samples"], expected)
     assert repr(tiny_model.model_options) == before
@@ -137,12 +188,20 @@ def test_a_lora_on_the_model_composes(host, tiny_model, tiny_clip, edit_setup, i
     assert lora_model.patches, "the LoRA did not load"
     latent = {"samples": torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(6)) * 0.5}
     src = encode_prompt(tiny_clip, "a car")
-    inversion, x_t, sigmas = DDIMInversion.execute(lora_model, latent, src, steps=3, inversion_steps=0,
-                                                   scheduler="ddim_uniform", frame_batch_size=16, cache_mode="off",
-                                                   cache_limit_mb=0, clear_cache=False).args
+    inversion, x_t, sigmas = DDIMInversion.execute(
+        lora_model,
+        latent,
+        src,
+        steps=3,
+        inversion_steps=0,
+        scheduler="ddim_uniform",
+        frame_batch_size=16,
+        cache_mode="off",
+        cache_limit_mb=0,
+        clear_cache=False,
+    ).args
     s = dict(edit_setup, inversion=inversion, x_t=x_t, sigmas=sigmas)
-    reduced = dict(window=1, blend="paper", pnp_attn_blocks="none",
-                   pnp_resnet_blocks="")
+    reduced = dict(window=1, blend="paper", pnp_attn_blocks="none", pnp_resnet_blocks="")
     a = _sampler_custom(host, _apply(lora_model, inversion, **reduced), s)
     (ext,) = ApplyExtendedAttention.execute(lora_model, keyframe_stride=1, keyframes="").args
     b = _sampler_custom(host, ext, s)

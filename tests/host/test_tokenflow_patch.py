@@ -23,12 +23,14 @@ def _sample_custom(host, model, pos, neg, sigmas, latent, cfg=4.0):
     import comfy.samplers
 
     noise = torch.zeros_like(latent)
-    return comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.sampler_object("euler"), sigmas, pos, neg,
-                                      latent, disable_pbar=True, seed=0)
+    return comfy.sample.sample_custom(
+        model, noise, cfg, comfy.samplers.sampler_object("euler"), sigmas, pos, neg, latent, disable_pbar=True, seed=0
+    )
 
 
-def test_tokenflow_runs_deterministic_and_leaves_model_unchanged(host, pack_nodes, tiny_model, tiny_clip,
-                                                               inference_mode):
+def test_tokenflow_runs_deterministic_and_leaves_model_unchanged(
+    host, pack_nodes, tiny_model, tiny_clip, inference_mode
+):
     from comfyui_videoedit.adapters.tokenflow import tokenflow_model
 
     pos, neg, sigmas, src, latent = _setup(host, tiny_model, tiny_clip)
@@ -44,8 +46,7 @@ def test_tokenflow_runs_deterministic_and_leaves_model_unchanged(host, pack_node
     assert not torch.equal(a, other)  # the keyframe draw depends on the seed
 
 
-def test_window_one_equals_extended_attention_over_all_frames(host, pack_nodes, tiny_model, tiny_clip,
-                                                              inference_mode):
+def test_window_one_equals_extended_attention_over_all_frames(host, pack_nodes, tiny_model, tiny_clip, inference_mode):
     from comfyui_videoedit.adapters.tokenflow import tokenflow_model
     from comfyui_videoedit.nodes.tokenflow import ApplyExtendedAttention
 
@@ -85,8 +86,9 @@ def _controlnet_conditioning(host, pos, neg, frames, seed=5):
     return host.nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, tiny_controlnet(seed), hints, 1.0, 0.0, 1.0)
 
 
-def test_controlnet_in_the_conditioning_reaches_every_pass_frame_by_frame(host, pack_nodes, tiny_model, tiny_clip,
-                                                                          inference_mode):
+def test_controlnet_in_the_conditioning_reaches_every_pass_frame_by_frame(
+    host, pack_nodes, tiny_model, tiny_clip, inference_mode
+):
     """With window 1, w = 1 and no PnP, TokenFlow equals extended attention over all frames; it
     still does with a per-frame ControlNet, which holds only if every keyframe and propagation
     pass receives the control residuals of exactly its own frames."""
@@ -170,6 +172,7 @@ def test_a_longer_source_prompt_still_shares_the_batch(host, pack_nodes, tiny_mo
     probe, calls = _counting(tokenflow_model(tiny_model, src, window=2, seed=5))
     joint = _sample_custom(host, probe, pos, neg, sigmas, latent)
     assert calls[:3] == [2 + 4, 2 + 4, 2 + 4]
-    separate = _sample_custom(host, tokenflow_model(tiny_model, src, window=2, seed=5, share_batch=False), pos, neg,
-                              sigmas, latent)
+    separate = _sample_custom(
+        host, tokenflow_model(tiny_model, src, window=2, seed=5, share_batch=False), pos, neg, sigmas, latent
+    )
     assert (joint - separate).abs().max() <= 1e-5 * separate.abs().max(), (joint - separate).abs().max()

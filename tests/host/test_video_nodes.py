@@ -42,8 +42,15 @@ def frame_numbers(images: torch.Tensor) -> list[int]:
 
 
 def load(video_nodes, **overrides):
-    inputs = dict(video="clip.mp4", frame_load_cap=0, skip_first_frames=0, select_every_nth=1,
-                  custom_width=0, custom_height=0, size_multiple=8)
+    inputs = dict(
+        video="clip.mp4",
+        frame_load_cap=0,
+        skip_first_frames=0,
+        select_every_nth=1,
+        custom_width=0,
+        custom_height=0,
+        size_multiple=8,
+    )
     inputs.update(overrides)
     return video_nodes.LoadVideo.execute(**inputs).result
 
@@ -66,8 +73,9 @@ def test_upload_widget_lists_the_input_videos(video_nodes, clip_name, host):
 
 
 def test_load_selects_resizes_and_reports(video_nodes, clip_name, inference_mode):
-    images, count, fps, width, height = load(video_nodes, frame_load_cap=4, skip_first_frames=3,
-                                             select_every_nth=2, custom_width=48, size_multiple=16)
+    images, count, fps, width, height = load(
+        video_nodes, frame_load_cap=4, skip_first_frames=3, select_every_nth=2, custom_width=48, size_multiple=16
+    )
     assert frame_numbers(images) == [3, 5, 7, 9]
     assert images.dtype == torch.float32 and tuple(images.shape) == (4, 32, 48, 3)
     assert (count, width, height) == (4, 48, 32)
@@ -112,8 +120,13 @@ def test_validation_and_fingerprint_follow_the_file(video_nodes, clip_name, host
 
 def test_save_mp4_with_metadata_and_preview(video_nodes, clip_name, host, inference_mode):
     images = load(video_nodes, frame_load_cap=6)[0]
-    ui = save(video_nodes, images, "mp4", "VideoEdit/test_mp4",
-              hidden={"PROMPT": PROMPT, "EXTRA_PNGINFO": {"workflow": WORKFLOW}})
+    ui = save(
+        video_nodes,
+        images,
+        "mp4",
+        "VideoEdit/test_mp4",
+        hidden={"PROMPT": PROMPT, "EXTRA_PNGINFO": {"workflow": WORKFLOW}},
+    )
     assert ui["animated"] == (True,) and len(ui["images"]) == 1
     result = ui["images"][0]
     assert result["subfolder"] == "VideoEdit" and result["filename"] == "test_mp4_00001_.mp4"

@@ -16,8 +16,11 @@ def _combos(pack_nodes) -> dict[str, dict[str, list]]:
     out = {}
     for node in pack_nodes.all_nodes():
         schema = node.define_schema()
-        out[schema.node_id] = {i.id: list(i.options) for i in schema.inputs
-                               if getattr(i, "options", None) is not None and i.id not in FILE_LISTS}
+        out[schema.node_id] = {
+            i.id: list(i.options)
+            for i in schema.inputs
+            if getattr(i, "options", None) is not None and i.id not in FILE_LISTS
+        }
     return out
 
 
@@ -51,14 +54,17 @@ def test_ui_workflows_carry_the_same_ids(pack_nodes):
             assert not [v for v in long_labels if v not in known], (path.name, node["type"], long_labels)
 
 
-@pytest.mark.parametrize("node_module, option, bad", [
-    ("tokenflow", "blend", "official (own + previous window, sigmoid)"),
-    ("tokenflow", "nn_feature", "self-attention input (official)"),
-    ("flatten", "mode", "dense (paper)"),
-    ("video", "format", "mp4 (h264)"),
-    ("video", "format", "png sequence"),
-    ("inversion", "cache_mode", "ram"),
-])
+@pytest.mark.parametrize(
+    "node_module, option, bad",
+    [
+        ("tokenflow", "blend", "official (own + previous window, sigmoid)"),
+        ("tokenflow", "nn_feature", "self-attention input (official)"),
+        ("flatten", "mode", "dense (paper)"),
+        ("video", "format", "mp4 (h264)"),
+        ("video", "format", "png sequence"),
+        ("inversion", "cache_mode", "ram"),
+    ],
+)
 def test_old_long_labels_are_refused(pack_nodes, node_module, option, bad):
     if node_module == "tokenflow":
         from comfyui_videoedit.adapters.tokenflow import TokenFlowOptions as options
@@ -78,8 +84,9 @@ def test_rerender_config_checks_ids_ranges_and_windows(host):
 
     with pytest.raises(ValueError, match="^fidelity_mode: 'code: x_r' is not one of code, paper$"):
         RerenderConfig.from_inputs(fidelity_mode="code: x_r")
-    with pytest.raises(ValueError, match="^flow_method: 'chain input flows' is not one of dis, chain, raft_large, "
-                                         "raft_small$"):
+    with pytest.raises(
+        ValueError, match="^flow_method: 'chain input flows' is not one of dis, chain, raft_large, raft_small$"
+    ):
         RerenderConfig.from_inputs(flow_method="chain input flows")
     with pytest.raises(ValueError, match="sampler_name: 'nope' is not one of"):
         RerenderConfig.from_inputs(sampler_name="nope")
@@ -115,8 +122,12 @@ def test_shipped_workflows_save_with_format_ids(pack_nodes):
     """Save Video's ``format`` is stored as a short id (mp4, webm, gif, png) in every shipped workflow."""
     from comfyui_videoedit.nodes.video import SAVE_FORMATS
 
-    seen = [node["inputs"]["format"] for path in api_workflows() for node in load_api(path).values()
-            if node["class_type"] == "VideoEdit_SaveVideo"]
+    seen = [
+        node["inputs"]["format"]
+        for path in api_workflows()
+        for node in load_api(path).values()
+        if node["class_type"] == "VideoEdit_SaveVideo"
+    ]
     assert seen and all(value in SAVE_FORMATS for value in seen), seen
     for path in sorted(WORKFLOWS.glob("*.json")):
         for node in json.loads(path.read_text())["nodes"]:

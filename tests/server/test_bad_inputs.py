@@ -29,9 +29,18 @@ from ve_testkit.workflows import WORKFLOWS
 OURS = "VideoEdit_"
 # Outputs of the base graph that feed the node under test, by type.
 PROVIDERS = {
-    "MODEL": ["ckpt", 0], "CLIP": ["ckpt", 1], "VAE": ["ckpt", 2], "IMAGE": ["load", 0],
-    "CONDITIONING": ["pos", 0], "LATENT": ["enc", 0], "OPTICAL_FLOW": ["flow", 0], "VE_INVERSION": ["inv", 0],
-    "SIGMAS": ["inv", 2], "VE_TRAJECTORIES": ["traj", 0], "MASK": ["cons", 0], "SAMPLER": ["ksel", 0],
+    "MODEL": ["ckpt", 0],
+    "CLIP": ["ckpt", 1],
+    "VAE": ["ckpt", 2],
+    "IMAGE": ["load", 0],
+    "CONDITIONING": ["pos", 0],
+    "LATENT": ["enc", 0],
+    "OPTICAL_FLOW": ["flow", 0],
+    "VE_INVERSION": ["inv", 0],
+    "SIGMAS": ["inv", 2],
+    "VE_TRAJECTORIES": ["traj", 0],
+    "MASK": ["cons", 0],
+    "SAMPLER": ["ksel", 0],
     "VE_P2P_EDIT": ["p2p", 0],
 }
 # An output of another type for each link input (a wrong-type wiring).
@@ -46,8 +55,14 @@ OVERRIDES = {
     "VideoEdit_NullTextOptimization": {"inner_steps": 1},
     "VideoEdit_TokenFlowSampler": {"sampler_name": "euler"},
     "VideoEdit_SaveVideo": {"filename_prefix": "bad_inputs/ok"},
-    "VideoEdit_P2PEdit": {"source_prompt": "a red car", "target_prompt": "a blue car", "blend_source": "car",
-                          "blend_target": "car", "reweight": "", "subtract": ""},
+    "VideoEdit_P2PEdit": {
+        "source_prompt": "a red car",
+        "target_prompt": "a blue car",
+        "blend_source": "car",
+        "blend_target": "car",
+        "reweight": "",
+        "subtract": "",
+    },
 }
 
 
@@ -188,107 +203,328 @@ def _link_cases(m: Matrix) -> list[Case]:
 
 def _sampled(model_node: str, latent) -> dict:
     """SamplerCustom on the inversion's sigmas with ``latent`` (a link), after a MODEL patch."""
-    return {"samp": {"class_type": "SamplerCustom", "inputs": {
-        "model": [model_node, 0], "add_noise": False, "noise_seed": 0, "cfg": 5.0, "positive": ["pos", 0],
-        "negative": ["neg", 0], "sampler": ["ksel", 0], "sigmas": ["inv", 2], "latent_image": latent}}}
+    return {
+        "samp": {
+            "class_type": "SamplerCustom",
+            "inputs": {
+                "model": [model_node, 0],
+                "add_noise": False,
+                "noise_seed": 0,
+                "cfg": 5.0,
+                "positive": ["pos", 0],
+                "negative": ["neg", 0],
+                "sampler": ["ksel", 0],
+                "sigmas": ["inv", 2],
+                "latent_image": latent,
+            },
+        }
+    }
 
 
 def _shape_and_path_cases() -> list[Case]:
     tf = "VideoEdit_ApplyTokenFlow"
-    fewer = {"fewer": {"class_type": "VideoEdit_LoadVideo",
-                       "inputs": {"video": "sample.mp4", "frame_load_cap": 3, "skip_first_frames": 0,
-                                  "select_every_nth": 1, "custom_width": 64, "custom_height": 0, "size_multiple": 8}},
-             "fewer_enc": {"class_type": "VAEEncode", "inputs": {"pixels": ["fewer", 0], "vae": ["ckpt", 2]}}}
-    wider = {"wider": {"class_type": "VideoEdit_LoadVideo",
-                       "inputs": {"video": "sample.mp4", "frame_load_cap": 4, "skip_first_frames": 0,
-                                  "select_every_nth": 1, "custom_width": 96, "custom_height": 0, "size_multiple": 8}},
-             "wider_enc": {"class_type": "VAEEncode", "inputs": {"pixels": ["wider", 0], "vae": ["ckpt", 2]}},
-             "wider_flow": {"class_type": "VideoEdit_EstimateFlow",
-                            "inputs": {"images": ["wider", 0], "method": "dis", "raft_weights": "auto",
-                                       "num_flow_updates": 12, "batch_size": 4, "scale": 1.0}}}
+    fewer = {
+        "fewer": {
+            "class_type": "VideoEdit_LoadVideo",
+            "inputs": {
+                "video": "sample.mp4",
+                "frame_load_cap": 3,
+                "skip_first_frames": 0,
+                "select_every_nth": 1,
+                "custom_width": 64,
+                "custom_height": 0,
+                "size_multiple": 8,
+            },
+        },
+        "fewer_enc": {"class_type": "VAEEncode", "inputs": {"pixels": ["fewer", 0], "vae": ["ckpt", 2]}},
+    }
+    wider = {
+        "wider": {
+            "class_type": "VideoEdit_LoadVideo",
+            "inputs": {
+                "video": "sample.mp4",
+                "frame_load_cap": 4,
+                "skip_first_frames": 0,
+                "select_every_nth": 1,
+                "custom_width": 96,
+                "custom_height": 0,
+                "size_multiple": 8,
+            },
+        },
+        "wider_enc": {"class_type": "VAEEncode", "inputs": {"pixels": ["wider", 0], "vae": ["ckpt", 2]}},
+        "wider_flow": {
+            "class_type": "VideoEdit_EstimateFlow",
+            "inputs": {
+                "images": ["wider", 0],
+                "method": "dis",
+                "raft_weights": "auto",
+                "num_flow_updates": 12,
+                "batch_size": 4,
+                "scale": 1.0,
+            },
+        },
+    }
     cases = [
-        Case("TokenFlow on a latent with fewer frames", tf, "latent_image", extra={**fewer, **_sampled(
-            "target", ["fewer_enc", 0])}, sink="samp"),
-        Case("TokenFlow on a latent of another size", tf, "latent_image", extra={**wider, **_sampled(
-            "target", ["wider_enc", 0])}, sink="samp"),
-        Case("FLATTEN PnP on a latent of another size", "VideoEdit_ApplyFLATTEN", "latent_image",
-             {"inversion": ["inv", 0], "trajectories": ["wtraj", 0]},
-             extra={**wider, "wtraj": {"class_type": "VideoEdit_SampleTrajectories",
-                                       "inputs": {"flow": ["wider_flow", 0], "latent": ["wider_enc", 0], "seed": 0,
-                                                  "flow_resize": "official"}},
-                    **_sampled("target", ["wider_enc", 0])}, sink="samp"),
-        Case("FLATTEN trajectories for another frame count", "VideoEdit_ApplyFLATTEN", "latent_image",
-             extra={**fewer, **_sampled("target", ["fewer_enc", 0])}, sink="samp"),
-        Case("trajectories: flow of another clip", "VideoEdit_SampleTrajectories", "flow",
-             {"latent": ["fewer_enc", 0]}, extra=fewer),
-        Case("trajectories: flow of another aspect", "VideoEdit_SampleTrajectories", "flow",
-             {"flow": ["wider_flow", 0]}, extra=wider),
-        Case("reconstruction: source latent of another clip", "VideoEdit_InversionReconstruction", "source_latent",
-             {"source_latent": ["fewer_enc", 0]}, extra=fewer),
-        Case("consistency: flows of two clips", "VideoEdit_FlowConsistency", "backward_flow",
-             {"backward_flow": ["wider_flow", 1]}, extra=wider),
+        Case(
+            "TokenFlow on a latent with fewer frames",
+            tf,
+            "latent_image",
+            extra={**fewer, **_sampled("target", ["fewer_enc", 0])},
+            sink="samp",
+        ),
+        Case(
+            "TokenFlow on a latent of another size",
+            tf,
+            "latent_image",
+            extra={**wider, **_sampled("target", ["wider_enc", 0])},
+            sink="samp",
+        ),
+        Case(
+            "FLATTEN PnP on a latent of another size",
+            "VideoEdit_ApplyFLATTEN",
+            "latent_image",
+            {"inversion": ["inv", 0], "trajectories": ["wtraj", 0]},
+            extra={
+                **wider,
+                "wtraj": {
+                    "class_type": "VideoEdit_SampleTrajectories",
+                    "inputs": {
+                        "flow": ["wider_flow", 0],
+                        "latent": ["wider_enc", 0],
+                        "seed": 0,
+                        "flow_resize": "official",
+                    },
+                },
+                **_sampled("target", ["wider_enc", 0]),
+            },
+            sink="samp",
+        ),
+        Case(
+            "FLATTEN trajectories for another frame count",
+            "VideoEdit_ApplyFLATTEN",
+            "latent_image",
+            extra={**fewer, **_sampled("target", ["fewer_enc", 0])},
+            sink="samp",
+        ),
+        Case(
+            "trajectories: flow of another clip",
+            "VideoEdit_SampleTrajectories",
+            "flow",
+            {"latent": ["fewer_enc", 0]},
+            extra=fewer,
+        ),
+        Case(
+            "trajectories: flow of another aspect",
+            "VideoEdit_SampleTrajectories",
+            "flow",
+            {"flow": ["wider_flow", 0]},
+            extra=wider,
+        ),
+        Case(
+            "reconstruction: source latent of another clip",
+            "VideoEdit_InversionReconstruction",
+            "source_latent",
+            {"source_latent": ["fewer_enc", 0]},
+            extra=fewer,
+        ),
+        Case(
+            "consistency: flows of two clips",
+            "VideoEdit_FlowConsistency",
+            "backward_flow",
+            {"backward_flow": ["wider_flow", 1]},
+            extra=wider,
+        ),
         Case("warp: flow of another size", "VideoEdit_WarpImages", "flow", {"flow": ["wider_flow", 0]}, extra=wider),
-        Case("propagate: fewer keyframes than indices", "VideoEdit_PropagateKeyframes", "keyframe_indices",
-             {"keyframes": ["fewer", 0], "keyframe_indices": "0, 1, 2, 3"}, extra=fewer),
-        Case("propagate: keyframe index past the clip", "VideoEdit_PropagateKeyframes", "keyframe_indices",
-             {"keyframes": ["one", 0], "keyframe_indices": "9"},
-             extra={"one": {"class_type": "ImageFromBatch", "inputs": {"image": ["load", 0], "batch_index": 0,
-                                                                        "length": 1}}}),
-        Case("propagate: keyframes of another size", "VideoEdit_PropagateKeyframes", "keyframes",
-             {"keyframes": ["wider", 0], "keyframe_indices": "0, 1, 2, 3"}, extra=wider),
-        Case("AdaIN: reference of another channel count", "VideoEdit_LatentAdaIN", "reference",
-             {"reference": ["wide_lat", 0]},
-             extra={"wide_lat": {"class_type": "EmptyHunyuanLatentVideo",
-                                 "inputs": {"width": 64, "height": 64, "length": 1, "batch_size": 1}}}),
-        Case("Rerender: flows of another clip", "VideoEdit_RerenderKeyframes", "forward_flow",
-             {"forward_flow": ["wider_flow", 0], "backward_flow": ["wider_flow", 1], "flow_method": "chain"},
-             extra=wider),
-        Case("propagate: flows of another clip", "VideoEdit_PropagateKeyframes", "forward_flow",
-             {"forward_flow": ["wider_flow", 0], "backward_flow": ["wider_flow", 1], "keyframes": ["load", 0],
-              "keyframe_indices": "0, 1, 2, 3"}, extra=wider),
-        Case("warp: fewer frames than flows", "VideoEdit_WarpImages", "images", {"images": ["one", 0]},
-             extra={"one": {"class_type": "ImageFromBatch", "inputs": {"image": ["load", 0], "batch_index": 0,
-                                                                        "length": 2}}}),
-        Case("inversion of a video-model latent", "VideoEdit_DDIMInversion", "latent", {"latent": ["vid_lat", 0]},
-             extra={"vid_lat": {"class_type": "EmptyHunyuanLatentVideo",
-                                "inputs": {"width": 64, "height": 64, "length": 1, "batch_size": 1}}}),
-        Case("inversion with FLATTEN trajectories of another clip", "VideoEdit_DDIMInversion", "latent",
-             {"model": ["flat", 0], "latent": ["fewer_enc", 0]},
-             extra={**fewer, "flat": {"class_type": "VideoEdit_ApplyFLATTEN", "inputs": {
-                 "model": ["ckpt", 0], "trajectories": ["traj", 0], "mode": "dense",
-                 "levels": "highest", "old_qk": False, "anchor_stride": 4, "max_anchors": 4,
-                 "inject_step": 0.8, "pnp_attn_blocks": "output 4-9", "pnp_resnet_blocks": "output 3, 4, 6"}}}),
+        Case(
+            "propagate: fewer keyframes than indices",
+            "VideoEdit_PropagateKeyframes",
+            "keyframe_indices",
+            {"keyframes": ["fewer", 0], "keyframe_indices": "0, 1, 2, 3"},
+            extra=fewer,
+        ),
+        Case(
+            "propagate: keyframe index past the clip",
+            "VideoEdit_PropagateKeyframes",
+            "keyframe_indices",
+            {"keyframes": ["one", 0], "keyframe_indices": "9"},
+            extra={
+                "one": {"class_type": "ImageFromBatch", "inputs": {"image": ["load", 0], "batch_index": 0, "length": 1}}
+            },
+        ),
+        Case(
+            "propagate: keyframes of another size",
+            "VideoEdit_PropagateKeyframes",
+            "keyframes",
+            {"keyframes": ["wider", 0], "keyframe_indices": "0, 1, 2, 3"},
+            extra=wider,
+        ),
+        Case(
+            "AdaIN: reference of another channel count",
+            "VideoEdit_LatentAdaIN",
+            "reference",
+            {"reference": ["wide_lat", 0]},
+            extra={
+                "wide_lat": {
+                    "class_type": "EmptyHunyuanLatentVideo",
+                    "inputs": {"width": 64, "height": 64, "length": 1, "batch_size": 1},
+                }
+            },
+        ),
+        Case(
+            "Rerender: flows of another clip",
+            "VideoEdit_RerenderKeyframes",
+            "forward_flow",
+            {"forward_flow": ["wider_flow", 0], "backward_flow": ["wider_flow", 1], "flow_method": "chain"},
+            extra=wider,
+        ),
+        Case(
+            "propagate: flows of another clip",
+            "VideoEdit_PropagateKeyframes",
+            "forward_flow",
+            {
+                "forward_flow": ["wider_flow", 0],
+                "backward_flow": ["wider_flow", 1],
+                "keyframes": ["load", 0],
+                "keyframe_indices": "0, 1, 2, 3",
+            },
+            extra=wider,
+        ),
+        Case(
+            "warp: fewer frames than flows",
+            "VideoEdit_WarpImages",
+            "images",
+            {"images": ["one", 0]},
+            extra={
+                "one": {"class_type": "ImageFromBatch", "inputs": {"image": ["load", 0], "batch_index": 0, "length": 2}}
+            },
+        ),
+        Case(
+            "inversion of a video-model latent",
+            "VideoEdit_DDIMInversion",
+            "latent",
+            {"latent": ["vid_lat", 0]},
+            extra={
+                "vid_lat": {
+                    "class_type": "EmptyHunyuanLatentVideo",
+                    "inputs": {"width": 64, "height": 64, "length": 1, "batch_size": 1},
+                }
+            },
+        ),
+        Case(
+            "inversion with FLATTEN trajectories of another clip",
+            "VideoEdit_DDIMInversion",
+            "latent",
+            {"model": ["flat", 0], "latent": ["fewer_enc", 0]},
+            extra={
+                **fewer,
+                "flat": {
+                    "class_type": "VideoEdit_ApplyFLATTEN",
+                    "inputs": {
+                        "model": ["ckpt", 0],
+                        "trajectories": ["traj", 0],
+                        "mode": "dense",
+                        "levels": "highest",
+                        "old_qk": False,
+                        "anchor_stride": 4,
+                        "max_anchors": 4,
+                        "inject_step": 0.8,
+                        "pnp_attn_blocks": "output 4-9",
+                        "pnp_resnet_blocks": "output 3, 4, 6",
+                    },
+                },
+            },
+        ),
         Case("apply null-text to an inversion without it", "VideoEdit_ApplyNullText", "inversion", {}),
-        Case("TokenFlow with an inversion from another model", tf, "inversion", {"model": ["ckpt2", 0]},
-             extra={"ckpt2": {"class_type": "VETest_TinyCheckpoint", "inputs": {"seed": 1}}}),
-        Case("extended attention: keyframes not numbers", "VideoEdit_ApplyExtendedAttention", "keyframes",
-             {"keyframes": "0, eight"}),
+        Case(
+            "TokenFlow with an inversion from another model",
+            tf,
+            "inversion",
+            {"model": ["ckpt2", 0]},
+            extra={"ckpt2": {"class_type": "VETest_TinyCheckpoint", "inputs": {"seed": 1}}},
+        ),
+        Case(
+            "extended attention: keyframes not numbers",
+            "VideoEdit_ApplyExtendedAttention",
+            "keyframes",
+            {"keyframes": "0, eight"},
+        ),
         Case("TokenFlow: block list typo", tf, "pnp_attn_blocks", {"pnp_attn_blocks": "output 4-1l"}),
         Case("TokenFlow: resnet block typo", tf, "pnp_resnet_blocks", {"pnp_resnet_blocks": "outptu 4"}),
-        Case("FLATTEN: block list typo", "VideoEdit_ApplyFLATTEN", "pnp_attn_blocks",
-             {"inversion": ["inv", 0], "pnp_attn_blocks": "output four"}),
-        Case("Rerender: cross-frame block typo", "VideoEdit_RerenderKeyframes", "cross_frame_blocks",
-             {"cross_frame_blocks": "output 6-x"}),
-        Case("estimate flow of one frame", "VideoEdit_EstimateFlow", "images", {"images": ["one", 0]},
-             extra={"one": {"class_type": "ImageFromBatch", "inputs": {"image": ["load", 0], "batch_index": 0,
-                                                                        "length": 1}}}),
-        Case("Rerender: frames not a multiple of 8", "VideoEdit_RerenderKeyframes", "images",
-             {"images": ["odd", 0]},
-             extra={"odd": {"class_type": "ImageCrop", "inputs": {"image": ["load", 0], "width": 60, "height": 30,
-                                                                  "x": 0, "y": 0}}}),
+        Case(
+            "FLATTEN: block list typo",
+            "VideoEdit_ApplyFLATTEN",
+            "pnp_attn_blocks",
+            {"inversion": ["inv", 0], "pnp_attn_blocks": "output four"},
+        ),
+        Case(
+            "Rerender: cross-frame block typo",
+            "VideoEdit_RerenderKeyframes",
+            "cross_frame_blocks",
+            {"cross_frame_blocks": "output 6-x"},
+        ),
+        Case(
+            "estimate flow of one frame",
+            "VideoEdit_EstimateFlow",
+            "images",
+            {"images": ["one", 0]},
+            extra={
+                "one": {"class_type": "ImageFromBatch", "inputs": {"image": ["load", 0], "batch_index": 0, "length": 1}}
+            },
+        ),
+        Case(
+            "Rerender: frames not a multiple of 8",
+            "VideoEdit_RerenderKeyframes",
+            "images",
+            {"images": ["odd", 0]},
+            extra={
+                "odd": {
+                    "class_type": "ImageCrop",
+                    "inputs": {"image": ["load", 0], "width": 60, "height": 30, "x": 0, "y": 0},
+                }
+            },
+        ),
     ]
     load, save, flow = "VideoEdit_LoadVideo", "VideoEdit_SaveVideo", "VideoEdit_EstimateFlow"
-    for value in ("../../../etc/passwd", "/etc/passwd", "../output/../../x.mp4", "clip\x00.mp4", "no_such.mp4",
-                  "truncated.mp4", "not_a_video.mp4"):
+    for value in (
+        "../../../etc/passwd",
+        "/etc/passwd",
+        "../output/../../x.mp4",
+        "clip\x00.mp4",
+        "no_such.mp4",
+        "truncated.mp4",
+        "not_a_video.mp4",
+    ):
         cases.append(Case(f"load video {value!r}", load, "video", {"video": value}))
-    for value in ("../escape", "../../escape", "/tmp/ve_escape", "a\x00b", "sub/../../escape", "..\\..\\escape",
-                  "%date:yyyy%/../../escape"):
-        cases.append(Case(f"save prefix {value!r}", save, "filename_prefix",
-                          {"filename_prefix": value, "images": ["load", 0]}, sink=None))
-    for value in ("../../../etc/passwd", "/etc/passwd", "unsafe.pth", "foreign.safetensors", "other_model.pth",
-                  "garbage.pth", "missing.pth"):
-        cases.append(Case(f"raft weights {value!r}", flow, "raft_weights", {"method": "raft_small",
-                                                                             "raft_weights": value}))
+    for value in (
+        "../escape",
+        "../../escape",
+        "/tmp/ve_escape",
+        "a\x00b",
+        "sub/../../escape",
+        "..\\..\\escape",
+        "%date:yyyy%/../../escape",
+    ):
+        cases.append(
+            Case(
+                f"save prefix {value!r}",
+                save,
+                "filename_prefix",
+                {"filename_prefix": value, "images": ["load", 0]},
+                sink=None,
+            )
+        )
+    for value in (
+        "../../../etc/passwd",
+        "/etc/passwd",
+        "unsafe.pth",
+        "foreign.safetensors",
+        "other_model.pth",
+        "garbage.pth",
+        "missing.pth",
+    ):
+        cases.append(
+            Case(f"raft weights {value!r}", flow, "raft_weights", {"method": "raft_small", "raft_weights": value})
+        )
     return cases
 
 

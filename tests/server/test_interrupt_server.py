@@ -55,8 +55,9 @@ def _saved_latent(server, prefix: str):
 
 def test_interrupt_during_sampling_then_requeue_succeeds(server):
     shutil.copyfile(WORKFLOWS / "assets" / "sample.mp4", server.base / "input" / "sample.mp4")
-    prompt = shrink(prepare_prompt(load_api(API_DIR / "videoedit_demo.json"), "sample.mp4", None),
-                    frames=5, steps=3, width=96)
+    prompt = shrink(
+        prepare_prompt(load_api(API_DIR / "videoedit_demo.json"), "sample.mp4", None), frames=5, steps=3, width=96
+    )
     sampler = _node_of(prompt, "SamplerCustom")
     # the edit's latent saved exactly (the decoded video is not bit-stable between runs: VAE
     # decode batches by free memory and H.264 turns last-bit differences into visible ones)

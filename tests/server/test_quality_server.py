@@ -9,8 +9,9 @@ from ve_testkit.workflows import API_DIR, WORKFLOWS, load_api, prepare_prompt, s
 
 def test_compare_methods_reports_both_edits_and_writes_the_plots(server):
     shutil.copyfile(WORKFLOWS / "assets" / "sample.mp4", server.base / "input" / "sample.mp4")
-    prompt = shrink(prepare_prompt(load_api(API_DIR / "compare_methods.json"), "sample.mp4", None),
-                    frames=5, steps=3, width=96)
+    prompt = shrink(
+        prepare_prompt(load_api(API_DIR / "compare_methods.json"), "sample.mp4", None), frames=5, steps=3, width=96
+    )
     quality = {nid for nid, node in prompt.items() if node["class_type"] == "VideoEdit_EditQuality"}
     assert len(quality) == 2
     # one of the two gets a (tiny, random) CLIP vision model: the CLIP path runs through the API too

@@ -70,8 +70,9 @@ def test_ui_workflow_is_what_the_builder_writes(server, path):
     """Layout, groups and Notes have one source (the API file, scripts/workflow_layout.py and
     scripts/workflow_notes.py): a hand-edited or stale UI file fails here."""
     ui_path = WORKFLOWS / f"{path.stem}.json"
-    assert ui_path.read_text() == render(ui_for(path, server.get("/object_info"))), \
+    assert ui_path.read_text() == render(ui_for(path, server.get("/object_info"))), (
         f"{ui_path.name} is stale: run scripts/build_workflows.py"
+    )
 
 
 def test_templates_are_served(server):
@@ -80,25 +81,56 @@ def test_templates_are_served(server):
 
 
 def test_validation_errors_come_back_as_node_errors(server):
-    prompt = {"1": {"class_type": "VideoEdit_LoadVideo",
-                    "inputs": {"video": "no_such_clip.mp4", "frame_load_cap": 0, "skip_first_frames": 0,
-                               "select_every_nth": 1, "custom_width": 0, "custom_height": 0, "size_multiple": 8}},
-              "2": {"class_type": "VideoEdit_SaveVideo",
-                    "inputs": {"images": ["1", 0], "fps": 8.0, "format": "mp4",
-                               "filename_prefix": "x", "crf": 19}}}
+    prompt = {
+        "1": {
+            "class_type": "VideoEdit_LoadVideo",
+            "inputs": {
+                "video": "no_such_clip.mp4",
+                "frame_load_cap": 0,
+                "skip_first_frames": 0,
+                "select_every_nth": 1,
+                "custom_width": 0,
+                "custom_height": 0,
+                "size_multiple": 8,
+            },
+        },
+        "2": {
+            "class_type": "VideoEdit_SaveVideo",
+            "inputs": {"images": ["1", 0], "fps": 8.0, "format": "mp4", "filename_prefix": "x", "crf": 19},
+        },
+    }
     with pytest.raises(ServerError, match="no_such_clip.mp4"):
         server.queue(prompt)
 
 
 def test_execution_errors_carry_the_pack_message(server):
     name = _put_sample(server)
-    prompt = {"1": {"class_type": "VideoEdit_LoadVideo",
-                    "inputs": {"video": name, "frame_load_cap": 1, "skip_first_frames": 0, "select_every_nth": 1,
-                               "custom_width": 0, "custom_height": 0, "size_multiple": 8}},
-              "2": {"class_type": "VideoEdit_EstimateFlow",
-                    "inputs": {"images": ["1", 0], "method": "dis", "raft_weights": "auto", "num_flow_updates": 12,
-                               "batch_size": 4, "scale": 1.0}},
-              "3": {"class_type": "VideoEdit_FlowPreview", "inputs": {"flow": ["2", 0], "max_magnitude": 0.0}},
-              "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}}}
+    prompt = {
+        "1": {
+            "class_type": "VideoEdit_LoadVideo",
+            "inputs": {
+                "video": name,
+                "frame_load_cap": 1,
+                "skip_first_frames": 0,
+                "select_every_nth": 1,
+                "custom_width": 0,
+                "custom_height": 0,
+                "size_multiple": 8,
+            },
+        },
+        "2": {
+            "class_type": "VideoEdit_EstimateFlow",
+            "inputs": {
+                "images": ["1", 0],
+                "method": "dis",
+                "raft_weights": "auto",
+                "num_flow_updates": 12,
+                "batch_size": 4,
+                "scale": 1.0,
+            },
+        },
+        "3": {"class_type": "VideoEdit_FlowPreview", "inputs": {"flow": ["2", 0], "max_magnitude": 0.0}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+    }
     with pytest.raises(ServerError, match="2 frames"):
         server.run(prompt, timeout=120)

@@ -21,8 +21,9 @@ def _bench(module: str):
     """Import ``bench.<module>`` from the pack root without putting the root on sys.path (its
     ``nodes/`` and ``tests/`` would shadow ComfyUI's)."""
     if "bench" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench", ROOT / "bench" / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT / "bench")])
+        spec = importlib.util.spec_from_file_location(
+            "bench", ROOT / "bench" / "__init__.py", submodule_search_locations=[str(ROOT / "bench")]
+        )
         pkg = importlib.util.module_from_spec(spec)
         sys.modules["bench"] = pkg
         spec.loader.exec_module(pkg)
@@ -39,8 +40,9 @@ def test_ratio_is_the_median_quotient_and_the_spread_the_widest_pairing():
 def test_measure_times_every_repeat_after_one_warm_up():
     timing = _bench("timing")
     calls = []
-    tm = timing.measure(lambda: calls.append(1), torch.device("cpu"), repeats=3,
-                        warm_up_fn=lambda r: calls.append("warm"))
+    tm = timing.measure(
+        lambda: calls.append(1), torch.device("cpu"), repeats=3, warm_up_fn=lambda r: calls.append("warm")
+    )
     assert calls == ["warm", 1, 1, 1]
     assert len(tm.wall) == len(tm.cpu) == 3 and all(t >= 0 for t in tm.wall + tm.cpu)
     assert tm.metric("cpu") is tm.cpu and tm.metric("cuda") is tm.wall
@@ -50,8 +52,13 @@ def test_interleaved_repeats_alternate_the_cases_after_all_warm_ups():
     timing = _bench("timing")
     calls = []
     runners = {name: (lambda name=name: calls.append(name)) for name in "ABC"}
-    tm = timing.measure_interleaved(runners, torch.device("cpu"), repeats=3, warm_up={"B": False},
-                                    warm_up_fns={"C": lambda r: calls.append("warm C")})
+    tm = timing.measure_interleaved(
+        runners,
+        torch.device("cpu"),
+        repeats=3,
+        warm_up={"B": False},
+        warm_up_fns={"C": lambda r: calls.append("warm C")},
+    )
     # warm-ups first (B skipped, C's replaced), then one timed call of each case per round
     assert calls == ["A", "warm C"] + ["A", "B", "C"] * 3
     assert list(tm) == ["A", "B", "C"] and all(len(t.cpu) == len(t.wall) == 3 for t in tm.values())
@@ -77,6 +84,7 @@ def test_measure_counts_cpu_time_of_every_thread():
             start = time.thread_time()
             while time.thread_time() - start < 0.05:
                 pass
+
         threads = [threading.Thread(target=spin) for _ in range(2)]
         for t in threads:
             t.start()
@@ -163,9 +171,29 @@ def test_gpu_table_script_cpu_path(tmp_path):
     steps timed): the cases run, with a ratio and its spread, the model and the counted FLOPs,
     and the JSON holds them."""
     out = tmp_path / "gpu.json"
-    cmd = [sys.executable, "-m", "bench", "--gpu", "--device", "cpu", "--size", "64", "--frames", "2",
-           "--timed-steps", "1", "--steps", "2", "--unet", "tiny", "--model", "--cases", SMOKE_CASES,
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--gpu",
+        "--device",
+        "cpu",
+        "--size",
+        "64",
+        "--frames",
+        "2",
+        "--timed-steps",
+        "1",
+        "--steps",
+        "2",
+        "--unet",
+        "tiny",
+        "--model",
+        "--cases",
+        SMOKE_CASES,
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=480)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -181,4 +209,5 @@ def test_gpu_table_script_cpu_path(tmp_path):
     assert result["cases"]["inversion"]["model_ratio"] == pytest.approx(1.0)
     assert "meas/mod" in proc.stdout and "flatten_dense" in proc.stdout
     import os  # `python -m bench` sets PASSIVE before torch loads unless the environment chose one
+
     assert result["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")

@@ -34,14 +34,14 @@ def _naive_trajectory_attention(q, k, v, ids, heads, groups):
     flat_ids = ids.reshape(-1)  # [fc*n], token j = row*n + cell
     out = torch.zeros_like(v)
     for g in range(groups):
-        qg, kg, vg = (t[g * fc:(g + 1) * fc].reshape(fc * n, heads, d) for t in (q, k, v))
+        qg, kg, vg = (t[g * fc : (g + 1) * fc].reshape(fc * n, heads, d) for t in (q, k, v))
         og = torch.zeros(fc * n, heads, d, dtype=v.dtype)
         for j in range(fc * n):
             members = (flat_ids == flat_ids[j]).nonzero(as_tuple=True)[0]
             for hd in range(heads):
                 scores = kg[members, hd] @ qg[j, hd] / math.sqrt(d)
                 og[j, hd] = torch.softmax(scores, 0) @ vg[members, hd]
-        out[g * fc:(g + 1) * fc] = og.reshape(fc, n, c)
+        out[g * fc : (g + 1) * fc] = og.reshape(fc, n, c)
     return out
 
 
@@ -122,10 +122,17 @@ def test_anchor_positions():
 
 # -- the patch, driven like ComfyUI drives an attn1 replace -------------------------------------------------
 
+
 def _options(frames, groups=2, size=(4, 6), latent=(4, 6), **extra):
-    eo = {"n_heads": 2, "dim_head": 4, "cond_or_uncond": [1, 0][:groups] if groups <= 2 else [1] + [0] * (groups - 1),
-          "activations_shape": [groups * frames, 8, *size], "original_shape": [groups * frames, 4, *latent],
-          "block": ("input", 1), "block_index": 0}
+    eo = {
+        "n_heads": 2,
+        "dim_head": 4,
+        "cond_or_uncond": [1, 0][:groups] if groups <= 2 else [1] + [0] * (groups - 1),
+        "activations_shape": [groups * frames, 8, *size],
+        "original_shape": [groups * frames, 4, *latent],
+        "block": ("input", 1),
+        "block_index": 0,
+    }
     eo.update(extra)
     return eo
 
@@ -144,8 +151,9 @@ def test_patch_is_dense_then_trajectory_attention():
     torch.testing.assert_close(_patch(ts)(q, k, v, eo), trajectory_attention(hidden, hidden, hidden, tables, 2, 2))
     torch.testing.assert_close(_patch(ts, old_qk=True)(q, k, v, eo), trajectory_attention(q, k, hidden, tables, 2, 2))
     # bounded with every frame an anchor is the dense patch
-    torch.testing.assert_close(_patch(ts, mode="bounded", anchor_stride=1, max_anchors=0)(q, k, v, eo),
-                               _patch(ts)(q, k, v, eo))
+    torch.testing.assert_close(
+        _patch(ts, mode="bounded", anchor_stride=1, max_anchors=0)(q, k, v, eo), _patch(ts)(q, k, v, eo)
+    )
     bounded = _patch(ts, mode="bounded", anchor_stride=4, max_anchors=1)(q, k, v, eo)
     assert not torch.allclose(bounded, _patch(ts)(q, k, v, eo), atol=1e-4)
 
@@ -183,8 +191,11 @@ def test_patch_applies_injected_qk():
 def test_patch_rejects_other_frame_counts_and_sizes():
     ts = _trajectories(frames=6)  # latent 4x6
     q = torch.randn(10, 24, 8)
-    with pytest.raises(ValueError, match=r"sampled for 6 frames at latent 4x6, but the latent being sampled has "
-                                         r"5 frames at latent 4x6"):
+    with pytest.raises(
+        ValueError,
+        match=r"sampled for 6 frames at latent 4x6, but the latent being sampled has "
+        r"5 frames at latent 4x6",
+    ):
         _patch(ts)(q, q, q, _options(5))
     q = torch.randn(12, 6, 8)
     with pytest.raises(ValueError, match=r"sampled for 6 frames at latent 4x6, .* has 6 frames at latent 2x3"):

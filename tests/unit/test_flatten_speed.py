@@ -13,8 +13,12 @@ FRAMES, H, W = 8, 4, 6
 
 
 def _options():
-    return {"n_heads": 2, "cond_or_uncond": [1, 0], "activations_shape": [2 * FRAMES, 8, H, W],
-            "original_shape": [2 * FRAMES, 4, H, W]}
+    return {
+        "n_heads": 2,
+        "cond_or_uncond": [1, 0],
+        "activations_shape": [2 * FRAMES, 8, H, W],
+        "original_shape": [2 * FRAMES, 4, H, W],
+    }
 
 
 def _runtime(mode="dense", kernel=sdpa_attention):
@@ -32,8 +36,9 @@ def test_trajectory_tables_are_built_once_per_call_size_for_all_layers(monkeypat
     real = flatten_patch.trajectory_groups
     monkeypatch.setattr(flatten_patch, "trajectory_groups", lambda ids: built.append(ids.shape) or real(ids))
     rt = _runtime()
-    layers = [FlattenAttention(rt, ("input", i, 0), True) for i in (1, 2)] + \
-             [FlattenAttention(rt, ("output", i, 0), True) for i in (9, 10, 11)]
+    layers = [FlattenAttention(rt, ("input", i, 0), True) for i in (1, 2)] + [
+        FlattenAttention(rt, ("output", i, 0), True) for i in (9, 10, 11)
+    ]
     q, k, v = _qkv()
     for _ in range(2):  # two steps
         for layer in layers:
@@ -46,6 +51,7 @@ def test_bounded_reads_fewer_keys_than_dense_at_8_frames():
         def kernel(q, k, v, heads):
             keys.append(k.shape[0] * k.shape[1] * q.shape[1])  # query-key pairs of this call
             return sdpa_attention(q, k, v, heads)
+
         return kernel
 
     q, k, v = _qkv()

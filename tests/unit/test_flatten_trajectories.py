@@ -119,7 +119,7 @@ def test_translation_is_followed():
                     assert not (ids[t + 1] == ids[t, y, x]).any()
     # cells entering from the bottom/left edges start new trajectories
     traj = ts.levels[(h, w)]
-    assert bool((traj.start[ids[1, h - 2:, :]] == 1).all()) and bool((traj.start[ids[1, :, :2]] == 1).all())
+    assert bool((traj.start[ids[1, h - 2 :, :]] == 1).all()) and bool((traj.start[ids[1, :, :2]] == 1).all())
     # no collisions under a translation: every trajectory spans to the end or leaves the grid
     level1 = ts.levels[(4, 6)].traj_id  # vectors scaled with the grid: 1 cell right, 1 up
     assert torch.equal(level1[1, :-1, 1:], level1[0, 1:, :-1])

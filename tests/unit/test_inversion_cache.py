@@ -13,8 +13,11 @@ from comfyui_videoedit.inversion.cache import MANIFEST, TENSORS, DiskCache, Memo
 
 def entry(seed=0, frames=3):
     g = torch.Generator().manual_seed(seed)
-    return {"latents_vp": torch.randn(5, frames, 4, 8, 8, generator=g).half(),
-            "x_T": torch.randn(frames, 4, 8, 8, generator=g), "sigmas": torch.linspace(3, 0, 5)}
+    return {
+        "latents_vp": torch.randn(5, frames, 4, 8, 8, generator=g).half(),
+        "x_T": torch.randn(frames, 4, 8, 8, generator=g),
+        "sigmas": torch.linspace(3, 0, 5),
+    }
 
 
 def key_of(i: int) -> str:
@@ -57,8 +60,9 @@ def _corrupt_manifest_json(folder):
     (folder / MANIFEST).write_text("{not json")
 
 
-@pytest.mark.parametrize("corrupt", [_corrupt_truncate, _corrupt_flip_byte, _corrupt_manifest_shape,
-                                     _corrupt_manifest_json])
+@pytest.mark.parametrize(
+    "corrupt", [_corrupt_truncate, _corrupt_flip_byte, _corrupt_manifest_shape, _corrupt_manifest_json]
+)
 def test_corrupt_entries_are_never_trusted(tmp_path, caplog, corrupt):
     cache = DiskCache(tmp_path)
     cache.store(key_of(0), entry())
@@ -129,12 +133,28 @@ def test_memory_cache_is_lru_bounded_by_bytes():
 
 
 def test_cache_key_depends_on_every_part():
-    base = {"latent": "L", "weights_id": "W", "patches_id": "P", "conditioning": "C", "steps": 50,
-            "inversion_steps": 0, "scheduler": "ddim_uniform", "sigmas": [1.0, 0.0]}
+    base = {
+        "latent": "L",
+        "weights_id": "W",
+        "patches_id": "P",
+        "conditioning": "C",
+        "steps": 50,
+        "inversion_steps": 0,
+        "scheduler": "ddim_uniform",
+        "sigmas": [1.0, 0.0],
+    }
     k = cache_key(base)
     assert k == cache_key(dict(base))
-    for name, value in [("latent", "L2"), ("weights_id", "W2"), ("patches_id", "P2"), ("conditioning", "C2"),
-                        ("steps", 49), ("inversion_steps", 500), ("scheduler", "normal"), ("sigmas", [1.5, 0.0])]:
+    for name, value in [
+        ("latent", "L2"),
+        ("weights_id", "W2"),
+        ("patches_id", "P2"),
+        ("conditioning", "C2"),
+        ("steps", 49),
+        ("inversion_steps", 500),
+        ("scheduler", "normal"),
+        ("sigmas", [1.5, 0.0]),
+    ]:
         assert cache_key({**base, name: value}) != k, name
 
 

@@ -84,8 +84,9 @@ class FakePatcher:
         self.model_options["transformer_options"].setdefault("patches", {}).setdefault("attn1_patch", []).append(patch)
 
     def set_model_attn1_replace(self, patch, name, number, index):
-        (self.model_options["transformer_options"].setdefault("patches_replace", {})
-         .setdefault("attn1", {}))[(name, number, index)] = patch
+        (self.model_options["transformer_options"].setdefault("patches_replace", {}).setdefault("attn1", {}))[
+            (name, number, index)
+        ] = patch
 
 
 def test_capture_records_requested_features_and_changes_nothing():

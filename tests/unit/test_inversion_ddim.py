@@ -25,6 +25,7 @@ def analytic_denoiser(field: torch.Tensor, prediction: str, x_coeff: float = 0.0
     For v-prediction the "network" outputs the v implying that eps, and the denoised value is
     formed with the v formula (written out naively, as ComfyUI's V_PREDICTION does).
     """
+
     def denoise(x, sigma):
         sigma = torch.as_tensor(sigma, dtype=torch.float32)
         z = x / torch.sqrt(1 + sigma**2)
@@ -34,6 +35,7 @@ def analytic_denoiser(field: torch.Tensor, prediction: str, x_coeff: float = 0.0
         a = 1 / torch.sqrt(1 + sigma**2)
         v = (eps - sigma * a * z) / a
         return x / (sigma**2 + 1) - v * sigma / torch.sqrt(sigma**2 + 1)
+
     return denoise
 
 
@@ -150,11 +152,14 @@ def test_fine_inversion_round_trips_through_the_fine_schedule():
     assert (back - x0).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("bad, match", [
-    (torch.tensor([1.0]), "at least 2"),
-    (torch.tensor([2.0, 1.0]), "end in 0"),
-    (torch.tensor([1.0, 2.0, 0.0]), "descending"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.tensor([1.0]), "at least 2"),
+        (torch.tensor([2.0, 1.0]), "end in 0"),
+        (torch.tensor([1.0, 2.0, 0.0]), "descending"),
+    ],
+)
 def test_bad_schedules_are_rejected(bad, match):
     with pytest.raises(ValueError, match=match):
         schedule.check_editing_sigmas(bad)

@@ -29,6 +29,7 @@ def toy_model(seed=0, a=0.05):
 def cfg1_inversion(eps_cond, x0, sigmas):
     def denoise(x, s):
         return x - s * eps_cond(x / torch.sqrt(1 + s**2) * torch.sqrt(1 + s**2), s, None)
+
     kept = []
     x_T = ddim.invert(denoise, x0, sigmas.flip(0), on_step=lambda i, x: kept.append(ddim.to_vp(x, sigmas.flip(0)[i])))
     return x_T, torch.stack(kept[::-1])
@@ -82,6 +83,5 @@ def test_runs_inside_inference_mode_with_inference_inputs():
     eps_cond, eps_uncond, x_T, targets, init = setup()
     with torch.inference_mode():
         x_inf, t_inf, i_inf = x_T.clone(), targets.clone(), init.clone()
-        emb, _ = optimize_null_text(eps_cond, eps_uncond, x_inf, t_inf, SIGMAS, i_inf,
-                                    NullTextSettings(inner_steps=2))
+        emb, _ = optimize_null_text(eps_cond, eps_uncond, x_inf, t_inf, SIGMAS, i_inf, NullTextSettings(inner_steps=2))
     assert torch.isfinite(emb).all() and not torch.equal(emb[0], init[0])

@@ -14,9 +14,18 @@ def make_record(frames=4, seed=0, **kw):
     x = torch.randn(len(SIGMAS), frames, 4, 6, 6, generator=g)  # VE latents per sigma
     vp = x / torch.sqrt(1 + SIGMAS.view(-1, 1, 1, 1, 1) ** 2)
     cond = [[torch.randn(1, 77, 32, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]]
-    rec = InversionRecord(sigmas=SIGMAS.clone(), latents_vp=vp.half(), x_T=x[0].clone(), conditioning=cond,
-                          weights_id="w" * 64, patches_id="p" * 64, latent_hash="l" * 64, key="k" * 64,
-                          info={"scheduler": "ddim_uniform"}, **kw)
+    rec = InversionRecord(
+        sigmas=SIGMAS.clone(),
+        latents_vp=vp.half(),
+        x_T=x[0].clone(),
+        conditioning=cond,
+        weights_id="w" * 64,
+        patches_id="p" * 64,
+        latent_hash="l" * 64,
+        key="k" * 64,
+        info={"scheduler": "ddim_uniform"},
+        **kw,
+    )
     return rec, x
 
 
@@ -73,8 +82,12 @@ def test_serialisation_round_trip():
     back = record_from_tensors(tensors, meta, rec.conditioning)
     for name in ("sigmas", "latents_vp", "x_T", "null_text"):
         assert torch.equal(getattr(back, name), getattr(rec, name))
-    assert (back.weights_id, back.patches_id, back.key, back.null_text_cfg) == (rec.weights_id, rec.patches_id,
-                                                                               rec.key, 7.5)
+    assert (back.weights_id, back.patches_id, back.key, back.null_text_cfg) == (
+        rec.weights_id,
+        rec.patches_id,
+        rec.key,
+        7.5,
+    )
 
 
 def test_source_replay_serves_latents_and_conditioning():

@@ -75,8 +75,9 @@ def test_the_pattern_decodes_every_frame_of_the_clip(clip):
 def test_selection_returns_exactly_the_expected_frames(clip, cap, skip, nth):
     expected = list(range(30))[skip::nth][: cap or None]  # naive reference: slice the whole clip
     decoded = []
-    loaded = read_video_frames(clip, frame_load_cap=cap, skip_first_frames=skip, select_every_nth=nth,
-                               size_multiple=1, on_frame=decoded.append)
+    loaded = read_video_frames(
+        clip, frame_load_cap=cap, skip_first_frames=skip, select_every_nth=nth, size_multiple=1, on_frame=decoded.append
+    )
     assert read_indices(loaded.frames) == expected
     assert selected_count(30, cap, skip, nth) == len(expected)
     # Streaming: decoding stops right after the last kept frame, and the progress total says so.
@@ -111,8 +112,14 @@ def test_stack_as_float_matches_a_naive_conversion_and_releases_the_inputs():
     [((64, 0), 8, (24, 64)), ((0, 32), 8, (32, 88)), ((100, 40), 16, (48, 96)), ((0, 0), 64, (64, 128))],
 )
 def test_frames_are_resized_while_decoding(clip, custom, multiple, expected_hw):
-    loaded = read_video_frames(clip, frame_load_cap=6, skip_first_frames=4, custom_width=custom[0],
-                               custom_height=custom[1], size_multiple=multiple)
+    loaded = read_video_frames(
+        clip,
+        frame_load_cap=6,
+        skip_first_frames=4,
+        custom_width=custom[0],
+        custom_height=custom[1],
+        size_multiple=multiple,
+    )
     assert tuple(loaded.frames.shape[1:3]) == expected_hw
     assert read_indices(loaded.frames) == [4, 5, 6, 7, 8, 9]
     assert (loaded.source_width, loaded.source_height) == (128, 48)
@@ -158,8 +165,11 @@ def test_an_interrupting_callback_stops_decoding(clip):
 
 
 def test_skipping_past_the_end_names_the_input_and_the_fix(clip):
-    with pytest.raises(ValueError, match=r"skip_first_frames=40 skips past the end of 'index30.mp4', which has 30 frames: "
-                                         r"set skip_first_frames below 30"):
+    with pytest.raises(
+        ValueError,
+        match=r"skip_first_frames=40 skips past the end of 'index30.mp4', which has 30 frames: "
+        r"set skip_first_frames below 30",
+    ):
         read_video_frames(clip, skip_first_frames=40)
 
 

@@ -37,8 +37,11 @@ def test_the_whole_file_loads_without_warnings(full_mp4):
 @pytest.mark.parametrize("fraction", [0.2, 0.5, 0.8])
 def test_a_truncated_mp4_is_an_error_with_both_counts(full_mp4, tmp_path, fraction):
     path = _truncated(full_mp4, tmp_path, fraction)
-    with pytest.raises(ValueError, match=rf"video: 'cut\d+.mp4' is truncated or damaged: only \d+ frames of the "
-                                         rf"{FRAMES} frames its container lists.*frame_load_cap"):
+    with pytest.raises(
+        ValueError,
+        match=rf"video: 'cut\d+.mp4' is truncated or damaged: only \d+ frames of the "
+        rf"{FRAMES} frames its container lists.*frame_load_cap",
+    ):
         read_video_frames(path)
 
 

@@ -32,7 +32,7 @@ def test_clip(frames=10, height=37, width=50) -> torch.Tensor:
     clip[..., 2] = torch.linspace(0.2, 0.8, frames).view(frames, 1, 1)
     clip[:, :10, :12] = torch.tensor([0.8, 0.15, 0.1])  # saturated flat block: checks colour matrices
     for f in range(frames):
-        clip[f, 20:30, 3 * f: 3 * f + 4] = 1.0
+        clip[f, 20:30, 3 * f : 3 * f + 4] = 1.0
     return clip
 
 
@@ -149,8 +149,11 @@ def test_output_paths_name_every_file():
 
 @pytest.mark.parametrize(
     "frames, fps, match",
-    [(torch.zeros(8, 8, 3), 8.0, r"images: expected a batch of frames"), (torch.zeros(0, 8, 8, 3), 8.0, r"images"),
-     (torch.zeros(2, 8, 8, 3), 0.0, r"fps must be positive")],
+    [
+        (torch.zeros(8, 8, 3), 8.0, r"images: expected a batch of frames"),
+        (torch.zeros(0, 8, 8, 3), 8.0, r"images"),
+        (torch.zeros(2, 8, 8, 3), 0.0, r"fps must be positive"),
+    ],
 )
 def test_bad_inputs_raise_clear_errors(tmp_path, frames, fps, match):
     with pytest.raises(ValueError, match=match):

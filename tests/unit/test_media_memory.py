@@ -75,8 +75,13 @@ def long_clip(tmp_path_factory):
 
 
 def measure(path: Path, cap: int, nth: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", MEASURE, str(TESTS_DIR), str(path), str(cap), str(nth)],
-                         capture_output=True, text=True, check=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(TESTS_DIR), str(path), str(cap), str(nth)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -90,9 +95,11 @@ def test_capped_load_holds_only_the_kept_frames(long_clip, nth):
     all_frames = TOTAL * FRAME_BYTES  # 943.7 MB: what decoding everything would need
     peak_increase = stats["peak_after"] - stats["rss_before"]
     held = stats["rss_after"] - stats["rss_before"]
-    print(f"\n[memory nth={nth}] 60 float frames {kept_budget / MB:.1f} MB, 300 float frames {all_frames / MB:.1f} MB; "
-          f"peak RSS increase {peak_increase / MB:.1f} MB, held after load {held / MB:.1f} MB, "
-          f"RSS before {stats['rss_before'] / MB:.1f} MB")
+    print(
+        f"\n[memory nth={nth}] 60 float frames {kept_budget / MB:.1f} MB, 300 float frames {all_frames / MB:.1f} MB; "
+        f"peak RSS increase {peak_increase / MB:.1f} MB, held after load {held / MB:.1f} MB, "
+        f"RSS before {stats['rss_before'] / MB:.1f} MB"
+    )
     # The measurement sees the output (so it would see 300 frames too) ...
     assert held > 0.9 * kept_budget
     # ... and the peak stays near the 60-frame budget (the uint8 copies and decoder buffers

@@ -13,7 +13,9 @@ def nearest_multiple_reference(value: float, multiple: int) -> int:
     best = multiple
     for k in range(1, int(value / multiple) + 3):
         candidate = k * multiple
-        if abs(candidate - value) < abs(best - value) or (abs(candidate - value) == abs(best - value) and candidate > best):
+        if abs(candidate - value) < abs(best - value) or (
+            abs(candidate - value) == abs(best - value) and candidate > best
+        ):
             best = candidate
     return best
 

@@ -26,13 +26,21 @@ def _rough_flow(frames, size, seed, amplitude=12.0):
     """A flow with structure at every scale: a smooth motion field plus per-pixel detail, so
     the resampling modes disagree somewhere (pixels [frames, H, W, 2])."""
     g = _gen(seed)
-    smooth = F.interpolate(torch.randn(frames, 2, size // 16, size // 16, generator=g), size=(size, size),
-                           mode="bicubic", align_corners=False) * amplitude
+    smooth = (
+        F.interpolate(
+            torch.randn(frames, 2, size // 16, size // 16, generator=g),
+            size=(size, size),
+            mode="bicubic",
+            align_corners=False,
+        )
+        * amplitude
+    )
     detail = torch.randn(frames, 2, size, size, generator=g) * amplitude / 4
     return (smooth + detail).permute(0, 2, 3, 1).contiguous()
 
 
 # -- 1 + 2: Rerender keyframe layout and style_update_freq ---------------------------------------
+
 
 def _official_keyframe_loop(frame_count, interval, style_update_freq):
     """rerender.py: anchor 0, then ``for i in range(0, F - 1, K): cid = i + 1``, the previous
@@ -45,8 +53,9 @@ def _official_keyframe_loop(frame_count, interval, style_update_freq):
     return rendered, updated
 
 
-@pytest.mark.parametrize("frames, interval, freq", [(25, 10, 10), (30, 5, 10), (17, 3, 6), (9, 1, 1), (1, 4, 10),
-                                                     (12, 4, 3)])
+@pytest.mark.parametrize(
+    "frames, interval, freq", [(25, 10, 10), (30, 5, 10), (17, 3, 6), (9, 1, 1), (1, 4, 10), (12, 4, 3)]
+)
 def test_official_layout_and_style_updates_match_the_official_loop(frames, interval, freq):
     keys = keyframe_indices(frames, interval, "official")
     rendered, updated = _official_keyframe_loop(frames, interval, freq)
@@ -78,6 +87,7 @@ def test_commit_is_the_only_way_the_previous_store_moves_on():
 
 # -- 3: Rerender latent-flow resize -----------------------------------------------------------------
 
+
 def _official_latent_flow(flow):
     """rerender.py: ``F.interpolate(bwd_flow / 8.0, scale_factor=1/8, mode='bilinear')``."""
     return F.interpolate(flow.permute(0, 3, 1, 2) / 8.0, scale_factor=1.0 / 8, mode="bilinear").permute(0, 2, 3, 1)
@@ -98,6 +108,7 @@ def test_latent_flow_resize_official_is_the_official_bilinear_and_the_default():
 
 
 # -- 4: AdaIN ------------------------------------------------------------------------------------------
+
 
 def _official_adain(x, ref):
     """controller.py: ``F.instance_norm(x) * std + mean`` with ``std = sqrt(var() + 1e-5)``
@@ -134,6 +145,7 @@ def test_adain_difference_between_the_formulas_is_the_documented_size():
 
 
 # -- 5: FLATTEN flow downsampling --------------------------------------------------------------------
+
 
 def _official_cell_displacements(flow, r):
     """models/util.py for a square ``S`` flow: ``round(r * interpolate(flow / S, scale_factor=r / S))``
@@ -176,15 +188,21 @@ def test_tokens_attend_to_their_trajectory_only_when_no_trajectory_spans_all_fra
 
 # -- 6: precision of the ResBlock injection and of the cross-frame store -------------------------------
 
+
 class ComfyLayoutResBlock(torch.nn.Module):
     """The layout of ComfyUI's ResBlock: ``skip_connection(x) + out_layers(in_layers(x) + emb)``."""
 
     def __init__(self, cin, cout):
         super().__init__()
-        self.in_layers = torch.nn.Sequential(torch.nn.GroupNorm(2, cin), torch.nn.SiLU(), torch.nn.Conv2d(cin, cout, 3,
-                                                                                                           padding=1))
-        self.out_layers = torch.nn.Sequential(torch.nn.GroupNorm(2, cout), torch.nn.SiLU(), torch.nn.Dropout(0.0),
-                                              torch.nn.Conv2d(cout, cout, 3, padding=1))
+        self.in_layers = torch.nn.Sequential(
+            torch.nn.GroupNorm(2, cin), torch.nn.SiLU(), torch.nn.Conv2d(cin, cout, 3, padding=1)
+        )
+        self.out_layers = torch.nn.Sequential(
+            torch.nn.GroupNorm(2, cout),
+            torch.nn.SiLU(),
+            torch.nn.Dropout(0.0),
+            torch.nn.Conv2d(cout, cout, 3, padding=1),
+        )
         self.skip_connection = torch.nn.Conv2d(cin, cout, 1)
 
     def forward(self, x, emb):

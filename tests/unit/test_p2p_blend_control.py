@@ -85,8 +85,9 @@ def test_resolution_rules_follow_the_latent_size():
 
 def _edit(mapper, keep=None, eq=None, length=6):
     p = prompt_tokens("a b", ["a", "b"], [[1], [2]], "p", length)
-    return P2PEdit(p, p, "replace", mapper, torch.zeros(length) if keep is None else keep,
-                   torch.ones(length) if eq is None else eq)
+    return P2PEdit(
+        p, p, "replace", mapper, torch.zeros(length) if keep is None else keep, torch.ones(length) if eq is None else eq
+    )
 
 
 def test_reweight_scales_exactly_the_chosen_tokens_of_the_edited_map():
@@ -123,9 +124,15 @@ def test_manual_attention_equals_sdpa():
     g = torch.Generator().manual_seed(4)
     q, k, v = torch.randn(2, 5, 8, generator=g), torch.randn(2, 7, 8, generator=g), torch.randn(2, 7, 8, generator=g)
     heads = 2
-    ref = torch.nn.functional.scaled_dot_product_attention(
-        q.view(2, 5, heads, 4).transpose(1, 2), k.view(2, 7, heads, 4).transpose(1, 2),
-        v.view(2, 7, heads, 4).transpose(1, 2)).transpose(1, 2).reshape(2, 5, 8)
+    ref = (
+        torch.nn.functional.scaled_dot_product_attention(
+            q.view(2, 5, heads, 4).transpose(1, 2),
+            k.view(2, 7, heads, 4).transpose(1, 2),
+            v.view(2, 7, heads, 4).transpose(1, 2),
+        )
+        .transpose(1, 2)
+        .reshape(2, 5, 8)
+    )
     assert torch.allclose(attend(attention_probs(q, k, heads), v), ref, atol=1e-6)
 
 
@@ -137,15 +144,20 @@ def test_settings_validate_their_combos_and_ranges_naming_the_input():
 
     assert P2PConfig.from_inputs() == P2PConfig()
     assert P2PConfig().cross_replace_steps == "0.2" and P2PConfig().self_replace_steps == 0.5
-    for kw, msg in [(dict(source_mode="both"), "source_mode: 'both'"),
-                    (dict(frame_attention="all"), "frame_attention: 'all'"),
-                    (dict(blend_threshold=1.5), "blend_threshold"),
-                    (dict(cross_replace_steps="x"), "cross_replace_steps")]:
+    for kw, msg in [
+        (dict(source_mode="both"), "source_mode: 'both'"),
+        (dict(frame_attention="all"), "frame_attention: 'all'"),
+        (dict(blend_threshold=1.5), "blend_threshold"),
+        (dict(cross_replace_steps="x"), "cross_replace_steps"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             P2PConfig.from_inputs(**kw)
     ok = dict(source_prompt="a cat", target_prompt="a dog")
     assert P2PEditSpec.from_inputs(**ok).mode == "auto"
-    for kw, msg in [(dict(mode="swap"), "mode: 'swap'"), (dict(target_prompt=" "), "target_prompt: the prompt is empty"),
-                    (dict(blend_target="dog"), "blend_source: empty")]:
+    for kw, msg in [
+        (dict(mode="swap"), "mode: 'swap'"),
+        (dict(target_prompt=" "), "target_prompt: the prompt is empty"),
+        (dict(blend_target="dog"), "blend_source: empty"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             P2PEditSpec.from_inputs(**{**ok, **kw})

@@ -21,8 +21,18 @@ from comfyui_videoedit.attention.p2p_tokens import (
     time_word_alpha,
 )
 
-IDS = {"a": [320], "cat": [2368], "riding": [6765], "bike": [3701], "fluffy": [31333], "red": [736],
-       "man": [786], "motorcycle": [10297, 9985], "spider-man": [7622, 268, 786], "on": [525]}
+IDS = {
+    "a": [320],
+    "cat": [2368],
+    "riding": [6765],
+    "bike": [3701],
+    "fluffy": [31333],
+    "red": [736],
+    "man": [786],
+    "motorcycle": [10297, 9985],
+    "spider-man": [7622, 268, 786],
+    "on": [525],
+}
 
 
 def tokens(text, length=77, name="prompt"):
@@ -76,10 +86,12 @@ def test_alignment_is_a_longest_common_subsequence():
 
 
 def test_replace_mapper_columns_sum_to_one_also_for_multi_token_words():
-    for s, t in [("a man riding a bike", "a man riding a motorcycle"),
-                 ("a man riding a motorcycle", "a man riding a bike"),
-                 ("a man riding a bike", "a Spider-Man riding a bike"),
-                 ("a cat on a bike", "a man on a bike")]:
+    for s, t in [
+        ("a man riding a bike", "a man riding a motorcycle"),
+        ("a man riding a motorcycle", "a man riding a bike"),
+        ("a man riding a bike", "a Spider-Man riding a bike"),
+        ("a cat on a bike", "a man on a bike"),
+    ]:
         m = replace_mapper(tokens(s), tokens(t))
         assert torch.allclose(m.sum(0), torch.ones(77)), (s, t)
 
@@ -149,13 +161,16 @@ def _official_alpha(num_steps, bounds_default, words, length):
     return torch.tensor(alpha)
 
 
-@pytest.mark.parametrize("steps,spec,word_cols", [
-    (50, "0.2", {}),
-    (50, "0.8", {}),
-    (50, "default:0.8, motorcycle:0.4", {"motorcycle": [5, 6]}),
-    (10, "motorcycle:0.1-0.6", {"motorcycle": [5, 6]}),
-    (4, "default:0.5, man:1", {"man": [2]}),
-])
+@pytest.mark.parametrize(
+    "steps,spec,word_cols",
+    [
+        (50, "0.2", {}),
+        (50, "0.8", {}),
+        (50, "default:0.8, motorcycle:0.4", {"motorcycle": [5, 6]}),
+        (10, "motorcycle:0.1-0.6", {"motorcycle": [5, 6]}),
+        (4, "default:0.5, man:1", {"man": [2]}),
+    ],
+)
 def test_alpha_schedule_matches_the_official_semantics(steps, spec, word_cols):
     parsed = parse_steps_spec(spec, "cross_replace_steps")
     default = parsed.pop("default", (0.0, 1.0))

@@ -54,9 +54,14 @@ def test_pure_folders_import_no_comfy():
                     names = [node.module or ""]
                 else:
                     continue
-                offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names
-                              if n.split(".")[0] in host_modules]
+                offenders += [
+                    f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names if n.split(".")[0] in host_modules
+                ]
     assert not offenders, offenders
-    text = subprocess.run(["grep", "-rlE", "import comfy|from comfy", "flow", "attention", "inversion", "media"],
-                          cwd=ROOT, capture_output=True, text=True).stdout
+    text = subprocess.run(
+        ["grep", "-rlE", "import comfy|from comfy", "flow", "attention", "inversion", "media"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert text == "", text

@@ -29,8 +29,13 @@ def _moving(texture: torch.Tensor, count: int, height: int, width: int) -> torch
     frame_{k+1}(p + STEP) = frame_k(p), so the forward flow is STEP everywhere."""
     dx, dy = STEP
     x0, y0 = dx * count, dy * count
-    return torch.stack([texture[:, y0 - k * dy:y0 - k * dy + height, x0 - k * dx:x0 - k * dx + width]
-                        for k in range(count)]).permute(0, 2, 3, 1).contiguous()
+    return (
+        torch.stack(
+            [texture[:, y0 - k * dy : y0 - k * dy + height, x0 - k * dx : x0 - k * dx + width] for k in range(count)]
+        )
+        .permute(0, 2, 3, 1)
+        .contiguous()
+    )
 
 
 def _clip_pair(count=6, height=40, width=48):
@@ -46,8 +51,8 @@ def test_an_exactly_flow_warped_edit_has_zero_warp_error_away_from_occlusions():
     source, edited, forward, backward = _clip_pair()
     # content entering the last frame (left and top strips) has no match in the frame before:
     # garbage there must not count
-    edited[-1, :, :STEP[0]] = torch.rand(edited.shape[1], STEP[0], 3)
-    edited[-1, :STEP[1]] = torch.rand(STEP[1], edited.shape[2], 3)
+    edited[-1, :, : STEP[0]] = torch.rand(edited.shape[1], STEP[0], 3)
+    edited[-1, : STEP[1]] = torch.rand(STEP[1], edited.shape[2], 3)
     report = edit_quality(source, edited, forward, backward)
     assert report.warp_edit.shape == (5,)
     assert report.warp_edit.abs().max() < 1e-10
@@ -78,7 +83,7 @@ def test_warp_error_reads_the_source_flow_not_the_edit_motion():
 
 def test_ssim_equals_kornia_on_written_out_frames():
     source, edited, forward, backward = _clip_pair()
-    noisy = (edited * 0.5 + source * 0.5 + 0.05 * torch.randn(edited.shape, generator=torch.Generator().manual_seed(3)))
+    noisy = edited * 0.5 + source * 0.5 + 0.05 * torch.randn(edited.shape, generator=torch.Generator().manual_seed(3))
     noisy = noisy.clamp(0, 1)
     mask = torch.zeros(source.shape[:3])
     mask[:, 10:30, 5:25] = 1.0

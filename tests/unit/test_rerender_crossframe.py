@@ -13,8 +13,12 @@ ENC = ("input", 1, 0)
 
 
 def _opts(sigma, key=DEC, cond_or_uncond=(1, 0), rows=1):
-    return {"block": key[:2], "block_index": key[2], "cond_or_uncond": list(cond_or_uncond),
-            "sigmas": torch.full((rows,), float(sigma))}
+    return {
+        "block": key[:2],
+        "block_index": key[2],
+        "cond_or_uncond": list(cond_or_uncond),
+        "sigmas": torch.full((rows,), float(sigma)),
+    }
 
 
 def _n(seed, rows=2, tokens=6, channels=4):

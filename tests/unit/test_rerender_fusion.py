@@ -29,6 +29,7 @@ def _gen(seed=0):
 
 # -- AdaIN ------------------------------------------------------------------------------------------
 
+
 def test_adain_exact_output_has_exactly_the_reference_channel_moments():
     x = torch.randn(3, 4, 9, 7, generator=_gen(1)) * 3.0 + 2.0
     ref = torch.randn(1, 4, 5, 6, generator=_gen(2)) * torch.tensor([0.5, 2.0, 1.0, 0.1]).view(1, 4, 1, 1) - 1.0
@@ -53,6 +54,7 @@ def test_adain_per_sample_reference_and_dtype():
 
 
 # -- shape-aware fusion ------------------------------------------------------------------------------
+
 
 def test_shape_fusion_with_zero_flow_and_no_occlusion_returns_the_anchor_x0():
     x0 = torch.randn(1, 4, 8, 8, generator=_gen(5))
@@ -114,6 +116,7 @@ def test_latent_keep_mask_erodes_to_whole_cells():
 
 # -- pixel-aware fusion --------------------------------------------------------------------------------
 
+
 def test_pixel_fusion_anchor_has_priority_over_previous():
     direct = torch.full((1, 3, 4, 4), 0.1)
     prev = torch.full((1, 3, 4, 4), 0.5)
@@ -145,6 +148,7 @@ def test_inpaint_mask_keeps_what_either_reference_sees():
 
 # -- fidelity-oriented encoding -----------------------------------------------------------------------
 
+
 class LinearAutoencoder:
     """An autoencoder whose round trip loses a *consistent* part of the signal, the method's
     premise: E = 8×8 average pooling, D = nearest upsampling of S·x, S a 3-tap latent blur with
@@ -170,10 +174,12 @@ class LinearAutoencoder:
 
 def _textured_image(seed=0, size=128, detail=0.4):
     g = _gen(seed)
-    coarse = F.interpolate(torch.rand(1, 3, size // 16, size // 16, generator=g), size=(size, size), mode="bicubic",
-                           align_corners=False)
-    mid = F.interpolate(torch.rand(1, 3, size // 8, size // 8, generator=g), size=(size, size), mode="bilinear",
-                        align_corners=False)
+    coarse = F.interpolate(
+        torch.rand(1, 3, size // 16, size // 16, generator=g), size=(size, size), mode="bicubic", align_corners=False
+    )
+    mid = F.interpolate(
+        torch.rand(1, 3, size // 8, size // 8, generator=g), size=(size, size), mode="bilinear", align_corners=False
+    )
     return ((1 - detail) * coarse + detail * mid).clamp(0, 1)
 
 
@@ -235,6 +241,7 @@ def test_fidelity_strength_zero_is_plain_encoding_and_bad_mode_raises():
 
 # -- blended-latent inpainting step ------------------------------------------------------------------
 
+
 def test_flat_region_matches_a_naive_gradient_check():
     mask = torch.zeros(1, 1, 6, 7)
     mask[..., 2:5, 3:6] = 1.0
@@ -243,7 +250,7 @@ def test_flat_region_matches_a_naive_gradient_check():
     ref = torch.zeros(6, 7)
     for i in range(6):
         for j in range(7):
-            patch = m[i:i + 3, j:j + 3]
+            patch = m[i : i + 3, j : j + 3]
             gx = (patch[:, 2] - patch[:, 0]).sum()
             gy = (patch[2, :] - patch[0, :]).sum()
             ref[i, j] = float(gx.abs() + gy.abs() == 0)

@@ -24,9 +24,12 @@ BG_V, FG_V, FG_SIZE, FG_START = (1.5, 0.75), (-2.0, 1.25), 36, (60.0, 30.0)
 
 def _smooth_texture(h, w, seed):
     g = torch.Generator().manual_seed(seed)
-    coarse = F.interpolate(torch.rand(1, 3, h // 6 + 2, w // 6 + 2, generator=g), size=(h, w), mode="bicubic",
-                           align_corners=False)
-    fine = F.interpolate(torch.rand(1, 3, h // 2, w // 2, generator=g), size=(h, w), mode="bilinear", align_corners=False)
+    coarse = F.interpolate(
+        torch.rand(1, 3, h // 6 + 2, w // 6 + 2, generator=g), size=(h, w), mode="bicubic", align_corners=False
+    )
+    fine = F.interpolate(
+        torch.rand(1, 3, h // 2, w // 2, generator=g), size=(h, w), mode="bilinear", align_corners=False
+    )
     return (0.7 * coarse + 0.3 * fine).clamp(0, 1)
 
 
@@ -94,10 +97,16 @@ def clip_and_flows():
 
 # -- flow chaining --------------------------------------------------------------------------------
 
+
 def _smooth_flow(count, h, w, seed, amplitude=3.0):
     g = torch.Generator().manual_seed(seed)
-    return F.interpolate(torch.randn(count, 2, 4, 4, generator=g) * amplitude, size=(h, w), mode="bicubic",
-                         align_corners=False).permute(0, 2, 3, 1).contiguous()
+    return (
+        F.interpolate(
+            torch.randn(count, 2, 4, 4, generator=g) * amplitude, size=(h, w), mode="bicubic", align_corners=False
+        )
+        .permute(0, 2, 3, 1)
+        .contiguous()
+    )
 
 
 def test_chain_flow_adds_translations_and_matches_a_naive_point_composition():
@@ -117,8 +126,9 @@ def test_chain_flow_adds_translations_and_matches_a_naive_point_composition():
         pos = torch.tensor([float(x), float(y)])
         for field in flows:
             grid = torch.stack([pos[0] / (w - 1) * 2 - 1, pos[1] / (h - 1) * 2 - 1]).view(1, 1, 1, 2)
-            sample = F.grid_sample(field.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border",
-                                   align_corners=True)
+            sample = F.grid_sample(
+                field.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border", align_corners=True
+            )
             pos = pos + sample.view(2)
         return pos - torch.tensor([float(x), float(y)])
 
@@ -137,8 +147,9 @@ def test_lattice_warp_and_occlusion_equal_the_flow_modules():
     reverse = _smooth_flow(2, h, w, 4, amplitude=4.0)
     field = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(5))
     assert torch.allclose(lattice.warp(field, flow), warp_backward(field, flow, "border"), atol=1e-5)
-    assert torch.equal(lattice.occlusion(flow, reverse, 0.01, 0.5)[:, 0],
-                       occlusion_mask(flow, reverse, 0.01, 0.5, squared=False))
+    assert torch.equal(
+        lattice.occlusion(flow, reverse, 0.01, 0.5)[:, 0], occlusion_mask(flow, reverse, 0.01, 0.5, squared=False)
+    )
 
 
 def test_neighbouring_keys():
@@ -149,8 +160,10 @@ def test_neighbouring_keys():
 
 # -- propagation --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("blend,space", [("moments", "ycbcr"), ("moments", "lab"), ("histogram", "ycbcr"),
-                                         ("linear", "ycbcr")])
+
+@pytest.mark.parametrize(
+    "blend,space", [("moments", "ycbcr"), ("moments", "lab"), ("histogram", "ycbcr"), ("linear", "ycbcr")]
+)
 def test_propagated_frames_match_the_stylised_ground_truth(clip_and_flows, blend, space):
     frames, forward, backward = clip_and_flows
     truth = stylise(frames)

@@ -32,7 +32,7 @@ def test_extended_attention_with_one_keyframe_is_self_attention():
         out = extended_attention(q, k, v, heads, groups=g, keyframes=[frame])
         for grp in range(g):
             i = grp * f + frame
-            ref = naive_attention(q[i:i + 1], k[i:i + 1], v[i:i + 1], heads)
+            ref = naive_attention(q[i : i + 1], k[i : i + 1], v[i : i + 1], heads)
             assert torch.allclose(out[i], ref[0], atol=1e-5)
 
 
@@ -46,7 +46,7 @@ def test_extended_attention_matches_naive_concat_and_chunking():
         vc = torch.cat([v[grp * f + j] for j in kf])[None]
         for frame in range(f):
             i = grp * f + frame
-            ref = naive_attention(q[i:i + 1], kc, vc, heads)[0]
+            ref = naive_attention(q[i : i + 1], kc, vc, heads)[0]
             assert torch.allclose(out[i], ref, atol=1e-5)
     assert torch.allclose(sdpa_attention(q, k, v, heads), naive_attention(q, k, v, heads), atol=1e-5)
 
@@ -54,7 +54,7 @@ def test_extended_attention_matches_naive_concat_and_chunking():
 def test_chunked_nearest_neighbours_equal_dense_reference():
     g = torch.Generator().manual_seed(0)
     query, keys = torch.randn(300, 16, generator=g), torch.randn(120, 16, generator=g)
-    dense = (F.normalize(query, dim=-1) @ F.normalize(keys, dim=-1).T)
+    dense = F.normalize(query, dim=-1) @ F.normalize(keys, dim=-1).T
     ref = dense.argmax(-1)
     got = nearest_neighbours(query, keys, chunk_tokens=37)
     top2 = dense.topk(2, dim=-1).values

@@ -18,35 +18,55 @@ from ve_testkit.schema import value_problems  # noqa: E402
 
 def _info(category, inputs=None, outputs=(), output_node=False, description=""):
     req = dict(inputs or {})
-    return {"input": {"required": req}, "input_order": {"required": list(req)}, "output": list(outputs),
-            "output_name": list(outputs), "category": category, "output_node": output_node,
-            "display_name": "", "description": description}
+    return {
+        "input": {"required": req},
+        "input_order": {"required": list(req)},
+        "output": list(outputs),
+        "output_name": list(outputs),
+        "category": category,
+        "output_node": output_node,
+        "display_name": "",
+        "description": description,
+    }
 
 
 INFO = {
-    "CheckpointLoaderSimple": _info("loaders", {"ckpt_name": [["a.safetensors", "b.safetensors"]]},
-                                    ["MODEL", "CLIP", "VAE"]),
-    "VideoEdit_LoadVideo": _info("VideoEdit/video", {"video": ["COMBO", {"options": ["clip.mp4"],
-                                                                          "video_upload": True}],
-                                                     "frame_load_cap": ["INT", {"default": 0, "min": 0}]},
-                                 ["IMAGE", "FLOAT"]),
-    "CLIPTextEncode": _info("conditioning", {"clip": ["CLIP"], "text": ["STRING", {"multiline": True}]},
-                            ["CONDITIONING"]),
+    "CheckpointLoaderSimple": _info(
+        "loaders", {"ckpt_name": [["a.safetensors", "b.safetensors"]]}, ["MODEL", "CLIP", "VAE"]
+    ),
+    "VideoEdit_LoadVideo": _info(
+        "VideoEdit/video",
+        {
+            "video": ["COMBO", {"options": ["clip.mp4"], "video_upload": True}],
+            "frame_load_cap": ["INT", {"default": 0, "min": 0}],
+        },
+        ["IMAGE", "FLOAT"],
+    ),
+    "CLIPTextEncode": _info(
+        "conditioning", {"clip": ["CLIP"], "text": ["STRING", {"multiline": True}]}, ["CONDITIONING"]
+    ),
     "VAEEncode": _info("latent", {"pixels": ["IMAGE"], "vae": ["VAE"]}, ["LATENT"]),
     "VideoEdit_EstimateFlow": _info("VideoEdit/flow", {"images": ["IMAGE"]}, ["OPTICAL_FLOW", "OPTICAL_FLOW"]),
-    "VideoEdit_DDIMInversion": _info("VideoEdit/inversion", {"model": ["MODEL"], "latent": ["LATENT"],
-                                                             "steps": ["INT", {"default": 50, "min": 1, "max": 1000}]},
-                                     ["VE_INVERSION", "LATENT", "SIGMAS"]),
-    "VideoEdit_PatchForInversion": _info("VideoEdit/flatten", {"model": ["MODEL"], "flow": ["OPTICAL_FLOW"]},
-                                         ["MODEL"]),
+    "VideoEdit_DDIMInversion": _info(
+        "VideoEdit/inversion",
+        {"model": ["MODEL"], "latent": ["LATENT"], "steps": ["INT", {"default": 50, "min": 1, "max": 1000}]},
+        ["VE_INVERSION", "LATENT", "SIGMAS"],
+    ),
+    "VideoEdit_PatchForInversion": _info(
+        "VideoEdit/flatten", {"model": ["MODEL"], "flow": ["OPTICAL_FLOW"]}, ["MODEL"]
+    ),
     # A node type the builder has no note for (as a parallel P2P branch would add).
-    "VideoEdit_P2PWordSwap": _info("VideoEdit/p2p", {"model": ["MODEL"], "inversion": ["VE_INVERSION"],
-                                                     "seed": ["INT", {"default": 0, "min": 0}]},
-                                   ["LATENT"], description="Swaps a word of the prompt, keeps the rest."),
+    "VideoEdit_P2PWordSwap": _info(
+        "VideoEdit/p2p",
+        {"model": ["MODEL"], "inversion": ["VE_INVERSION"], "seed": ["INT", {"default": 0, "min": 0}]},
+        ["LATENT"],
+        description="Swaps a word of the prompt, keeps the rest.",
+    ),
     "VAEDecode": _info("latent", {"samples": ["LATENT"], "vae": ["VAE"]}, ["IMAGE"]),
     "VideoEdit_Propagate": _info("VideoEdit/rerender", {"images": ["IMAGE"], "keyframes": ["IMAGE"]}, ["IMAGE"]),
-    "VideoEdit_SaveVideo": _info("VideoEdit/video", {"images": ["IMAGE"], "fps": ["FLOAT", {"default": 8.0}]},
-                                 output_node=True),
+    "VideoEdit_SaveVideo": _info(
+        "VideoEdit/video", {"images": ["IMAGE"], "fps": ["FLOAT", {"default": 8.0}]}, output_node=True
+    ),
 }
 
 PROMPT = {
@@ -126,26 +146,43 @@ def test_value_problems_names_each_bad_value():
     del bad["3"]["inputs"]["text"]
     bad["12"] = {"class_type": "NoSuchNode", "inputs": {}}
     problems = "\n".join(value_problems(bad, INFO))
-    for needle in ("missing.safetensors", "frame_load_cap='image' is not an integer", "steps=5000 outside",
-                   "seed=True is not an integer", "'text' missing", "unknown node type 'NoSuchNode'"):
+    for needle in (
+        "missing.safetensors",
+        "frame_load_cap='image' is not an integer",
+        "steps=5000 outside",
+        "seed=True is not an integer",
+        "'text' missing",
+        "unknown node type 'NoSuchNode'",
+    ):
         assert needle in problems, problems
-
 
 
 def test_bypassed_ui_only_nodes_leave_the_prompt_unchanged(monkeypatch):
     import workflow_notes
 
-    info = dict(INFO,
-                ApplyHint=_info("conditioning/controlnet", {"positive": ["CONDITIONING"], "image": ["IMAGE"]},
-                                ["CONDITIONING"]),
-                UsesCond=_info("sampling", {"positive": ["CONDITIONING"]}, ["LATENT"]))
+    info = dict(
+        INFO,
+        ApplyHint=_info(
+            "conditioning/controlnet", {"positive": ["CONDITIONING"], "image": ["IMAGE"]}, ["CONDITIONING"]
+        ),
+        UsesCond=_info("sampling", {"positive": ["CONDITIONING"]}, ["LATENT"]),
+    )
     prompt = dict(PROMPT)
     prompt["14"] = {"class_type": "UsesCond", "inputs": {"positive": ["3", 0]}}
-    monkeypatch.setitem(workflow_notes.WORKFLOWS, "with_hint", {
-        "bypassed": {"30": {"class_type": "ApplyHint", "inputs": {"positive": ["3", 0], "image": ["2", 0]},
-                            "title": "Optional hint"}},
-        "rewire": {"14": {"positive": ["30", 0]}},
-    })
+    monkeypatch.setitem(
+        workflow_notes.WORKFLOWS,
+        "with_hint",
+        {
+            "bypassed": {
+                "30": {
+                    "class_type": "ApplyHint",
+                    "inputs": {"positive": ["3", 0], "image": ["2", 0]},
+                    "title": "Optional hint",
+                }
+            },
+            "rewire": {"14": {"positive": ["30", 0]}},
+        },
+    )
     ui = api_to_ui(prompt, info, name="with_hint")
     hint = next(n for n in ui["nodes"] if n["id"] == 30)
     assert hint["mode"] == 4 and hint["title"] == "Optional hint"

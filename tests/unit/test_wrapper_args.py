@@ -13,11 +13,14 @@ def _executor(*args, **kwargs):
     return args, kwargs
 
 
-@pytest.mark.parametrize("args, kwargs", [
-    (("x", "t", "ctx", None, None, {"a": 1}), {"extra": 2}),
-    (("x", "t"), {"context": "ctx", "transformer_options": {"a": 1}, "extra": 2}),
-    (("x",), {"timesteps": "t", "context": "ctx", "transformer_options": {"a": 1}, "extra": 2}),
-])
+@pytest.mark.parametrize(
+    "args, kwargs",
+    [
+        (("x", "t", "ctx", None, None, {"a": 1}), {"extra": 2}),
+        (("x", "t"), {"context": "ctx", "transformer_options": {"a": 1}, "extra": 2}),
+        (("x",), {"timesteps": "t", "context": "ctx", "transformer_options": {"a": 1}, "extra": 2}),
+    ],
+)
 def test_wrapper_args_read_by_name_and_pass_everything_through(args, kwargs):
     call = diffusion_model_args(args, kwargs)
     assert (call["x"], call["timesteps"], call["context"], call["y"]) == ("x", "t", "ctx", None)

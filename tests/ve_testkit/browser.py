@@ -16,15 +16,26 @@ from pathlib import Path
 
 import requests
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 VIEWPORT = {"width": 2560, "height": 1280}
 
 # Settings a person who has used ComfyUI before has: no first-run template browser, no minimap;
 # and text drawn at every zoom (the default draws bare boxes below ~60 %, so a whole workflow
 # fitted to the view would show no titles in the screenshot).
-FRONTEND_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
-                     "LiteGraph.Canvas.MinFontSizeForLOD": 0}
+FRONTEND_SETTINGS = {
+    "Comfy.TutorialCompleted": True,
+    "Comfy.Minimap.Visible": False,
+    "LiteGraph.Canvas.MinFontSizeForLOD": 0,
+}
 # The "Nodes 2.0" banner is dismissed in local storage, not in the settings.
 INIT_SCRIPT = "try { localStorage.setItem('vueNodesBannerDismissed', 'true'); } catch (e) {}"
 
@@ -47,8 +58,10 @@ def skip_reason() -> str | None:
     except ImportError:
         return "browser tier: the 'playwright' package is missing (pip install -r requirements-dev.txt)"
     if chromium_path() is None:
-        return ("browser tier: no Chromium at /usr/bin/chromium (apt-get install chromium, or set VE_CHROMIUM); "
-                "Playwright's own browser downloads are not used")
+        return (
+            "browser tier: no Chromium at /usr/bin/chromium (apt-get install chromium, or set VE_CHROMIUM); "
+            "Playwright's own browser downloads are not used"
+        )
     return None
 
 
@@ -138,19 +151,22 @@ class Frontend:
         self._pw = sync_playwright().start()
         try:
             self.context = self._pw.chromium.launch_persistent_context(
-                self._user_data, executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS,
-                viewport=self.viewport)
+                self._user_data,
+                executable_path=chromium_path(),
+                headless=True,
+                args=CHROMIUM_FLAGS,
+                viewport=self.viewport,
+            )
             self.context.add_init_script(INIT_SCRIPT)
             self.page = self.context.new_page()
             self.page.on("pageerror", lambda e: self.page_errors.append(str(e)))
             self.page.on("console", self._on_console)
             self.page.goto(self.server.url, wait_until="domcontentloaded", timeout=120_000)
-            self.page.wait_for_function("() => window.app && window.app.graph && window.app.canvas",
-                                        timeout=180_000)
+            self.page.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=180_000)
             # The app is ready once the node definitions from /object_info are registered.
             self.page.wait_for_function(
-                "() => window.LiteGraph && !!LiteGraph.registered_node_types['VideoEdit_LoadVideo']",
-                timeout=120_000)
+                "() => window.LiteGraph && !!LiteGraph.registered_node_types['VideoEdit_LoadVideo']", timeout=120_000
+            )
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -162,7 +178,7 @@ class Frontend:
             self.console_errors.append(msg.text)
 
     def __exit__(self, *exc) -> None:
-        for closer in (getattr(self, "context", None), ):
+        for closer in (getattr(self, "context", None),):
             if closer is not None:
                 try:
                     closer.close()

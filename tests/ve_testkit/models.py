@@ -11,22 +11,58 @@ import math
 import torch
 
 TINY_UNET_CONFIG = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-    "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 32,
-    "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-    "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
-    "context_dim": 32, "transformer_depth_output": [1] * 9 + [0] * 3,
-    "use_temporal_attention": False, "use_temporal_resblock": False,
+    "use_checkpoint": False,
+    "image_size": 32,
+    "out_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "adm_in_channels": None,
+    "in_channels": 4,
+    "model_channels": 32,
+    "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False,
+    "context_dim": 32,
+    "transformer_depth_output": [1] * 9 + [0] * 3,
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
 }
-TINY_CLIP_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
-                    "num_hidden_layers": 2, "projection_dim": 32}
-TINY_CLIP_VISION_CONFIG = {"attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "quick_gelu", "hidden_size": 32,
-                           "image_size": 28, "intermediate_size": 64, "layer_norm_eps": 1e-5,
-                           "model_type": "clip_vision_model", "num_attention_heads": 2, "num_channels": 3,
-                           "num_hidden_layers": 2, "patch_size": 7, "projection_dim": 32}
-TINY_VAE_CONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
-                   "ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [],
-                   "dropout": 0.0}
+TINY_CLIP_CONFIG = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 2,
+    "projection_dim": 32,
+}
+TINY_CLIP_VISION_CONFIG = {
+    "attention_dropout": 0.0,
+    "dropout": 0.0,
+    "hidden_act": "quick_gelu",
+    "hidden_size": 32,
+    "image_size": 28,
+    "intermediate_size": 64,
+    "layer_norm_eps": 1e-5,
+    "model_type": "clip_vision_model",
+    "num_attention_heads": 2,
+    "num_channels": 3,
+    "num_hidden_layers": 2,
+    "patch_size": 7,
+    "projection_dim": 32,
+}
+TINY_VAE_CONFIG = {
+    "double_z": True,
+    "z_channels": 4,
+    "resolution": 256,
+    "in_channels": 3,
+    "out_ch": 3,
+    "ch": 32,
+    "ch_mult": [1, 1, 1, 1],
+    "num_res_blocks": 1,
+    "attn_resolutions": [],
+    "dropout": 0.0,
+}
 
 
 @torch.no_grad()
@@ -65,8 +101,9 @@ def build_tiny_model(seed: int = 0, prediction: str = "eps"):
     model = comfy.model_base.BaseModel(cfg, model_type=model_type, device=torch.device("cpu"))
     init_random_(model.diffusion_model, seed)
     model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 def build_tiny_clip(seed: int = 1):
@@ -92,8 +129,11 @@ def build_tiny_projected_clip(seed: int = 1):
 
     clip = comfy.sd.CLIP(
         target=comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel),
-        model_options={"clip_l_model_config": dict(TINY_CLIP_CONFIG), "clip_l_class": comfy.sd1_clip.SDClipModel,
-                       "dtype": torch.float32},
+        model_options={
+            "clip_l_model_config": dict(TINY_CLIP_CONFIG),
+            "clip_l_class": comfy.sd1_clip.SDClipModel,
+            "dtype": torch.float32,
+        },
     )
     init_random_(clip.cond_stage_model, seed)
     return clip
@@ -240,15 +280,33 @@ class CallCounter:
 # SDXL's 2 / 10), the pooled text embedding + six size embeddings as ``adm`` (SDXL's
 # 1280 + 6·256 with a 32-wide pooled output), a context of CLIP-L ⊕ CLIP-G features.
 TINY_SDXL_CLIP_L_CONFIG = dict(TINY_CLIP_CONFIG, num_hidden_layers=3)  # SDXL reads layer -2
-TINY_SDXL_CLIP_G_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
-                           "num_hidden_layers": 3, "projection_dim": 32, "hidden_act": "gelu"}
+TINY_SDXL_CLIP_G_CONFIG = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 3,
+    "projection_dim": 32,
+    "hidden_act": "gelu",
+}
 TINY_SDXL_UNET_CONFIG = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-    "legacy": False, "num_classes": "sequential", "adm_in_channels": 32 + 6 * 256, "in_channels": 4,
-    "model_channels": 32, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 1, 1, 2, 2],
-    "channel_mult": [1, 2, 4], "transformer_depth_middle": 2, "use_linear_in_transformer": True,
-    "context_dim": 64, "transformer_depth_output": [0, 0, 0, 1, 1, 1, 2, 2, 2],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
+    "use_checkpoint": False,
+    "image_size": 32,
+    "out_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "num_classes": "sequential",
+    "adm_in_channels": 32 + 6 * 256,
+    "in_channels": 4,
+    "model_channels": 32,
+    "num_res_blocks": [2, 2, 2],
+    "transformer_depth": [0, 0, 1, 1, 2, 2],
+    "channel_mult": [1, 2, 4],
+    "transformer_depth_middle": 2,
+    "use_linear_in_transformer": True,
+    "context_dim": 64,
+    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 2, 2, 2],
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
 }
 
 
@@ -267,8 +325,9 @@ def build_tiny_sdxl_model(seed: int = 0, prediction: str = "eps"):
     model = comfy.model_base.SDXL(cfg, model_type=model_type, device=torch.device("cpu"))
     init_random_(model.diffusion_model, seed)
     model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 def build_tiny_sdxl_clip(seed: int = 1):
@@ -280,8 +339,11 @@ def build_tiny_sdxl_clip(seed: int = 1):
 
     clip = comfy.sd.CLIP(
         target=comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel),
-        model_options={"clip_l_model_config": dict(TINY_SDXL_CLIP_L_CONFIG),
-                       "clip_g_model_config": dict(TINY_SDXL_CLIP_G_CONFIG), "dtype": torch.float32},
+        model_options={
+            "clip_l_model_config": dict(TINY_SDXL_CLIP_L_CONFIG),
+            "clip_g_model_config": dict(TINY_SDXL_CLIP_G_CONFIG),
+            "dtype": torch.float32,
+        },
     )
     init_random_(clip.cond_stage_model, seed)
     return clip
@@ -300,8 +362,9 @@ def build_tiny_flow_model(seed: int = 0):
     model = comfy.model_base.BaseModel(cfg, model_type=comfy.model_base.ModelType.FLOW, device=torch.device("cpu"))
     init_random_(model.diffusion_model, seed)
     model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 # family name -> (model builder kwargs, text encoder builder); the VAE is shared (4 channels, 8x)

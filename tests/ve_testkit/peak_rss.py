@@ -40,8 +40,15 @@ def _reset_peak() -> None:
         f.write("5")
 
 
-def measure(method: str, frames: int, size: int, length: int, overlap: int, steps: int,
-            runs: tuple[str, ...] = ("windowed", "whole")) -> dict:
+def measure(
+    method: str,
+    frames: int,
+    size: int,
+    length: int,
+    overlap: int,
+    steps: int,
+    runs: tuple[str, ...] = ("windowed", "whole"),
+) -> dict:
     import torch
 
     from ve_testkit.host import import_host
@@ -61,8 +68,9 @@ def measure(method: str, frames: int, size: int, length: int, overlap: int, step
     with torch.inference_mode():
         pos, neg, src = (encode_prompt(clip, t) for t in ("a red car", "", "a car"))
         latent = torch.randn(frames, 4, size, size, generator=torch.Generator().manual_seed(0)) * 0.5
-        record, noisy, sigmas = DDIMInversion.execute(model, {"samples": latent}, src, steps, 0, "ddim_uniform",
-                                                      length, "memory", 0, False).args
+        record, noisy, sigmas = DDIMInversion.execute(
+            model, {"samples": latent}, src, steps, 0, "ddim_uniform", length, "memory", 0, False
+        ).args
         flow = torch.zeros(frames - 1, size * 8, size * 8, 2)
         flow[..., 0] = 8.0
         (trajectories,) = SampleTrajectories.execute(flow, {"samples": latent}, 0).args
@@ -70,32 +78,76 @@ def measure(method: str, frames: int, size: int, length: int, overlap: int, step
         def patched(base):
             if method == "tokenflow":
                 return ApplyTokenFlow.execute(
-                    base, record, window=4, pnp_attn_t=0.5, pnp_f_t=0.8, seed=1,
-                    nn_feature="input", blend="official",
-                    pnp_attn_blocks="output 1/32#1-2, 1/16, 1/8", pnp_resnet_blocks="output 1/32#1").args[0]
+                    base,
+                    record,
+                    window=4,
+                    pnp_attn_t=0.5,
+                    pnp_f_t=0.8,
+                    seed=1,
+                    nn_feature="input",
+                    blend="official",
+                    pnp_attn_blocks="output 1/32#1-2, 1/16, 1/8",
+                    pnp_resnet_blocks="output 1/32#1",
+                ).args[0]
             if method == "flatten":
-                return ApplyFLATTEN.execute(base, trajectories, mode="dense", levels="highest",
-                                            old_qk=False, anchor_stride=4, max_anchors=4, inject_step=0.8,
-                                            pnp_attn_blocks="output 4-9", pnp_resnet_blocks="output 3, 4, 6",
-                                            inversion=record).args[0]
+                return ApplyFLATTEN.execute(
+                    base,
+                    trajectories,
+                    mode="dense",
+                    levels="highest",
+                    old_qk=False,
+                    anchor_stride=4,
+                    max_anchors=4,
+                    inject_step=0.8,
+                    pnp_attn_blocks="output 4-9",
+                    pnp_resnet_blocks="output 3, 4, 6",
+                    inversion=record,
+                ).args[0]
             return ApplyExtendedAttention.execute(base, keyframe_stride=1, keyframes="").args[0]
 
-        windowed = ncw.ContextWindowsManualNode.execute(model, length, overlap, "standard_static", 1, False,
-                                                        "pyramid", 0).args[0]
-        result = {"method": method, "frames": frames, "latent": [size, size], "steps": steps,
-                  "context_length": length, "context_overlap": overlap}
+        windowed = ncw.ContextWindowsManualNode.execute(
+            model, length, overlap, "standard_static", 1, False, "pyramid", 0
+        ).args[0]
+        result = {
+            "method": method,
+            "frames": frames,
+            "latent": [size, size],
+            "steps": steps,
+            "context_length": length,
+            "context_overlap": overlap,
+        }
         x = noisy["samples"]
         # warm-up (the last step, windowed): lazy one-time allocations (kernels, thread pools) out of the figures
-        comfy.sample.sample_custom(patched(windowed), torch.zeros_like(x), 4.0, comfy.samplers.sampler_object("euler"),
-                                   sigmas[-2:], pos, neg, x, disable_pbar=True, seed=0)
+        comfy.sample.sample_custom(
+            patched(windowed),
+            torch.zeros_like(x),
+            4.0,
+            comfy.samplers.sampler_object("euler"),
+            sigmas[-2:],
+            pos,
+            neg,
+            x,
+            disable_pbar=True,
+            seed=0,
+        )
         for label, base in (("windowed", windowed), ("whole", model)):
             if label not in runs:
                 continue
             m = patched(base)
             _reset_peak()
             start = _status_mb("VmRSS")
-            out = comfy.sample.sample_custom(m, torch.zeros_like(x), 4.0, comfy.samplers.sampler_object("euler"),
-                                             sigmas, pos, neg, x, disable_pbar=True, seed=0)
+            out = comfy.sample.sample_custom(
+                m,
+                torch.zeros_like(x),
+                4.0,
+                comfy.samplers.sampler_object("euler"),
+                sigmas,
+                pos,
+                neg,
+                x,
+                disable_pbar=True,
+                seed=0,
+            )
             result[f"{label}_peak_mb"] = round(_status_mb("VmHWM") - start, 1)
             result[f"{label}_finite"] = bool(torch.isfinite(out).all())
             del out, m

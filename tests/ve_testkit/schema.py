@@ -45,8 +45,9 @@ def value_problems(prompt: dict, object_info: dict) -> list[str]:
                 if value not in options:
                     problems.append(f"{where}: {name}={value!r} is not one of {options[:8]}")
             elif typ == "INT":
-                if isinstance(value, bool) or not (isinstance(value, int) or
-                                                   (isinstance(value, float) and value.is_integer())):
+                if isinstance(value, bool) or not (
+                    isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+                ):
                     problems.append(f"{where}: {name}={value!r} is not an integer")
                 elif not opts.get("min", -math.inf) <= value <= opts.get("max", math.inf):
                     problems.append(f"{where}: {name}={value!r} outside [{opts.get('min')}, {opts.get('max')}]")

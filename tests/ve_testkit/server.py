@@ -40,8 +40,14 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    def __init__(self, base_dir: Path, with_smoke_models: bool = True, extra_args: list[str] | None = None,
-                 python: str | None = None, output_dir: Path | None = None):
+    def __init__(
+        self,
+        base_dir: Path,
+        with_smoke_models: bool = True,
+        extra_args: list[str] | None = None,
+        python: str | None = None,
+        output_dir: Path | None = None,
+    ):
         self.base = Path(base_dir)
         self.output_dir = Path(output_dir) if output_dir else self.base / "output"
         self.port = free_port()
@@ -69,14 +75,28 @@ class ComfyServer:
     def start(self, timeout: float = 180.0) -> ComfyServer:
         self._prepare_base()
         root = comfy_root()
-        cmd = [self.python, str(root / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", str(self.base), "--disable-auto-launch",
-               "--database-url", "sqlite:///:memory:", "--output-directory", str(self.output_dir),
-               *self.extra_args]
+        cmd = [
+            self.python,
+            str(root / "main.py"),
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(self.base),
+            "--disable-auto-launch",
+            "--database-url",
+            "sqlite:///:memory:",
+            "--output-directory",
+            str(self.output_dir),
+            *self.extra_args,
+        ]
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=str(root), stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=str(root), stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -128,8 +148,11 @@ class ComfyServer:
         """Log lines reporting a failed import of our packs (core's own optional nodes, e.g. the
         audio ones without torchaudio, fail too and are not ours to judge)."""
         ours = ("custom_nodes/ComfyUI-VideoEdit", "custom_nodes/ve_smoke_models")
-        return [line for line in self.log_text().splitlines()
-                if any(m in line for m in IMPORT_FAILURE_MARKERS) and any(o in line for o in ours)]
+        return [
+            line
+            for line in self.log_text().splitlines()
+            if any(m in line for m in IMPORT_FAILURE_MARKERS) and any(o in line for o in ours)
+        ]
 
     # -- API -------------------------------------------------------------------------------
     def get(self, path: str, **kw):
@@ -176,8 +199,9 @@ class ComfyServer:
             for key in ("images", "gifs", "videos", "animated"):
                 for item in ui.get(key, []) or []:
                     if isinstance(item, dict) and "filename" in item:
-                        folder = {"output": self.output_dir, "temp": self.base / "temp",
-                                  "input": self.base / "input"}[item.get("type", "output")]
+                        folder = {"output": self.output_dir, "temp": self.base / "temp", "input": self.base / "input"}[
+                            item.get("type", "output")
+                        ]
                         files.append(folder / item.get("subfolder", "") / item["filename"])
         return files
 

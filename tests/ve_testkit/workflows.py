@@ -40,7 +40,7 @@ def prepare_prompt(prompt: dict, video_name: str, ckpt_name: str | None, target_
                 inputs["ckpt_name"] = ckpt_name
         text = inputs.get("text")
         if isinstance(text, str) and text.startswith(TARGET_MARK):
-            inputs["text"] = target_prompt if target_prompt else text[len(TARGET_MARK):].strip()
+            inputs["text"] = target_prompt if target_prompt else text[len(TARGET_MARK) :].strip()
     return prompt
 
 
