@@ -15,6 +15,7 @@ from ..attention.pnp import PnPSchedule, PnPWrapper
 from ..flow.trajectories import TrajectorySet
 from ..options import Options, option
 from .context_windows import honour_context_windows
+from .features import feature_group
 from .model_patch import (
     attach_attn1,
     attention_keys_from_spec,
@@ -50,10 +51,20 @@ class FlattenOptions(Options):
         )
 
 
-def flatten_model(model, trajectories, source=None, settings: FlattenOptions | None = None, **options):
+def flatten_model(
+    model,
+    trajectories,
+    source=None,
+    settings: FlattenOptions | None = None,
+    inversion=None,
+    features=None,
+    **options,
+):
     """MODEL clone with FLATTEN on every self-attention layer and, with a ``source`` branch
     (``attention.pnp.PnPWrapper``'s protocol), PnP injection for the first ``inject_step``
-    fraction of the source's steps. ``settings``, or the options as keywords."""
+    fraction of the source's steps. ``settings``, or the options as keywords. ``inversion``: the
+    VE_INVERSION behind ``source``, whose feature cache (if any) serves the PnP features of steps
+    seen before; ``features``: a feature-cache group to use instead (benchmarks)."""
     if not isinstance(trajectories, TrajectorySet):
         raise ValueError(
             f"trajectories: expected VE_TRAJECTORIES from VideoEdit Sample Trajectories, got "
@@ -73,9 +84,11 @@ def flatten_model(model, trajectories, source=None, settings: FlattenOptions | N
         res_keys = resblock_keys_from_spec(model, s.pnp_resnet_blocks, "pnp_resnet_blocks")
         steps = int(source.num_steps * float(s.inject_step) + 1e-6)
         schedule = PnPSchedule(attn_keys=attn_keys, res_keys=res_keys, attn_steps=steps, res_steps=steps)
+        if features is None:  # the source pass runs through FLATTEN (m): its patches are part of the key
+            features = feature_group(inversion, m, f"flatten pnp {schedule}")
         m.add_wrapper_with_key(
             WrappersMP.DIFFUSION_MODEL,
             PNP_WRAPPER_KEY,
-            PnPWrapper(source, schedule, model.get_model_object("model_sampling")),
+            PnPWrapper(source, schedule, model.get_model_object("model_sampling"), features),
         )
     return honour_context_windows(m)

@@ -22,6 +22,7 @@ noise, ``noise_scaling`` returns the latent itself, ``process_latent_in`` is app
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -35,6 +36,7 @@ import torch
 from ..attention.keys import FRAME_INDICES_KEY, FRAME_TOTAL_KEY, LATENT_INPUT_KEY
 from ..inversion import ddim, identity, schedule
 from ..inversion.cache import CACHE_DIR_NAME, CACHE_MODES, MemoryCache, TieredCache, cache_key
+from ..inversion.feature_cache import FEATURE_CACHE_MODES, FEATURES_DIR_NAME, FeatureCache
 from ..inversion.record import InversionRecord, record_from_tensors, record_tensors
 from ..options import Options, check_choice, option
 from .conditioning import cpu_conditioning, slice_conditioning
@@ -57,6 +59,9 @@ class InversionOptions(Options):
     cache_mode: str = option("disk", choices=CACHE_MODES)
     cache_limit_mb: int = option(4096, min=0, max=10_000_000)
     clear_cache: bool = option(False)
+    # opt-in: the edits' source features per step (TokenFlow, FLATTEN PnP), for the next edit
+    feature_cache: str = option("off", choices=FEATURE_CACHE_MODES)
+    feature_cache_mb: int = option(8192, min=0, max=10_000_000)
 
 
 _D = InversionOptions
@@ -365,6 +370,8 @@ def invert_video(
     cache_mode: str = _D.cache_mode,
     cache_limit_mb: int = _D.cache_limit_mb,
     clear_cache: bool = _D.clear_cache,
+    feature_cache: str = _D.feature_cache,
+    feature_cache_mb: int = _D.feature_cache_mb,
     root: str | os.PathLike | None = None,
     progress: Callable[[int, int], None] | None = None,
     available_bytes: int = 0,
@@ -390,6 +397,8 @@ def invert_video(
         cache_mode=cache_mode,
         cache_limit_mb=cache_limit_mb,
         clear_cache=clear_cache,
+        feature_cache=feature_cache,
+        feature_cache_mb=feature_cache_mb,
     )
     conditioning = cpu_conditioning(conditioning)
     if not conditioning:
@@ -443,15 +452,21 @@ def invert_video(
         expect=expect,
         notes=notes,
     )
+    features_root = Path(root or cache_root()) / FEATURES_DIR_NAME
     if s.clear_cache:
         log.info("VideoEdit inversion cache cleared (%d disk entries)", cache.clear())
+        log.info("VideoEdit feature cache cleared (%d groups)", FeatureCache("memory", "", root=features_root).clear())
 
     def compute() -> InversionRecord:
         return _compute_record(
             model, samples, conditioning, s, sigmas_edit, sigmas_up, keep, w_id, p_id, latent_hash, key, progress
         )
 
-    return cache.get_or_compute(key, compute)
+    record, cached = cache.get_or_compute(key, compute)
+    if s.feature_cache != "off":
+        features = FeatureCache(s.feature_cache, record.key, int(s.feature_cache_mb) * 2**20, features_root)
+        record = dataclasses.replace(record, feature_cache=features)
+    return record, cached
 
 
 def _compute_record(

@@ -22,6 +22,7 @@ from ..attention.tokenflow_patch import (
 )
 from ..options import Options, option
 from .context_windows import honour_context_windows
+from .features import feature_group
 from .model_patch import (
     attach_attn1,
     attention_keys_from_spec,
@@ -68,17 +69,21 @@ class TokenFlowOptions(Options):
 def apply_tokenflow(model, inversion, **options):
     """MODEL clone carrying TokenFlow for the source branch of ``inversion``."""
     settings = TokenFlowOptions.from_inputs(**options)
-    return tokenflow_model(model, source_branch_from(inversion, model), settings)
+    return tokenflow_model(model, source_branch_from(inversion, model), settings, inversion=inversion)
 
 
-def tokenflow_model(model, source, settings: TokenFlowOptions | None = None, **options):
+def tokenflow_model(model, source, settings: TokenFlowOptions | None = None, inversion=None, features=None, **options):
     """The patching itself, for any source branch (``attention.tokenflow_patch.SourceBranch``):
-    ``settings``, or the options as keywords."""
+    ``settings``, or the options as keywords. ``inversion``: the VE_INVERSION the source replays,
+    whose feature cache (if it has one) serves the source features of steps seen before;
+    ``features``: a feature-cache group to use instead (benchmarks)."""
     from comfy.patcher_extension import WrappersMP
 
     settings = settings if settings is not None else TokenFlowOptions.from_inputs(**options)
     config = settings.config(model)
-    runtime = TokenFlowRuntime(config, source, model.get_model_object("model_sampling"), comfy_attention)
+    if features is None:
+        features = feature_group(inversion, model, f"tokenflow {config.cache_key()}")
+    runtime = TokenFlowRuntime(config, source, model.get_model_object("model_sampling"), comfy_attention, features)
     m = attach_attn1(model, lambda key, prev: TokenFlowAttention(runtime, key, prev), self_attention_keys(model))
     m.set_model_attn1_patch(TokenFlowInputCapture(runtime))
     m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, TOKENFLOW_WRAPPER_KEY, TokenFlowWrapper(runtime))
@@ -101,7 +106,7 @@ def sample_tokenflow(model, positive, negative, inversion, cfg, sampler_name, **
     if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
         raise ValueError(f"sampler_name: unknown sampler '{sampler_name}'; pick one of KSampler's samplers")
     settings = TokenFlowOptions.from_inputs(**options)
-    patched = tokenflow_model(model, source_branch_from(inversion, model), settings)
+    patched = tokenflow_model(model, source_branch_from(inversion, model), settings, inversion=inversion)
     latent = output_latent(model, inversion)
     x_t = latent["samples"]
     sigmas = inversion.sigmas.clone()

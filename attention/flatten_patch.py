@@ -137,7 +137,8 @@ class FlattenRuntime:
         return self
 
     def cache_key(self) -> str:
-        return f"flatten({self.config}, {self.trajectories.describe()}, seed={self.trajectories.seed})"
+        t = self.trajectories
+        return f"flatten({self.config}, {t.describe()}, seed={t.seed}, trajectories={t.content_digest[:16]})"
 
     def groups(self, size: tuple[int, int], frames: torch.Tensor, device: torch.device):
         """:func:`trajectory_groups` of the call's frames at grid ``size``, on ``device``."""

@@ -97,10 +97,11 @@ class PnPWrapper:
     ``unet_conditioning(n, like)`` (context, y); ``model_sampling`` scales the source input.
     """
 
-    def __init__(self, source, schedule: PnPSchedule, model_sampling):
+    def __init__(self, source, schedule: PnPSchedule, model_sampling, features=None):
         self.source = source
         self.schedule = schedule
         self.model_sampling = model_sampling
+        self.features = features  # feature-cache group (``inversion.feature_cache``) or None
 
     def __deepcopy__(self, memo):
         return self
@@ -125,21 +126,73 @@ class PnPWrapper:
         attn_keys = frozenset(sched.attn_keys) if attn_on else frozenset()
         res_keys = sched.res_keys if res_on else ()
         residuals = _PassResiduals(PnPPass(PnPMode.CAPTURE, 1, attn_keys))
+        entry, cached = None, None
+        if self.features is not None:
+            entry = self.features.entry_key(
+                step=step,
+                frames=frames.tolist(),
+                attn=attn_on,
+                res=res_on,
+                dtype=str(x.dtype),
+                device=x.device.type,
+                shape=list(x.shape[1:]),
+            )
+            cached = self.features.get(entry, x.device)
 
         with residual_hooks(executor.class_obj, res_keys, residuals):
-            x_src, t_src, ctx, y_src = source_unet_inputs(
-                self.source, self.model_sampling, sigma, frames, timesteps, like=x
-            )
-            src_opts = dict(to, cond_or_uncond=[0])
-            src_opts[PNP_KEY] = residuals.current
-            call.call(
-                executor, x=x_src, timesteps=t_src, context=ctx, y=y_src, control=None, transformer_options=src_opts
-            )
-            captured = residuals.current
-            residuals.current = PnPPass(PnPMode.INJECT, groups, attn_keys, captured.qk, captured.res)
+            if cached is not None:  # the source pass of this step ran in an earlier edit
+                qk, res = pnp_from_features(cached)
+            else:
+                x_src, t_src, ctx, y_src = source_unet_inputs(
+                    self.source, self.model_sampling, sigma, frames, timesteps, like=x
+                )
+                src_opts = dict(to, cond_or_uncond=[0])
+                src_opts[PNP_KEY] = residuals.current
+                call.call(
+                    executor,
+                    x=x_src,
+                    timesteps=t_src,
+                    context=ctx,
+                    y=y_src,
+                    control=None,
+                    transformer_options=src_opts,
+                )
+                qk, res = residuals.current.qk, residuals.current.res
+            residuals.current = PnPPass(PnPMode.INJECT, groups, attn_keys, qk, res)
             opts = dict(to)
             opts[PNP_KEY] = residuals.current
-            return call.call(executor, transformer_options=opts)
+            out = call.call(executor, transformer_options=opts)
+        if entry is not None and cached is None:  # committed once the whole call completed
+            self.features.put(entry, pnp_features(qk, res))
+        return out
+
+
+def pnp_features(qk: dict, res: dict) -> dict[str, torch.Tensor]:
+    """The captured source q/k and residuals as named tensors (for the feature cache)."""
+    out = {}
+    for key, (q, k) in qk.items():
+        name = ".".join(str(v) for v in key)
+        out[f"q|{name}"], out[f"k|{name}"] = q, k
+    for rkey, t in res.items():
+        out["res|" + ".".join(str(v) for v in rkey)] = t
+    return out
+
+
+def pnp_from_features(features: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """The inverse of :func:`pnp_features`: ``(qk, res)``."""
+
+    def key(text: str) -> tuple:
+        return tuple(int(v) if v.lstrip("-").isdigit() else v for v in text.split("."))
+
+    pairs: dict = {}
+    res = {}
+    for name, t in features.items():
+        kind, rest = name.split("|", 1)
+        if kind == "res":
+            res[key(rest)] = t
+        else:
+            pairs.setdefault(key(rest), {})[kind] = t
+    return {k: (v["q"], v["k"]) for k, v in pairs.items()}, res
 
 
 class _PassResiduals:

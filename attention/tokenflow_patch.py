@@ -156,17 +156,74 @@ def _joint_context(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torc
     return a, b
 
 
+def _name(*parts) -> str:
+    """Entry name of one stored tensor: kinds and keys joined (``fields|output.4.0|0.1.2``)."""
+    return "|".join(".".join(str(v) for v in p) if isinstance(p, tuple) else str(p) for p in parts)
+
+
+def _parts(text: str) -> tuple[tuple, ...]:
+    def key(part: str) -> tuple:
+        return tuple(int(v) if v.lstrip("-").isdigit() else v for v in part.split(".")) if part else ()
+
+    return tuple(key(p) for p in text.split("|")[1:])
+
+
+def state_features(st: StepState) -> dict[str, torch.Tensor]:
+    """What the sampler's rows consume from a completed step state, for the feature cache: the
+    NN fields, and while injection is on the keyframes' PnP q/k and the ResBlock residuals (the
+    source passes' other results only served to compute these)."""
+    out = {}
+    for key, by_pos in st.fields.items():
+        for pos, t in by_pos.items():
+            out[_name("fields", key, pos)] = t
+    if st.inject_attn:
+        for key, (q, k) in st.kf_src_qk.items():
+            out[_name("q", key)], out[_name("k", key)] = q, k
+    if st.inject_res:
+        for rkey, t in st.kf_src_res.items():
+            out[_name("kfres", rkey)] = t
+        for rkey, by_pos in st.src_res.items():
+            for pos, t in by_pos.items():
+                out[_name("res", rkey, pos)] = t
+    return out
+
+
+def fill_state(st: StepState, features: dict[str, torch.Tensor]) -> None:
+    """The inverse of :func:`state_features` into a fresh step state."""
+    qk: dict = {}
+    for name, t in features.items():
+        kind, parts = name.split("|", 1)[0], _parts(name)
+        if kind == "fields":
+            st.fields.setdefault(parts[0], {})[parts[1]] = t
+        elif kind in ("q", "k"):
+            qk.setdefault(parts[0], {})[kind] = t
+        elif kind == "kfres":
+            st.kf_src_res[parts[0]] = t
+        elif kind == "res":
+            st.src_res.setdefault(parts[0], {})[parts[1]] = t
+    st.kf_src_qk.update({key: (v["q"], v["k"]) for key, v in qk.items()})
+
+
 class TokenFlowRuntime:
     """Per-model-clone state: the config, the source branch, and the current step's state.
-    Shared (not copied) when ComfyUI deep-copies model options."""
+    Shared (not copied) when ComfyUI deep-copies model options.
+
+    ``features``: the inversion's feature cache for this setting (``inversion.feature_cache.
+    FeatureGroup``) or None: a step found there skips the source rows."""
 
     def __init__(
-        self, config: TokenFlowConfig, source: SourceBranch, model_sampling, attn_fn: Callable = sdpa_attention
+        self,
+        config: TokenFlowConfig,
+        source: SourceBranch,
+        model_sampling,
+        attn_fn: Callable = sdpa_attention,
+        features=None,
     ):
         self.config = config
         self.source = source
         self.model_sampling = model_sampling
         self.attn_fn = attn_fn
+        self.features = features
         self.state: StepState | None = None
 
     def __deepcopy__(self, memo):
@@ -303,13 +360,13 @@ class TokenFlowWrapper:
         return self
 
     # -- per-sigma source state -------------------------------------------------------------
-    def _state(self, sigma: float, frames: torch.Tensor) -> tuple[StepState, bool]:
-        """The step state for this sigma and these frames, and whether it is new (the source
-        passes still have to run)."""
+    def _state(self, sigma: float, frames: torch.Tensor, like: torch.Tensor) -> tuple[StepState, bool, str | None]:
+        """The step state for this sigma and these frames, whether it is new (the source
+        passes still have to run), and its feature-cache entry when it should be stored there."""
         rt, cfg = self.runtime, self.runtime.config
         key = tuple(frames.tolist())
         if rt.state is not None and rt.state.frames == key and abs(rt.state.sigma - sigma) <= 1e-6 * max(1.0, sigma):
-            return rt.state, False  # only ever a state whose source passes all completed
+            return rt.state, False, None  # only ever a state whose source passes all completed
         step = rt.source.step_index(sigma)
         gen = torch.Generator().manual_seed(int(cfg.seed) * 100003 + step)
         # keyframes of the whole clip, also when this call holds a context window of it
@@ -327,7 +384,16 @@ class TokenFlowWrapper:
             inject_attn=step < int(total * cfg.pnp_attn_t),
             inject_res=step < int(total * cfg.pnp_f_t),
         )
-        return state, True
+        if rt.features is None:
+            return state, True, None
+        entry = rt.features.entry_key(
+            step=step, frames=list(key), dtype=str(like.dtype), device=like.device.type, shape=list(like.shape[1:])
+        )
+        cached = rt.features.get(entry, like.device)
+        if cached is None:
+            return state, True, entry
+        fill_state(state, cached)  # the source passes of this step ran in an earlier edit
+        return state, False, None
 
     # -- the wrapper ------------------------------------------------------------------------
     def __call__(self, executor, *args, **kwargs):
@@ -341,7 +407,7 @@ class TokenFlowWrapper:
         frames = call_frame_indices(to, n)
         sigma = float(to["sigmas"][0]) if "sigmas" in to else float(rt.model_sampling.sigma(timesteps[0]))
         rt.source.check_call(tuple(x.shape[1:]), frames, to)
-        st, fresh = self._state(sigma, frames)
+        st, fresh, entry = self._state(sigma, frames, x)
         all_pos = torch.arange(n)
         passes = [(TokenFlowPass.KEYFRAMES, st.kf_pos)] + [
             (TokenFlowPass.PROPAGATE, all_pos[i : i + cfg.window]) for i in range(0, n, cfg.window)
@@ -384,6 +450,8 @@ class TokenFlowWrapper:
                 if name == TokenFlowPass.PROPAGATE:
                     out[rows] = pred[source_rows:].to(out.dtype)
         rt.state = st  # every pass completed: later calls at this sigma (split cond/uncond) reuse it
+        if entry is not None:
+            rt.features.put(entry, state_features(st))
         return out
 
     @staticmethod

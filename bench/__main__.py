@@ -260,6 +260,10 @@ def main(argv=None) -> dict:
         if a.model:
             line += f"{f2(row.get('model_ratio')):>7}{f2(row.get('counted_ratio')):>7}{f2(row.get('quotient')):>9}"
         print(line + f"  {row['baseline']}")
+    for name, text in ctx.extra.get("info", {}).items():
+        if name in rows:
+            rows[name]["info"] = text
+            print(f"{name}: {text}")
     print(f"whole run {total_s:.0f} s (model construction {build_s:.1f} s)")
     settings = {k: v for k, v in vars(a).items() if k != "names"}
     result = {

@@ -42,7 +42,7 @@ def extended_attention(shapes, ctx, stride: int = 4) -> float:
     return keyframe_attention(shapes, ctx, len(range(0, _frames(ctx), stride)))
 
 
-def tokenflow(shapes: UNetShapes, ctx, frames: int | None = None, window: int = 8) -> float:
+def tokenflow(shapes: UNetShapes, ctx, frames: int | None = None, window: int = 8, cached: bool = False) -> float:
     """TokenFlow per step, as the official code batches it (K = ceil(F / window) keyframes):
 
     - keyframe pass: K source rows (ordinary attention, U) + 2K edit rows with extended
@@ -52,13 +52,16 @@ def tokenflow(shapes: UNetShapes, ctx, frames: int | None = None, window: int = 
       against those of its (1 or 2 distinct) blend keyframes, 2·N²·inner per keyframe and
       layer (A/2 each).
     Plain CFG is 2F·U, so with one keyframe the rows alone give (3K + 3F)/2F = 1.69× at F=8,
-    and the skipped attention brings it below that."""
+    and the skipped attention brings it below that. ``cached``: a second edit served by the
+    feature cache: no source rows and no NN fields (2K extended-attention keyframe rows + 2F
+    propagated rows: about 1.0x plain CFG)."""
     f = frames or _frames(ctx)
     k = math.ceil(f / window)
     u, a = shapes.row_flops, shapes.self_core_flops
     distinct = 1 if k == 1 else 2
-    per_step = k * u + 2 * k * (u + (k - 1) * a) + 3 * f * (u - a) + f * distinct * a / 2
-    return _steps(ctx) * per_step
+    edit = 2 * k * (u + (k - 1) * a) + 2 * f * (u - a)
+    source = k * u + f * (u - a) + f * distinct * a / 2
+    return _steps(ctx) * (edit + (0 if cached else source))
 
 
 def _trajectory_flops(shapes: UNetShapes, frames: int) -> float:
@@ -86,6 +89,14 @@ def flatten(shapes: UNetShapes, ctx, mode: str = "dense", frames: int | None = N
     u, a = shapes.row_flops, shapes.self_core_flops
     per_step = 2 * sum(u + (size - 1) * a + _trajectory_flops(shapes, f) for size in sizes)
     return _steps(ctx) * per_step
+
+
+def flatten_pnp(shapes: UNetShapes, ctx, inject: float = 0.8, cached: bool = False) -> float:
+    """FLATTEN dense with PnP injection: during the first ``inject`` of the steps a source pass
+    (F rows through the same FLATTEN attention) runs before the edit's 2F rows; served by the
+    feature cache (``cached``), only the edit rows remain (= FLATTEN dense)."""
+    base = flatten(shapes, ctx, mode="dense")
+    return base if cached else base * (1 + 0.5 * inject)
 
 
 def inversion(shapes: UNetShapes, ctx) -> float:

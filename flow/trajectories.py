@@ -16,6 +16,8 @@ trajectory's start frame and length; a cell's position inside its trajectory is
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -178,6 +180,18 @@ class TrajectorySet:
     def describe(self) -> str:
         h, w = self.latent_size
         return f"{self.frames} frames at latent {h}x{w}"
+
+    @functools.cached_property
+    def content_digest(self) -> str:
+        """sha256 of every level's trajectory ids (they determine the rest): part of the cache
+        keys of anything computed through FLATTEN, so trajectories from another flow never
+        share an inversion or feature-cache entry."""
+        h = hashlib.sha256(f"{self.frames};{self.latent_size};{self.flow_resize};{self.seed}".encode())
+        for size in sorted(self.levels):
+            ids = self.levels[size].traj_id.detach().to("cpu", torch.int64).contiguous()
+            h.update(f"{size}:{tuple(ids.shape)}".encode())
+            h.update(ids.numpy().tobytes())
+        return h.hexdigest()
 
     def __deepcopy__(self, memo):  # immutable once sampled; never copied with model options
         return self

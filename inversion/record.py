@@ -50,6 +50,8 @@ class InversionRecord:
     null_text: torch.Tensor | None = None
     null_text_cfg: float | None = None
     features: dict[str, Any] = field(default_factory=dict)
+    # the edits' feature cache (``feature_cache.FeatureCache``) or None; not part of the disk entry
+    feature_cache: Any = None
 
     def __post_init__(self):
         s = self.sigmas.numel()

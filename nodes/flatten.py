@@ -189,7 +189,7 @@ class ApplyFLATTEN(io.ComfyNode):
     @classmethod
     def execute(cls, model, trajectories, inversion=None, **options) -> io.NodeOutput:
         source = source_branch_from(inversion, model) if inversion is not None else None
-        return io.NodeOutput(flatten_model(model, trajectories, source, **options))
+        return io.NodeOutput(flatten_model(model, trajectories, source, inversion=inversion, **options))
 
 
 NODES = [SampleTrajectories, ApplyFLATTEN]

@@ -22,6 +22,9 @@ _CACHE_TOOLTIP = (
 )
 
 
+_FEATURE_CACHE, _FEATURE_CACHE_MB = Inv.default("feature_cache"), Inv.default("feature_cache_mb")
+
+
 class DDIMInversion(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -76,7 +79,25 @@ class DDIMInversion(io.ComfyNode):
                 io.Boolean.Input(
                     "clear_cache",
                     **Inv.spec("clear_cache"),
-                    tooltip="Delete every cached inversion (disk and RAM) before running.",
+                    tooltip="Delete every cached inversion and edit feature (disk and RAM) before running.",
+                ),
+                io.Combo.Input(
+                    "feature_cache",
+                    **Inv.spec("feature_cache"),
+                    optional=True,
+                    tooltip="Keep the source features each edit on this inversion computes (TokenFlow's NN "
+                    "fields, PnP q/k and ResBlock residuals, per step) so the next edit with the same "
+                    "settings and another target prompt skips its source pass. off: recompute every time; "
+                    "memory: this ComfyUI process's RAM; disk: under output/videoedit_cache/features as "
+                    "well (survives restarts). Lossless: a cached edit equals an uncached one.",
+                ),
+                io.Int.Input(
+                    "feature_cache_mb",
+                    **Inv.spec("feature_cache_mb"),
+                    optional=True,
+                    tooltip="Cap of the feature cache in MB (RAM, and disk separately). Older edits' "
+                    "features make room first; when one edit alone passes the cap its later steps are "
+                    "recomputed. 0 = no cap.",
                 ),
             ],
             outputs=[
@@ -99,6 +120,8 @@ class DDIMInversion(io.ComfyNode):
         cache_mode,
         cache_limit_mb,
         clear_cache,
+        feature_cache=_FEATURE_CACHE,
+        feature_cache_mb=_FEATURE_CACHE_MB,
     ) -> io.NodeOutput:
         options = {
             "steps": steps,
@@ -108,12 +131,16 @@ class DDIMInversion(io.ComfyNode):
             "cache_mode": cache_mode,
             "cache_limit_mb": cache_limit_mb,
             "clear_cache": clear_cache,
+            "feature_cache": feature_cache,
+            "feature_cache_mb": feature_cache_mb,
         }  # named parameters: callers pass them by position too
         notes: list[str] = []
         record, cached = adapter.invert_video(
             model, latent, conditioning, **options, available_bytes=available_ram(), notes=notes
         )
         text = record.summary() + (" (from cache)" if cached else f" (computed in {record.info.get('seconds')} s)")
+        if record.feature_cache is not None:
+            text += f"; {record.feature_cache.describe()}"
         text = "\n".join([text, *notes])
         return io.NodeOutput(
             record, adapter.output_latent(model, record, latent), record.sigmas.clone(), ui=ui.PreviewText(text)
