@@ -52,7 +52,9 @@ NODE_NOTES = {
         "latent for the edit's source branch. steps: the editing steps (TokenFlow, FLATTEN, Video-P2P: 50); "
         "inversion_steps: a finer inversion schedule (TokenFlow's code: 500; 0 = same as steps). scheduler "
         "ddim_uniform gives DDIM's timesteps. The cache (disk or RAM) makes a second run with a new target "
-        "prompt skip the inversion; frame_batch_size trades memory for speed."
+        "prompt skip the inversion; frame_batch_size trades memory for speed. feature_cache (memory/disk) also "
+        "keeps the source features TokenFlow and FLATTEN compute at each step, so the next target prompt skips "
+        "the source pass as well (same result, about a third less time per step)."
     ),
     "VideoEdit_NullTextOptimization": (
         "Null-text optimization (Video-P2P): one unconditional embedding per step, fitted so that guided sampling "
