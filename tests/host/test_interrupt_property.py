@@ -203,3 +203,39 @@ def test_rerender_keyframes(host, tiny_model, tiny_vae, setup, inference_mode):
         adain_end=1.0,
     )
     check_interrupt_property("rerender_keyframes", tiny_model, lambda: RerenderKeyframes.execute(**args).result)
+
+
+@pytest.mark.parametrize("source_mode", ["replay", "joint"])
+def test_video_p2p(host, tiny_model, tiny_clip, setup, source_mode, inference_mode):
+    """Apply Video-P2P (word swap, local blend, self-attention replacement) + SamplerCustom, and
+    the one-box P2P Sampler (latent and blend masks)."""
+    from comfyui_videoedit.nodes.p2p import ApplyP2P, P2PEditNode, P2PSampler
+
+    edit, target = P2PEditNode.execute(
+        tiny_clip,
+        source_prompt="a car",
+        target_prompt="a bus",
+        mode="auto",
+        reweight="",
+        blend_source="car",
+        blend_target="bus",
+        subtract="",
+    ).args
+    options = dict(
+        cross_replace_steps="0.5",
+        self_replace_steps=0.5,
+        blend_threshold=0.3,
+        blend_start=0.0,
+        source_mode=source_mode,
+        frame_attention="first_frame",
+    )
+    (model,) = ApplyP2P.execute(tiny_model, edit, setup["inversion"], **options).args
+    s = dict(setup, pos=target)
+    check_interrupt_property(f"p2p_{source_mode}", tiny_model, lambda: _sampler_custom(host, model, s, cfg=4.0))
+
+    def one_box():
+        return P2PSampler.execute(
+            tiny_model, edit, setup["inversion"], setup["neg"], 4.0, "euler", positive=target, **options
+        ).args
+
+    check_interrupt_property(f"p2p_sampler_{source_mode}", tiny_model, one_box)
