@@ -517,13 +517,21 @@ def output_latent(model, record: InversionRecord, like: dict | None = None) -> d
 
 
 # -- reconstruction ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReconstructionOptions(Options):
+    """Inversion Reconstruction Check's node options."""
+
+    cfg: float = option(1.0, min=0.0, max=100.0, step=0.1)
+    use_null_text: bool = option(False)
+
+
 def sample_back(
     model,
     record: InversionRecord,
-    cfg: float = 1.0,
+    cfg: float = ReconstructionOptions.cfg,
     positive: list | None = None,
     negative: list | None = None,
-    use_null_text: bool = False,
+    use_null_text: bool = ReconstructionOptions.use_null_text,
 ) -> torch.Tensor:
     """DDIM (ComfyUI ``euler``, no noise) from x_T along the inversion's sigmas; raw latent out."""
     import comfy.sample

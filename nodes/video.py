@@ -24,6 +24,19 @@ SAVE_FORMATS = ("mp4", "webm", "gif", "png")  # stable ids stored in workflows; 
 
 
 @dataclass(frozen=True)
+class LoadVideoOptions(Options):
+    """Load Video's options (``video`` lists the files in ComfyUI's input folder, checked by
+    ``validate_inputs``)."""
+
+    frame_load_cap: int = option(0, min=0, max=1_000_000)
+    skip_first_frames: int = option(0, min=0, max=10_000_000)
+    select_every_nth: int = option(1, min=1, max=1000)
+    custom_width: int = option(0, min=0, max=16384)
+    custom_height: int = option(0, min=0, max=16384)
+    size_multiple: int = option(8, min=1, max=512)
+
+
+@dataclass(frozen=True)
 class SaveVideoOptions(Options):
     """Save Video's options."""
 
@@ -69,6 +82,7 @@ def _interruptible_progress(total: int):
 class LoadVideo(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        spec = LoadVideoOptions.spec
         return io.Schema(
             node_id="VideoEdit_LoadVideo",
             display_name="Load Video (VideoEdit)",
@@ -85,47 +99,35 @@ class LoadVideo(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "frame_load_cap",
-                    default=0,
-                    min=0,
-                    max=1_000_000,
+                    **spec("frame_load_cap"),
                     tooltip="Most frames to load (after skipping and striding); 0 loads all of them.",
                 ),
                 io.Int.Input(
                     "skip_first_frames",
-                    default=0,
-                    min=0,
-                    max=10_000_000,
+                    **spec("skip_first_frames"),
                     tooltip="Frames to drop from the start before selecting.",
                 ),
                 io.Int.Input(
                     "select_every_nth",
-                    default=1,
-                    min=1,
-                    max=1000,
+                    **spec("select_every_nth"),
                     tooltip="Keep every n-th frame after the skipped ones (1 = all); the fps output is "
                     "divided by it so playback speed stays right.",
                 ),
                 io.Int.Input(
                     "custom_width",
-                    default=0,
-                    min=0,
-                    max=16384,
+                    **spec("custom_width"),
                     tooltip="Output width in pixels; 0 keeps the source width, or follows custom_height "
                     "with the source aspect ratio.",
                 ),
                 io.Int.Input(
                     "custom_height",
-                    default=0,
-                    min=0,
-                    max=16384,
+                    **spec("custom_height"),
                     tooltip="Output height in pixels; 0 keeps the source height, or follows custom_width "
                     "with the source aspect ratio.",
                 ),
                 io.Int.Input(
                     "size_multiple",
-                    default=8,
-                    min=1,
-                    max=512,
+                    **spec("size_multiple"),
                     tooltip="Both sides are rounded to the nearest multiple of this (8 suits SD VAEs, 64 "
                     "is safest for UNet down/up-sampling); 1 keeps the exact size.",
                 ),
@@ -143,21 +145,31 @@ class LoadVideo(io.ComfyNode):
     def execute(
         cls, video, frame_load_cap, skip_first_frames, select_every_nth, custom_width, custom_height, size_multiple
     ) -> io.NodeOutput:
+        s = LoadVideoOptions.from_inputs(
+            frame_load_cap=frame_load_cap,
+            skip_first_frames=skip_first_frames,
+            select_every_nth=select_every_nth,
+            custom_width=custom_width,
+            custom_height=custom_height,
+            size_multiple=size_multiple,
+        )
         path = _video_path(video)
         if not os.path.isfile(path):
             raise ValueError(
                 f"video: '{video}' is not in ComfyUI's input folder ({folder_paths.get_input_directory()}); "
                 "upload it with the node's upload button or copy it there"
             )
-        total = frames_to_decode(probe_video(path).frame_count, frame_load_cap, skip_first_frames, select_every_nth)
+        total = frames_to_decode(
+            probe_video(path).frame_count, s.frame_load_cap, s.skip_first_frames, s.select_every_nth
+        )
         loaded = read_video_frames(
             path,
-            frame_load_cap,
-            skip_first_frames,
-            select_every_nth,
-            custom_width,
-            custom_height,
-            size_multiple,
+            s.frame_load_cap,
+            s.skip_first_frames,
+            s.select_every_nth,
+            s.custom_width,
+            s.custom_height,
+            s.size_multiple,
             on_frame=_interruptible_progress(total),
             available_bytes=available_ram(),
         )
