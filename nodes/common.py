@@ -85,6 +85,23 @@ def check_filename_prefix(prefix, input_name: str = "filename_prefix") -> str:
     return prefix
 
 
+def sampler_inputs(sampler_default: str, cfg_tooltip: str, sampler_tooltip: str) -> list:
+    """The ``cfg`` and ``sampler_name`` widgets of the one-box samplers (TokenFlow, Video-P2P):
+    guidance 7.5 in 0..100 and KSampler's samplers (checked by ``adapters.inversion.check_sampler_name``)."""
+    import comfy.samplers
+    from comfy_api.latest import io
+
+    return [
+        io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=cfg_tooltip),
+        io.Combo.Input(
+            "sampler_name",
+            options=list(comfy.samplers.KSampler.SAMPLERS),
+            default=sampler_default,
+            tooltip=sampler_tooltip,
+        ),
+    ]
+
+
 def available_ram() -> int:
     """Bytes of RAM free for new tensors (0 = unknown: memory guards are off)."""
     try:
