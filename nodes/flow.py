@@ -128,17 +128,11 @@ class EstimateFlow(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, images, method, raft_weights, num_flow_updates, batch_size, scale) -> io.NodeOutput:
+    def execute(cls, images, **options) -> io.NodeOutput:
         frames = check_image(images)
         if frames.shape[0] < 2:
             raise ValueError(f"images: optical flow needs at least 2 frames, got {frames.shape[0]}")
-        s = EstimateFlowOptions.from_inputs(
-            method=method,
-            raft_weights=raft_weights,
-            num_flow_updates=num_flow_updates,
-            batch_size=batch_size,
-            scale=scale,
-        )
+        s = EstimateFlowOptions.from_inputs(**options)
         pbar = comfy.utils.ProgressBar(frames.shape[0] - 1)
 
         def on_batch(pairs: int) -> None:
@@ -198,8 +192,8 @@ class FlowConsistency(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, forward_flow, backward_flow, alpha, beta, squared) -> io.NodeOutput:
-        s = FlowConsistencyOptions.from_inputs(alpha=alpha, beta=beta, squared=squared)
+    def execute(cls, forward_flow, backward_flow, **options) -> io.NodeOutput:
+        s = FlowConsistencyOptions.from_inputs(**options)
         fwd = _check_flow(forward_flow, "forward_flow")
         bwd = _check_flow(backward_flow, "backward_flow")
         if fwd.shape != bwd.shape:
@@ -232,8 +226,8 @@ class FlowPreview(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, flow, max_magnitude) -> io.NodeOutput:
-        s = FlowPreviewOptions.from_inputs(max_magnitude=max_magnitude)
+    def execute(cls, flow, **options) -> io.NodeOutput:
+        s = FlowPreviewOptions.from_inputs(**options)
         return io.NodeOutput(flow_to_rgb(_check_flow(flow, "flow"), s.max_magnitude))
 
 
@@ -272,10 +266,10 @@ class WarpImages(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, images, flow, flow_direction, padding_mode) -> io.NodeOutput:
+    def execute(cls, images, flow, **options) -> io.NodeOutput:
         frames = check_image(images)
         flow = _check_flow(flow, "flow")
-        s = WarpImagesOptions.from_inputs(flow_direction=flow_direction, padding_mode=padding_mode)
+        s = WarpImagesOptions.from_inputs(**options)
         if frames.shape[0] == flow.shape[0] + 1:
             frames = frames[1:] if s.flow_direction == "forward" else frames[:-1]
         elif frames.shape[0] != flow.shape[0]:

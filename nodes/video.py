@@ -37,6 +37,13 @@ class LoadVideoOptions(Options):
 
 
 @dataclass(frozen=True)
+class SelectKeyframesOptions(Options):
+    """Select Keyframes' options (Rerender-A-Video's interval 10)."""
+
+    keyframe_interval: int = option(10, min=1, max=10000)
+
+
+@dataclass(frozen=True)
 class SaveVideoOptions(Options):
     """Save Video's options."""
 
@@ -142,17 +149,8 @@ class LoadVideo(io.ComfyNode):
         )
 
     @classmethod
-    def execute(
-        cls, video, frame_load_cap, skip_first_frames, select_every_nth, custom_width, custom_height, size_multiple
-    ) -> io.NodeOutput:
-        s = LoadVideoOptions.from_inputs(
-            frame_load_cap=frame_load_cap,
-            skip_first_frames=skip_first_frames,
-            select_every_nth=select_every_nth,
-            custom_width=custom_width,
-            custom_height=custom_height,
-            size_multiple=size_multiple,
-        )
+    def execute(cls, video, **options) -> io.NodeOutput:
+        s = LoadVideoOptions.from_inputs(**options)
         path = _video_path(video)
         if not os.path.isfile(path):
             raise ValueError(
@@ -303,9 +301,7 @@ class SelectKeyframes(io.ComfyNode):
                 io.Image.Input("images", tooltip="The clip [F,H,W,3]."),
                 io.Int.Input(
                     "keyframe_interval",
-                    default=10,
-                    min=1,
-                    max=10000,
+                    **SelectKeyframesOptions.spec("keyframe_interval"),
                     tooltip="K: every K-th frame is a keyframe, starting with frame 0 (Rerender-A-Video: 10).",
                 ),
             ],
@@ -315,9 +311,8 @@ class SelectKeyframes(io.ComfyNode):
     @classmethod
     def execute(cls, images, keyframe_interval) -> io.NodeOutput:
         check_image(images)
-        if int(keyframe_interval) < 1:
-            raise ValueError(f"keyframe_interval: must be at least 1, got {keyframe_interval}")
-        keys = list(range(0, images.shape[0], int(keyframe_interval)))
+        s = SelectKeyframesOptions.from_inputs(keyframe_interval=keyframe_interval)
+        keys = list(range(0, images.shape[0], int(s.keyframe_interval)))
         return io.NodeOutput(images[keys], ", ".join(str(k) for k in keys))
 
 
