@@ -3,6 +3,8 @@ validators, and option parsing."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..flow.resize import resize_flow
@@ -100,6 +102,25 @@ def sampler_inputs(sampler_default: str, cfg_tooltip: str, sampler_tooltip: str)
             tooltip=sampler_tooltip,
         ),
     ]
+
+
+def interruptible_progress(total: int, absolute: bool = False) -> Callable[[int], None]:
+    """The progress callback a node hands to the pure code: ``on_progress(n)`` stops when the user
+    cancels (ComfyUI's interrupt), then moves ComfyUI's progress bar of ``total`` by ``n`` (with
+    ``absolute``, to ``n``)."""
+    import comfy.model_management
+    import comfy.utils
+
+    bar = comfy.utils.ProgressBar(max(total, 1))
+
+    def on_progress(n: int = 1) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        if absolute:
+            bar.update_absolute(min(n, bar.total))
+        else:
+            bar.update(n)
+
+    return on_progress
 
 
 def available_ram() -> int:

@@ -9,7 +9,6 @@ import functools
 from dataclasses import dataclass
 
 import comfy.model_management as mm
-import comfy.utils
 import torch
 from comfy_api.latest import io
 
@@ -22,7 +21,7 @@ from ..flow.raft import DEFAULT_FLOW_UPDATES, RAFT_ARCHITECTURES, raft_flow
 from ..flow.visualize import flow_to_rgb
 from ..flow.warp import PADDING_MODES, warp_backward
 from ..options import Options, option
-from .common import OPTICAL_FLOW, check_flow, check_image
+from .common import OPTICAL_FLOW, check_flow, check_image, interruptible_progress
 
 METHODS = ("dis", *RAFT_ARCHITECTURES)
 FLOW_DIRECTIONS = ("forward", "backward")
@@ -133,12 +132,7 @@ class EstimateFlow(io.ComfyNode):
         if frames.shape[0] < 2:
             raise ValueError(f"images: optical flow needs at least 2 frames, got {frames.shape[0]}")
         s = EstimateFlowOptions.from_inputs(**options)
-        pbar = comfy.utils.ProgressBar(frames.shape[0] - 1)
-
-        def on_batch(pairs: int) -> None:
-            pbar.update(pairs)
-            mm.throw_exception_if_processing_interrupted()
-
+        on_batch = interruptible_progress(frames.shape[0] - 1)
         if s.method == "dis":
             return io.NodeOutput(*bidirectional_flow(frames, dis_flow, s.batch_size, s.scale, on_batch))
         model = raft_model(s.method, s.raft_weights)

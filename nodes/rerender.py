@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import comfy.model_management as mm
 import comfy.samplers
-import comfy.utils
 import torch
 from comfy_api.latest import io
 
@@ -24,7 +23,7 @@ from ..attention.crossframe import STORE_PRECISIONS
 from ..flow.fusion import ADAIN_FORMULAS, adain, fidelity_encode
 from ..flow.propagate import BLEND_MODES, COLOUR_SPACES, propagate_keyframes
 from ..options import Options, check_choice, option
-from .common import OPTICAL_FLOW, check_flow, check_image, parse_int_list
+from .common import OPTICAL_FLOW, check_flow, check_image, interruptible_progress, parse_int_list
 
 LATENT_ADAIN_FORMULA = "exact"  # the node matches the moments; Rerender Keyframes uses the official formula
 
@@ -368,12 +367,7 @@ class PropagateKeyframes(io.ComfyNode):
             fwd, bwd = (f.to(device) for f in _flow_pair(frames, forward_flow, backward_flow))
         else:
             fwd = bwd = torch.zeros(0, *frames.shape[1:3], 2, device=device)
-        pbar = comfy.utils.ProgressBar(frames.shape[0])
-
-        def on_frames(done: int) -> None:
-            pbar.update(done)
-            mm.throw_exception_if_processing_interrupted()
-
+        on_frames = interruptible_progress(frames.shape[0])
         out = propagate_keyframes(
             frames.to(device),
             key_images.to(device),

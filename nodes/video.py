@@ -7,8 +7,6 @@ import json
 import os
 from dataclasses import dataclass
 
-import comfy.model_management
-import comfy.utils
 import folder_paths
 from comfy.cli_args import args
 from comfy_api.latest import io, ui
@@ -16,7 +14,7 @@ from comfy_api.latest import io, ui
 from ..media.decode import frames_to_decode, probe_video, read_video_frames
 from ..media.encode import h264_encoder, output_paths, write_video
 from ..options import Options, option
-from .common import available_ram, check_filename_prefix, check_image
+from .common import available_ram, check_filename_prefix, check_image, interruptible_progress
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".m4v")
 
@@ -73,17 +71,6 @@ def _video_path(video: str) -> str:
     if not any(os.path.commonpath((os.path.abspath(root), path)) == os.path.abspath(root) for root in roots):
         raise ValueError(f"video: '{video}' points outside ComfyUI's input folder; choose a file inside it")
     return path
-
-
-def _interruptible_progress(total: int):
-    """Per-frame callback for the media functions: stop when the user cancels, move the bar."""
-    bar = comfy.utils.ProgressBar(max(total, 1))
-
-    def on_frame(done: int) -> None:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        bar.update_absolute(min(done, bar.total))
-
-    return on_frame
 
 
 class LoadVideo(io.ComfyNode):
@@ -168,7 +155,7 @@ class LoadVideo(io.ComfyNode):
             s.custom_width,
             s.custom_height,
             s.size_multiple,
-            on_frame=_interruptible_progress(total),
+            on_frame=interruptible_progress(total, absolute=True),
             available_bytes=available_ram(),
         )
         frames = loaded.frames
@@ -264,7 +251,9 @@ class SaveVideo(io.ComfyNode):
         ):
             counter += 1  # a file written since the counter was computed: never overwrite it
         stem = os.path.join(folder, f"{filename}_{counter:05}_")
-        paths = write_video(images, stem, fps, fmt, crf, cls._metadata(), _interruptible_progress(images.shape[0]))
+        paths = write_video(
+            images, stem, fps, fmt, crf, cls._metadata(), interruptible_progress(images.shape[0], absolute=True)
+        )
         results = [ui.SavedResult(os.path.basename(p), subfolder, io.FolderType.output) for p in paths]
         if fmt in ("mp4", "webm"):
             return io.NodeOutput(ui=ui.PreviewVideo(results))
