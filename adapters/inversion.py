@@ -532,34 +532,73 @@ def output_latent(model, record: InversionRecord, like: dict | None = None) -> d
 
 
 # -- reconstruction ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReconstructionOptions(Options):
+    """Inversion Reconstruction Check's node options."""
+
+    cfg: float = option(1.0, min=0.0, max=100.0, step=0.1)
+    use_null_text: bool = option(False)
+
+
 def sample_back(
     model,
     record: InversionRecord,
-    cfg: float = 1.0,
+    cfg: float = ReconstructionOptions.cfg,
     positive: list | None = None,
     negative: list | None = None,
-    use_null_text: bool = False,
+    use_null_text: bool = ReconstructionOptions.use_null_text,
 ) -> torch.Tensor:
     """DDIM (ComfyUI ``euler``, no noise) from x_T along the inversion's sigmas; raw latent out."""
-    import comfy.sample
-    import comfy.samplers
-
     record.check_weights(weights_id(model))
     positive = record.conditioning if positive is None else positive
     negative = positive if negative is None else negative
     from .nulltext import apply_null_text  # nulltext depends on this module's weights_id
 
     m = apply_null_text(model, record) if use_null_text else model
-    x_T = output_latent(model, record)["samples"]
-    return comfy.sample.sample_custom(
-        m,
+    return sample_inversion(m, record, positive, negative, cfg, "euler", preview=False)["samples"]
+
+
+# -- sampling an inversion's x_T (the methods' one-box samplers, the reconstruction) -------------
+def check_sampler_name(sampler_name: str) -> str:
+    """``sampler_name`` if it is one of KSampler's samplers (ComfyUI does not check V3 combos)."""
+    import comfy.samplers
+
+    return check_choice("sampler_name", sampler_name, comfy.samplers.KSampler.SAMPLERS)
+
+
+def sample_inversion(
+    model,
+    record: InversionRecord,
+    positive: list,
+    negative: list,
+    cfg: float,
+    sampler_name: str,
+    seed: int = 0,
+    preview: bool = True,
+) -> dict:
+    """Sample ``record``'s x_T along its sigmas with ``sampler_name`` and no added noise through
+    ``model`` (the patched clone); with ``preview``, ComfyUI's progress bar and latent previews as
+    SamplerCustom shows them. Returns a LATENT dict (raw latent)."""
+    import comfy.sample
+    import comfy.samplers
+    import comfy.utils
+    import latent_preview
+
+    latent = output_latent(model, record)
+    x_T = latent["samples"]
+    sigmas = record.sigmas.clone()
+    callback = latent_preview.prepare_callback(model, len(sigmas) - 1) if preview else None
+    latent["samples"] = comfy.sample.sample_custom(
+        model,
         torch.zeros_like(x_T),
         float(cfg),
-        comfy.samplers.sampler_object("euler"),
-        record.sigmas.clone(),
+        comfy.samplers.sampler_object(sampler_name),
+        sigmas,
         positive,
         negative,
         x_T,
-        disable_pbar=True,
-        seed=0,
+        callback=callback,
+        disable_pbar=not (preview and comfy.utils.PROGRESS_BAR_ENABLED),
+        seed=int(seed),
     )
+    return latent

@@ -5,6 +5,7 @@ optimisation maths is ``inversion/nulltext.py``."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import chain
 
 import torch
@@ -14,9 +15,21 @@ from ..attention.wrapper_args import apply_model_args
 from ..inversion import ddim, nulltext
 from ..inversion.record import InversionRecord
 from ..inversion.replay import source_context
+from ..options import Options, option
 from .conditioning import cpu_conditioning, model_conds, sampler_transformer_options, slice_conditioning
 from .context_windows import honour_context_windows
 from .inversion import weights_id
+
+_DEFAULT = nulltext.NullTextSettings
+
+
+@dataclass(frozen=True)
+class NullTextOptions(Options):
+    """Null-Text Optimization's node options (defaults of the maths from ``NullTextSettings``)."""
+
+    cfg: float = option(_DEFAULT.cfg, min=1.0, max=30.0, step=0.1)
+    inner_steps: int = option(_DEFAULT.inner_steps, min=0, max=200)
+    frame_batch_size: int = option(8, min=1, max=4096)
 
 
 class _ApplyModel(torch.nn.Module):
@@ -67,9 +80,9 @@ def optimize_null_text(
     record: InversionRecord,
     negative: list,
     positive: list | None = None,
-    cfg: float = 7.5,
-    inner_steps: int = 10,
-    frame_batch_size: int = 8,
+    cfg: float = NullTextOptions.cfg,
+    inner_steps: int = NullTextOptions.inner_steps,
+    frame_batch_size: int = NullTextOptions.frame_batch_size,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[InversionRecord, list[nulltext.StepReport]]:
     """Video-P2P shared null-text optimisation on ``record``; returns a new record (the input

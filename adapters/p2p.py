@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 
 import comfy.patcher_extension as pe
-import comfy.sample
-import comfy.samplers
 import comfy.sd1_clip
 import torch
 
@@ -41,7 +39,7 @@ from ..attention.p2p_tokens import (
 from ..inversion.record import InversionRecord
 from ..inversion.replay import SourceReplay, source_context
 from .conditioning import model_conds
-from .inversion import output_latent, weights_id
+from .inversion import check_sampler_name, sample_inversion, weights_id
 from .model_patch import comfy_attention, existing_attn1_replace, existing_replace, self_attention_keys
 
 log = logging.getLogger(__name__)
@@ -247,30 +245,11 @@ def sample_p2p(
 ) -> tuple[dict, torch.Tensor]:
     """Apply P2P to a clone of ``model`` and sample the inversion's x_T along its sigmas (no
     added noise). Returns ``(LATENT, MASK)``."""
-    import comfy.utils
-    import latent_preview
-
-    if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
-        raise ValueError(f"sampler_name: unknown sampler '{sampler_name}'; pick one of KSampler's samplers")
+    check_sampler_name(sampler_name)
     patched, runtime = apply_p2p(model, edit, inversion, config)
-    latent = output_latent(model, inversion)
-    x_t = latent["samples"]
-    sigmas = inversion.sigmas.clone()
-    callback = latent_preview.prepare_callback(patched, len(sigmas) - 1)
     positive = edit.target_conditioning if positive is None else positive
-    latent["samples"] = comfy.sample.sample_custom(
-        patched,
-        torch.zeros_like(x_t),
-        float(cfg),
-        comfy.samplers.sampler_object(sampler_name),
-        sigmas,
-        positive,
-        negative,
-        x_t,
-        callback=callback,
-        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-        seed=0,
-    )
+    latent = sample_inversion(patched, inversion, positive, negative, cfg, sampler_name)
+    x_t = latent["samples"]
     return latent, masks_image(runtime, x_t.shape[0], tuple(x_t.shape[-2:]))
 
 

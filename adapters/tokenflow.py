@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..attention.block_resolution import TOKENFLOW_PNP_ATTN, TOKENFLOW_PNP_RES
 from ..attention.keys import TOKENFLOW_WRAPPER_KEY
 from ..attention.tokenflow_patch import (
@@ -23,6 +21,7 @@ from ..attention.tokenflow_patch import (
 from ..options import Options, option
 from .context_windows import honour_context_windows
 from .features import feature_group
+from .inversion import check_sampler_name, sample_inversion
 from .model_patch import (
     attach_attn1,
     attention_keys_from_spec,
@@ -96,32 +95,7 @@ def sample_tokenflow(model, positive, negative, inversion, cfg, sampler_name, **
     """Apply TokenFlow to a clone of ``model`` and sample the inversion's x_T along the
     inversion's sigmas with ``sampler_name`` (no added noise), with ComfyUI's progress bar and
     previews as SamplerCustom. Returns a LATENT dict."""
-    import comfy.sample
-    import comfy.samplers
-    import comfy.utils
-    import latent_preview
-
-    from .inversion import output_latent
-
-    if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
-        raise ValueError(f"sampler_name: unknown sampler '{sampler_name}'; pick one of KSampler's samplers")
+    check_sampler_name(sampler_name)
     settings = TokenFlowOptions.from_inputs(**options)
     patched = tokenflow_model(model, source_branch_from(inversion, model), settings, inversion=inversion)
-    latent = output_latent(model, inversion)
-    x_t = latent["samples"]
-    sigmas = inversion.sigmas.clone()
-    callback = latent_preview.prepare_callback(patched, len(sigmas) - 1)
-    latent["samples"] = comfy.sample.sample_custom(
-        patched,
-        torch.zeros_like(x_t),
-        float(cfg),
-        comfy.samplers.sampler_object(sampler_name),
-        sigmas,
-        positive,
-        negative,
-        x_t,
-        callback=callback,
-        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-        seed=int(settings.seed),
-    )
-    return latent
+    return sample_inversion(patched, inversion, positive, negative, cfg, sampler_name, seed=settings.seed)

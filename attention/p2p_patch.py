@@ -259,8 +259,9 @@ def _blend_branches(edit: P2PEdit) -> dict[str, torch.Tensor]:
     return {k: v for k, v in weights.items() if v is not None}
 
 
-class P2PCrossAttention:
-    """attn2 replace patch (one per layer): q ``[B, N, C]``, k/v ``[B, T, C]``."""
+class _P2PPatch:
+    """A replace patch of one layer: the shared runtime and the patch it wraps (model clones
+    share the patch object, and with it the runtime)."""
 
     def __init__(self, runtime: P2PRuntime, previous: Callable | None = None):
         self.runtime = runtime
@@ -268,6 +269,10 @@ class P2PCrossAttention:
 
     def __deepcopy__(self, memo):
         return self
+
+
+class P2PCrossAttention(_P2PPatch):
+    """attn2 replace patch (one per layer): q ``[B, N, C]``, k/v ``[B, T, C]``."""
 
     def __call__(self, q, k, v, extra_options):
         rt = self.runtime
@@ -337,15 +342,8 @@ def first_frame_attention(q, k, v, heads: int, n: int, kernel: Callable) -> torc
     return kernel(q, k[first], v[first], heads)
 
 
-class P2PSelfAttention:
+class P2PSelfAttention(_P2PPatch):
     """attn1 replace patch (one per layer)."""
-
-    def __init__(self, runtime: P2PRuntime, previous: Callable | None = None):
-        self.runtime = runtime
-        self.previous = previous
-
-    def __deepcopy__(self, memo):
-        return self
 
     def __call__(self, q, k, v, extra_options):
         rt = self.runtime

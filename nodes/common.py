@@ -3,6 +3,8 @@ validators, and option parsing."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..flow.resize import resize_flow
@@ -83,6 +85,42 @@ def check_filename_prefix(prefix, input_name: str = "filename_prefix") -> str:
             "inside it, e.g. 'VideoEdit/my_edit'"
         )
     return prefix
+
+
+def sampler_inputs(sampler_default: str, cfg_tooltip: str, sampler_tooltip: str) -> list:
+    """The ``cfg`` and ``sampler_name`` widgets of the one-box samplers (TokenFlow, Video-P2P):
+    guidance 7.5 in 0..100 and KSampler's samplers (checked by ``adapters.inversion.check_sampler_name``)."""
+    import comfy.samplers
+    from comfy_api.latest import io
+
+    return [
+        io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=cfg_tooltip),
+        io.Combo.Input(
+            "sampler_name",
+            options=list(comfy.samplers.KSampler.SAMPLERS),
+            default=sampler_default,
+            tooltip=sampler_tooltip,
+        ),
+    ]
+
+
+def interruptible_progress(total: int, absolute: bool = False) -> Callable[[int], None]:
+    """The progress callback a node hands to the pure code: ``on_progress(n)`` stops when the user
+    cancels (ComfyUI's interrupt), then moves ComfyUI's progress bar of ``total`` by ``n`` (with
+    ``absolute``, to ``n``)."""
+    import comfy.model_management
+    import comfy.utils
+
+    bar = comfy.utils.ProgressBar(max(total, 1))
+
+    def on_progress(n: int = 1) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        if absolute:
+            bar.update_absolute(min(n, bar.total))
+        else:
+            bar.update(n)
+
+    return on_progress
 
 
 def available_ram() -> int:

@@ -10,6 +10,8 @@ from comfy_api.latest import io, ui
 from ..adapters import inversion as adapter
 from ..adapters import nulltext
 from ..adapters.inversion import InversionOptions as Inv
+from ..adapters.inversion import ReconstructionOptions
+from ..adapters.nulltext import NullTextOptions
 from ..inversion import metrics
 from .common import VE_INVERSION, available_ram
 
@@ -162,15 +164,12 @@ class InversionReconstruction(io.ComfyNode):
                 VE_INVERSION.Input("inversion", tooltip="Output of DDIM Inversion (or Null-Text Optimization)."),
                 io.Float.Input(
                     "cfg",
-                    default=1.0,
-                    min=0.0,
-                    max=100.0,
-                    step=0.1,
+                    **ReconstructionOptions.spec("cfg"),
                     tooltip="Guidance while sampling back; 1 = the inversion's own setting.",
                 ),
                 io.Boolean.Input(
                     "use_null_text",
-                    default=False,
+                    **ReconstructionOptions.spec("use_null_text"),
                     tooltip="Use the inversion's optimised null-text embeddings as the negative "
                     "(needs Null-Text Optimization; use its cfg).",
                 ),
@@ -199,7 +198,8 @@ class InversionReconstruction(io.ComfyNode):
     def execute(
         cls, model, inversion, cfg, use_null_text, negative=None, vae=None, images=None, source_latent=None
     ) -> io.NodeOutput:
-        recon = adapter.sample_back(model, inversion, cfg, None, negative, use_null_text)
+        s = ReconstructionOptions.from_inputs(cfg=cfg, use_null_text=use_null_text)
+        recon = adapter.sample_back(model, inversion, s.cfg, None, negative, s.use_null_text)
         source = (source_latent or {}).get("samples")
         if source is not None and tuple(source.shape) != tuple(recon.shape):
             raise ValueError(
@@ -227,6 +227,7 @@ class InversionReconstruction(io.ComfyNode):
 class NullTextOptimization(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        spec = NullTextOptions.spec
         return io.Schema(
             node_id="VideoEdit_NullTextOptimization",
             display_name="Null-Text Optimization (Video-P2P)",
@@ -241,24 +242,17 @@ class NullTextOptimization(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="Initial unconditional embedding (usually empty text)."),
                 io.Float.Input(
                     "cfg",
-                    default=7.5,
-                    min=1.0,
-                    max=30.0,
-                    step=0.1,
+                    **spec("cfg"),
                     tooltip="Guidance scale the edit will use (Video-P2P: 7.5).",
                 ),
                 io.Int.Input(
                     "inner_steps",
-                    default=10,
-                    min=0,
-                    max=200,
+                    **spec("inner_steps"),
                     tooltip="Adam iterations per step at most (0 = keep the negative prompt's embedding).",
                 ),
                 io.Int.Input(
                     "frame_batch_size",
-                    default=8,
-                    min=1,
-                    max=4096,
+                    **spec("frame_batch_size"),
                     tooltip="Frames per UNet call; gradients are accumulated over the chunks (memory).",
                 ),
                 io.Conditioning.Input(
@@ -270,8 +264,9 @@ class NullTextOptimization(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, inversion, negative, cfg, inner_steps, frame_batch_size, positive=None) -> io.NodeOutput:
+        s = NullTextOptions.from_inputs(cfg=cfg, inner_steps=inner_steps, frame_batch_size=frame_batch_size)
         record, reports = nulltext.optimize_null_text(
-            model, inversion, negative, positive, cfg, inner_steps, frame_batch_size
+            model, inversion, negative, positive, s.cfg, s.inner_steps, s.frame_batch_size
         )
         first = sum(r.first_loss for r in reports) / max(len(reports), 1)
         last = sum(r.last_loss for r in reports) / max(len(reports), 1)

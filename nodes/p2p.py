@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import comfy.samplers
 from comfy_api.latest import io
 
 from ..adapters import p2p as adapter
 from ..attention.p2p_control import EDIT_MODES, P2PEditSpec
 from ..attention.p2p_patch import FrameAttention, P2PConfig, SourceMode
-from .common import VE_INVERSION
+from .common import VE_INVERSION, sampler_inputs
 
 VE_P2P_EDIT = io.Custom("VE_P2P_EDIT")
 _EDIT = P2PEditSpec()
@@ -203,20 +202,10 @@ class P2PSampler(io.ComfyNode):
                 VE_P2P_EDIT.Input("edit", tooltip="The prompt pair (VideoEdit Video-P2P Edit)."),
                 VE_INVERSION.Input("inversion", tooltip="DDIM inversion of the source video."),
                 io.Conditioning.Input("negative", tooltip="Negative prompt of the target branch (usually empty)."),
-                io.Float.Input(
-                    "cfg",
-                    default=7.5,
-                    min=0.0,
-                    max=100.0,
-                    step=0.1,
-                    round=0.01,
-                    tooltip="Guidance scale (Video-P2P 7.5; in joint mode the source branch's too).",
-                ),
-                io.Combo.Input(
-                    "sampler_name",
-                    options=list(comfy.samplers.KSampler.SAMPLERS),
-                    default="euler",
-                    tooltip="ComfyUI sampler; euler (= DDIM on these sigmas) makes the blend exact.",
+                *sampler_inputs(
+                    "euler",
+                    cfg_tooltip="Guidance scale (Video-P2P 7.5; in joint mode the source branch's too).",
+                    sampler_tooltip="ComfyUI sampler; euler (= DDIM on these sigmas) makes the blend exact.",
                 ),
                 *p2p_inputs(),
                 io.Conditioning.Input(

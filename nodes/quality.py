@@ -5,13 +5,12 @@ the CLIP glue and the run in ``adapters/quality.py``; this file validates and re
 from __future__ import annotations
 
 import comfy.model_management as mm
-import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
 from ..adapters.quality import CLIP_BATCH, evaluate_edit
 from ..media.quality import DEFAULT_FLOW_SCALE, check_mask, progress_steps
-from .common import OPTICAL_FLOW
+from .common import OPTICAL_FLOW, interruptible_progress
 
 HEADLINE = ("warp_error", "warp_error_source", "ssim_luma", "ssim_edges", "clip_consistency", "clip_text")
 
@@ -176,12 +175,7 @@ class EditQuality(io.ComfyNode):
             raise ValueError(f"mask: expected a MASK tensor, got {type(mask).__name__}")
         region = check_mask(mask.to(mm.intermediate_device()), count, height, width) if mask is not None else None
         clip_batches = 0 if clip_vision is None else 2 * -(-count // CLIP_BATCH)
-        pbar = comfy.utils.ProgressBar(progress_steps(count, forward is not None) + clip_batches)
-
-        def tick() -> None:
-            pbar.update(1)
-            mm.throw_exception_if_processing_interrupted()
-
+        tick = interruptible_progress(progress_steps(count, forward is not None) + clip_batches)
         report, plot = evaluate_edit(
             src,
             edit,

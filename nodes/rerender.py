@@ -3,9 +3,10 @@ building blocks that are useful on their own (fidelity-oriented VAE encoding, la
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import comfy.model_management as mm
 import comfy.samplers
-import comfy.utils
 import torch
 from comfy_api.latest import io
 
@@ -21,10 +22,29 @@ from ..adapters.rerender import (
 from ..attention.crossframe import STORE_PRECISIONS
 from ..flow.fusion import ADAIN_FORMULAS, adain, fidelity_encode
 from ..flow.propagate import BLEND_MODES, COLOUR_SPACES, propagate_keyframes
-from ..options import check_choice
-from .common import OPTICAL_FLOW, check_flow, check_image, parse_int_list
+from ..options import Options, check_choice, option
+from .common import OPTICAL_FLOW, check_flow, check_image, interruptible_progress, parse_int_list
 
 LATENT_ADAIN_FORMULA = "exact"  # the node matches the moments; Rerender Keyframes uses the official formula
+
+
+@dataclass(frozen=True)
+class PropagateOptions(Options):
+    """Propagate Keyframes' options (the defaults of ``flow.propagate.propagate_keyframes``)."""
+
+    keyframe_indices: str = option("0")
+    blend: str = option("moments", choices=BLEND_MODES)
+    colour_space: str = option("ycbcr", choices=COLOUR_SPACES)
+    analysis_scale: float = option(0.5, min=0.1, max=1.0, step=0.05)
+    error_scale: float = option(0.1, min=0.005, max=1.0, step=0.005)
+
+
+@dataclass(frozen=True)
+class LatentAdaINOptions(Options):
+    """Latent AdaIN's options."""
+
+    strength: float = option(1.0, min=0.0, max=1.0, step=0.01)
+    formula: str = option(LATENT_ADAIN_FORMULA, choices=ADAIN_FORMULAS)
 
 
 def _frames(images, name: str = "images") -> torch.Tensor:
@@ -40,6 +60,11 @@ def _flows_for(frames: torch.Tensor, flow, name: str) -> torch.Tensor:
             "their aspect ratios differ; estimate the flow on these frames (any scale of them)"
         )
     return check_flow(flow, name, size=(height, width)).to(frames.device)
+
+
+def _flow_pair(frames: torch.Tensor, forward_flow, backward_flow) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both flows of the clip checked against ``frames`` (see :func:`_flows_for`)."""
+    return _flows_for(frames, forward_flow, "forward_flow"), _flows_for(frames, backward_flow, "backward_flow")
 
 
 def _window_inputs(name: str, what: str) -> list:
@@ -247,8 +272,7 @@ class RerenderKeyframes(io.ComfyNode):
         frames = _frames(images)
         config = RerenderConfig.from_inputs(**options)
         if config.flow_method == "chain" and frames.shape[0] > config.keyframe_interval:  # a 2nd keyframe needs them
-            forward_flow = _flows_for(frames, forward_flow, "forward_flow")
-            backward_flow = _flows_for(frames, backward_flow, "backward_flow")
+            forward_flow, backward_flow = _flow_pair(frames, forward_flow, backward_flow)
         result, keys = render_keyframes(model, positive, negative, vae, frames, config, forward_flow, backward_flow)
         return io.NodeOutput(result, ", ".join(str(k) for k in keys))
 
@@ -256,6 +280,7 @@ class RerenderKeyframes(io.ComfyNode):
 class PropagateKeyframes(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        spec = PropagateOptions.spec
         return io.Schema(
             node_id="VideoEdit_PropagateKeyframes",
             display_name="Propagate Keyframes",
@@ -269,41 +294,33 @@ class PropagateKeyframes(io.ComfyNode):
                 io.Image.Input("keyframes", tooltip="Rendered keyframes, in the order of keyframe_indices."),
                 io.String.Input(
                     "keyframe_indices",
-                    default="0",
+                    **spec("keyframe_indices"),
                     tooltip="Frame index of each keyframe, e.g. '0, 10, 20' (Rerender Keyframes' output).",
                 ),
                 OPTICAL_FLOW.Input("forward_flow", tooltip="Forward flow of the source clip (frame i → i+1)."),
                 OPTICAL_FLOW.Input("backward_flow", tooltip="Backward flow of the source clip (frame i+1 → i)."),
                 io.Combo.Input(
                     "blend",
-                    options=list(BLEND_MODES),
-                    default="moments",
+                    **spec("blend"),
                     tooltip="moments: per-pixel blend, then each frame's colour mean/std matched to the "
                     "lower-error selection; histogram: variance-preserving (Heitz-Neyret) blend, "
                     "then the same match; linear: blend only.",
                 ),
                 io.Combo.Input(
                     "colour_space",
-                    options=list(COLOUR_SPACES),
-                    default="ycbcr",
+                    **spec("colour_space"),
                     tooltip="Space of the colour-statistics match: ycbcr (fast) or CIELAB (as the official "
                     "code; ~0.1 s more per 512² frame on a CPU).",
                 ),
                 io.Float.Input(
                     "analysis_scale",
-                    default=0.5,
-                    min=0.1,
-                    max=1.0,
-                    step=0.05,
+                    **spec("analysis_scale"),
                     tooltip="Resolution of flow chaining, occlusion and weights (fraction of the frame). "
                     "Lower is faster; the warps themselves are always at full resolution.",
                 ),
                 io.Float.Input(
                     "error_scale",
-                    default=0.1,
-                    min=0.005,
-                    max=1.0,
-                    step=0.005,
+                    **spec("error_scale"),
                     tooltip="Warp error (mean |source keyframe warped − source frame|, 0..1) at which a "
                     "keyframe's weight falls to 1/e.",
                 ),
@@ -325,9 +342,14 @@ class PropagateKeyframes(io.ComfyNode):
         error_scale,
     ) -> io.NodeOutput:
         frames = _frames(images)
-        check_choice("blend", blend, BLEND_MODES)
-        check_choice("colour_space", colour_space, COLOUR_SPACES)
-        keys = parse_int_list(keyframe_indices, "keyframe_indices")
+        s = PropagateOptions.from_inputs(
+            keyframe_indices=keyframe_indices,
+            blend=blend,
+            colour_space=colour_space,
+            analysis_scale=analysis_scale,
+            error_scale=error_scale,
+        )
+        keys = parse_int_list(s.keyframe_indices, "keyframe_indices")
         key_images = _frames(keyframes, "keyframes")
         if len(keys) != key_images.shape[0]:
             raise ValueError(
@@ -342,26 +364,20 @@ class PropagateKeyframes(io.ComfyNode):
             raise ValueError(f"keyframe_indices: frame {keys[-1]} is past the clip's {frames.shape[0]} frames")
         device = mm.get_torch_device()
         if frames.shape[0] > 1:
-            fwd = _flows_for(frames, forward_flow, "forward_flow").to(device)
-            bwd = _flows_for(frames, backward_flow, "backward_flow").to(device)
+            fwd, bwd = (f.to(device) for f in _flow_pair(frames, forward_flow, backward_flow))
         else:
             fwd = bwd = torch.zeros(0, *frames.shape[1:3], 2, device=device)
-        pbar = comfy.utils.ProgressBar(frames.shape[0])
-
-        def on_frames(done: int) -> None:
-            pbar.update(done)
-            mm.throw_exception_if_processing_interrupted()
-
+        on_frames = interruptible_progress(frames.shape[0])
         out = propagate_keyframes(
             frames.to(device),
             key_images.to(device),
             keys,
             fwd,
             bwd,
-            analysis_scale=analysis_scale,
-            error_scale=error_scale,
-            blend=blend,
-            colour_space=colour_space,
+            analysis_scale=s.analysis_scale,
+            error_scale=s.error_scale,
+            blend=s.blend,
+            colour_space=s.colour_space,
             on_frames=on_frames,
         )
         return io.NodeOutput(out.to(mm.intermediate_device()))
@@ -432,16 +448,12 @@ class LatentAdaIN(io.ComfyNode):
                 io.Latent.Input("reference", tooltip="Reference latent: one for all, or one per latent."),
                 io.Float.Input(
                     "strength",
-                    default=1.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.01,
+                    **LatentAdaINOptions.spec("strength"),
                     tooltip="Blend between the input (0) and the fully matched latent (1).",
                 ),
                 io.Combo.Input(
                     "formula",
-                    options=list(ADAIN_FORMULAS),
-                    default=LATENT_ADAIN_FORMULA,
+                    **LatentAdaINOptions.spec("formula"),
                     tooltip="exact: the output's channel mean/std equal the reference's (biased std on "
                     "both sides). official: Rerender's update_x0, instance_norm(x)·σ + μ with the "
                     "reference's unbiased std and eps 1e-5 (std larger by about 1/(2·h·w)).",
@@ -452,7 +464,7 @@ class LatentAdaIN(io.ComfyNode):
 
     @classmethod
     def execute(cls, latent, reference, strength, formula=LATENT_ADAIN_FORMULA) -> io.NodeOutput:
-        check_choice("formula", formula, ADAIN_FORMULAS)
+        s = LatentAdaINOptions.from_inputs(strength=strength, formula=formula)
         x, ref = latent["samples"], reference["samples"]
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or getattr(x, "is_nested", False):
             raise ValueError(f"latent: expected an image latent [B,C,h,w], got {tuple(getattr(x, 'shape', ()))}")
@@ -463,9 +475,9 @@ class LatentAdaIN(io.ComfyNode):
             )
         if ref.shape[0] not in (1, x.shape[0]):
             raise ValueError(f"reference: holds {ref.shape[0]} latents; give one, or one per latent ({x.shape[0]})")
-        matched = adain(x, ref.to(x.device), formula)
+        matched = adain(x, ref.to(x.device), s.formula)
         out = latent.copy()
-        out["samples"] = torch.lerp(x, matched, float(strength)) if strength < 1.0 else matched
+        out["samples"] = torch.lerp(x, matched, float(s.strength)) if s.strength < 1.0 else matched
         return io.NodeOutput(out)
 
 

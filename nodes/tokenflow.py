@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import comfy.samplers
 from comfy_api.latest import io
 
 from ..adapters.context_windows import honour_context_windows
 from ..adapters.model_patch import attach_attn1, comfy_attention
 from ..adapters.tokenflow import TokenFlowOptions, apply_tokenflow, sample_tokenflow
 from ..attention.extended_patch import ExtendedAttentionPatch
-from .common import VE_INVERSION, parse_int_list
+from .common import VE_INVERSION, parse_int_list, sampler_inputs
 
 
 class ApplyExtendedAttention(io.ComfyNode):
@@ -150,20 +149,10 @@ class TokenFlowSampler(io.ComfyNode):
                 VE_INVERSION.Input(
                     "inversion", tooltip="DDIM inversion of the source video (VideoEdit DDIM Inversion)."
                 ),
-                io.Float.Input(
-                    "cfg",
-                    default=7.5,
-                    min=0.0,
-                    max=100.0,
-                    step=0.1,
-                    round=0.01,
-                    tooltip="Classifier-free guidance scale (TokenFlow's default 7.5).",
-                ),
-                io.Combo.Input(
-                    "sampler_name",
-                    options=list(comfy.samplers.KSampler.SAMPLERS),
-                    default="ddim",
-                    tooltip="ComfyUI sampler; 'ddim' or 'euler' give TokenFlow's deterministic DDIM "
+                *sampler_inputs(
+                    "ddim",
+                    cfg_tooltip="Classifier-free guidance scale (TokenFlow's default 7.5).",
+                    sampler_tooltip="ComfyUI sampler; 'ddim' or 'euler' give TokenFlow's deterministic DDIM "
                     "update. Stochastic samplers add noise the inversion did not see.",
                 ),
                 *tokenflow_inputs(),

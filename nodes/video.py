@@ -7,8 +7,6 @@ import json
 import os
 from dataclasses import dataclass
 
-import comfy.model_management
-import comfy.utils
 import folder_paths
 from comfy.cli_args import args
 from comfy_api.latest import io, ui
@@ -16,11 +14,31 @@ from comfy_api.latest import io, ui
 from ..media.decode import frames_to_decode, probe_video, read_video_frames
 from ..media.encode import h264_encoder, output_paths, write_video
 from ..options import Options, option
-from .common import available_ram, check_filename_prefix, check_image
+from .common import available_ram, check_filename_prefix, check_image, interruptible_progress
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".m4v")
 
 SAVE_FORMATS = ("mp4", "webm", "gif", "png")  # stable ids stored in workflows; explained in the tooltip
+
+
+@dataclass(frozen=True)
+class LoadVideoOptions(Options):
+    """Load Video's options (``video`` lists the files in ComfyUI's input folder, checked by
+    ``validate_inputs``)."""
+
+    frame_load_cap: int = option(0, min=0, max=1_000_000)
+    skip_first_frames: int = option(0, min=0, max=10_000_000)
+    select_every_nth: int = option(1, min=1, max=1000)
+    custom_width: int = option(0, min=0, max=16384)
+    custom_height: int = option(0, min=0, max=16384)
+    size_multiple: int = option(8, min=1, max=512)
+
+
+@dataclass(frozen=True)
+class SelectKeyframesOptions(Options):
+    """Select Keyframes' options (Rerender-A-Video's interval 10)."""
+
+    keyframe_interval: int = option(10, min=1, max=10000)
 
 
 @dataclass(frozen=True)
@@ -55,20 +73,10 @@ def _video_path(video: str) -> str:
     return path
 
 
-def _interruptible_progress(total: int):
-    """Per-frame callback for the media functions: stop when the user cancels, move the bar."""
-    bar = comfy.utils.ProgressBar(max(total, 1))
-
-    def on_frame(done: int) -> None:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        bar.update_absolute(min(done, bar.total))
-
-    return on_frame
-
-
 class LoadVideo(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        spec = LoadVideoOptions.spec
         return io.Schema(
             node_id="VideoEdit_LoadVideo",
             display_name="Load Video (VideoEdit)",
@@ -85,47 +93,35 @@ class LoadVideo(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "frame_load_cap",
-                    default=0,
-                    min=0,
-                    max=1_000_000,
+                    **spec("frame_load_cap"),
                     tooltip="Most frames to load (after skipping and striding); 0 loads all of them.",
                 ),
                 io.Int.Input(
                     "skip_first_frames",
-                    default=0,
-                    min=0,
-                    max=10_000_000,
+                    **spec("skip_first_frames"),
                     tooltip="Frames to drop from the start before selecting.",
                 ),
                 io.Int.Input(
                     "select_every_nth",
-                    default=1,
-                    min=1,
-                    max=1000,
+                    **spec("select_every_nth"),
                     tooltip="Keep every n-th frame after the skipped ones (1 = all); the fps output is "
                     "divided by it so playback speed stays right.",
                 ),
                 io.Int.Input(
                     "custom_width",
-                    default=0,
-                    min=0,
-                    max=16384,
+                    **spec("custom_width"),
                     tooltip="Output width in pixels; 0 keeps the source width, or follows custom_height "
                     "with the source aspect ratio.",
                 ),
                 io.Int.Input(
                     "custom_height",
-                    default=0,
-                    min=0,
-                    max=16384,
+                    **spec("custom_height"),
                     tooltip="Output height in pixels; 0 keeps the source height, or follows custom_width "
                     "with the source aspect ratio.",
                 ),
                 io.Int.Input(
                     "size_multiple",
-                    default=8,
-                    min=1,
-                    max=512,
+                    **spec("size_multiple"),
                     tooltip="Both sides are rounded to the nearest multiple of this (8 suits SD VAEs, 64 "
                     "is safest for UNet down/up-sampling); 1 keeps the exact size.",
                 ),
@@ -140,25 +136,26 @@ class LoadVideo(io.ComfyNode):
         )
 
     @classmethod
-    def execute(
-        cls, video, frame_load_cap, skip_first_frames, select_every_nth, custom_width, custom_height, size_multiple
-    ) -> io.NodeOutput:
+    def execute(cls, video, **options) -> io.NodeOutput:
+        s = LoadVideoOptions.from_inputs(**options)
         path = _video_path(video)
         if not os.path.isfile(path):
             raise ValueError(
                 f"video: '{video}' is not in ComfyUI's input folder ({folder_paths.get_input_directory()}); "
                 "upload it with the node's upload button or copy it there"
             )
-        total = frames_to_decode(probe_video(path).frame_count, frame_load_cap, skip_first_frames, select_every_nth)
+        total = frames_to_decode(
+            probe_video(path).frame_count, s.frame_load_cap, s.skip_first_frames, s.select_every_nth
+        )
         loaded = read_video_frames(
             path,
-            frame_load_cap,
-            skip_first_frames,
-            select_every_nth,
-            custom_width,
-            custom_height,
-            size_multiple,
-            on_frame=_interruptible_progress(total),
+            s.frame_load_cap,
+            s.skip_first_frames,
+            s.select_every_nth,
+            s.custom_width,
+            s.custom_height,
+            s.size_multiple,
+            on_frame=interruptible_progress(total, absolute=True),
             available_bytes=available_ram(),
         )
         frames = loaded.frames
@@ -254,7 +251,9 @@ class SaveVideo(io.ComfyNode):
         ):
             counter += 1  # a file written since the counter was computed: never overwrite it
         stem = os.path.join(folder, f"{filename}_{counter:05}_")
-        paths = write_video(images, stem, fps, fmt, crf, cls._metadata(), _interruptible_progress(images.shape[0]))
+        paths = write_video(
+            images, stem, fps, fmt, crf, cls._metadata(), interruptible_progress(images.shape[0], absolute=True)
+        )
         results = [ui.SavedResult(os.path.basename(p), subfolder, io.FolderType.output) for p in paths]
         if fmt in ("mp4", "webm"):
             return io.NodeOutput(ui=ui.PreviewVideo(results))
@@ -291,9 +290,7 @@ class SelectKeyframes(io.ComfyNode):
                 io.Image.Input("images", tooltip="The clip [F,H,W,3]."),
                 io.Int.Input(
                     "keyframe_interval",
-                    default=10,
-                    min=1,
-                    max=10000,
+                    **SelectKeyframesOptions.spec("keyframe_interval"),
                     tooltip="K: every K-th frame is a keyframe, starting with frame 0 (Rerender-A-Video: 10).",
                 ),
             ],
@@ -303,9 +300,8 @@ class SelectKeyframes(io.ComfyNode):
     @classmethod
     def execute(cls, images, keyframe_interval) -> io.NodeOutput:
         check_image(images)
-        if int(keyframe_interval) < 1:
-            raise ValueError(f"keyframe_interval: must be at least 1, got {keyframe_interval}")
-        keys = list(range(0, images.shape[0], int(keyframe_interval)))
+        s = SelectKeyframesOptions.from_inputs(keyframe_interval=keyframe_interval)
+        keys = list(range(0, images.shape[0], int(s.keyframe_interval)))
         return io.NodeOutput(images[keys], ", ".join(str(k) for k in keys))
 
 

@@ -10,40 +10,24 @@ import torch
 
 from ve_testkit.interrupts import K_COUNTS, check_interrupt_property
 from ve_testkit.models import encode_prompt
+from ve_testkit.runs import ddim_invert, sampler_custom
 
 FRAMES, STEPS = 3, 2
 
 
 @pytest.fixture(scope="module")
 def setup(host, pack_nodes, tiny_model, tiny_clip):
-    from comfyui_videoedit.nodes.inversion import DDIMInversion
-
     with torch.inference_mode():
         latent = {"samples": torch.randn(FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.5}
         src = encode_prompt(tiny_clip, "a car")
-        inversion, x_t, sigmas = DDIMInversion.execute(
-            tiny_model,
-            latent,
-            src,
-            steps=STEPS,
-            inversion_steps=0,
-            scheduler="ddim_uniform",
-            frame_batch_size=16,
-            cache_mode="off",
-            cache_limit_mb=0,
-            clear_cache=False,
-        ).args
+        inversion, x_t, sigmas = ddim_invert(tiny_model, latent, src, STEPS).args
         pos, neg = encode_prompt(tiny_clip, "a red car"), encode_prompt(tiny_clip, "")
     yield {"latent": latent, "src": src, "inversion": inversion, "x_t": x_t, "sigmas": sigmas, "pos": pos, "neg": neg}
     print("\ninterrupt property, k tried per method:", K_COUNTS)
 
 
 def _sampler_custom(host, model, s, cfg=5.0):
-    node = host.custom_sampler.SamplerCustom()
-    sampler = host.comfy.samplers.sampler_object("euler")
-    out = node.execute(model, False, 0, cfg, s["pos"], s["neg"], sampler, s["sigmas"], s["x_t"])
-    out = out.args if hasattr(out, "args") else out
-    return out[0]["samples"]
+    return sampler_custom(host, model, s["pos"], s["neg"], s["sigmas"], s["x_t"], cfg)
 
 
 TOKENFLOW = dict(
@@ -130,24 +114,12 @@ def test_flatten_inversion_then_pnp_sampling(host, tiny_model, setup, inference_
     """FLATTEN in the inversion (memory cache on: an interrupted inversion must store nothing)
     and in the PnP-injected sampling."""
     from comfyui_videoedit.adapters.inversion import MEMORY_CACHE
-    from comfyui_videoedit.nodes.inversion import DDIMInversion
 
     plain = _flatten_model(tiny_model, setup)
 
     def invert():
         MEMORY_CACHE.clear()
-        return DDIMInversion.execute(
-            plain,
-            setup["latent"],
-            setup["src"],
-            steps=STEPS,
-            inversion_steps=0,
-            scheduler="ddim_uniform",
-            frame_batch_size=16,
-            cache_mode="memory",
-            cache_limit_mb=0,
-            clear_cache=False,
-        ).args
+        return ddim_invert(plain, setup["latent"], setup["src"], STEPS, cache_mode="memory").args
 
     check_interrupt_property("flatten_inversion", tiny_model, invert)
     inversion, x_t, sigmas = invert()

@@ -6,47 +6,23 @@ import pytest
 import torch
 
 from ve_testkit.models import encode_prompt
+from ve_testkit.runs import ddim_invert, sampler_custom
 
 FRAMES = 3
 
 
 @pytest.fixture(scope="module")
 def setup(host, pack_nodes, tiny_model, tiny_clip):
-    from comfyui_videoedit.nodes.inversion import DDIMInversion
-
     with torch.inference_mode():
         latent = {"samples": torch.randn(FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.5}
         src = encode_prompt(tiny_clip, "a car")
-        inversion, x_t, sigmas = DDIMInversion.execute(
-            tiny_model,
-            latent,
-            src,
-            steps=2,
-            inversion_steps=0,
-            scheduler="ddim_uniform",
-            frame_batch_size=16,
-            cache_mode="off",
-            cache_limit_mb=0,
-            clear_cache=False,
-        ).args
+        inversion, x_t, sigmas = ddim_invert(tiny_model, latent, src, 2).args
         pos, neg = encode_prompt(tiny_clip, "a red car"), encode_prompt(tiny_clip, "")
     return {"latent": latent, "inversion": inversion, "x_t": x_t, "sigmas": sigmas, "pos": pos, "neg": neg}
 
 
 def _sample(host, model, s, samples):
-    node = host.custom_sampler.SamplerCustom()
-    out = node.execute(
-        model,
-        False,
-        0,
-        5.0,
-        s["pos"],
-        s["neg"],
-        host.comfy.samplers.sampler_object("euler"),
-        s["sigmas"],
-        {"samples": samples},
-    )
-    return (out.args if hasattr(out, "args") else out)[0]["samples"]
+    return sampler_custom(host, model, s["pos"], s["neg"], s["sigmas"], {"samples": samples})
 
 
 def _tokenflow(tiny_model, inversion):

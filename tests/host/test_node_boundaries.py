@@ -166,7 +166,14 @@ def test_raft_file_errors_are_the_packs_words(host, pack_nodes, raft_files, name
     from comfyui_videoedit.nodes.flow import EstimateFlow
 
     with pytest.raises(ValueError, match=match) as err:
-        EstimateFlow.execute(torch.rand(2, 32, 32, 3), "raft_small", name, 2, 2, 1.0)
+        EstimateFlow.execute(
+            images=torch.rand(2, 32, 32, 3),
+            method="raft_small",
+            raft_weights=name,
+            num_flow_updates=2,
+            batch_size=2,
+            scale=1.0,
+        )
     assert "trust the source" not in str(err.value) and "header too large" not in str(err.value).split("(")[0]
 
 

@@ -36,7 +36,9 @@ def test_propagate_node_fills_every_frame(pack_nodes, inference_mode):
     from comfyui_videoedit.nodes.rerender import PropagateKeyframes
 
     frames = _clip()
-    fwd, bwd = EstimateFlow.execute(frames, "dis", "auto", 12, 4, 1.0).result
+    fwd, bwd = EstimateFlow.execute(
+        images=frames, method="dis", raft_weights="auto", num_flow_updates=12, batch_size=4, scale=1.0
+    ).result
     styled = 1.0 - frames
     keys = styled[[0, 4]]
     (out,) = PropagateKeyframes.execute(frames, keys, "0, 4", fwd, bwd, "moments", "ycbcr", 0.5, 0.1).result

@@ -4,28 +4,16 @@ import pytest
 import torch
 
 from ve_testkit.models import encode_prompt
+from ve_testkit.runs import ddim_invert, sampler_custom
 
 
 @pytest.fixture(scope="module")
 def edit_setup(host, pack_nodes, tiny_model, tiny_clip):
-    from comfyui_videoedit.nodes.inversion import DDIMInversion
-
     frames = 9
     with torch.inference_mode():
         latent = {"samples": torch.randn(frames, 4, 8, 8, generator=torch.Generator().manual_seed(5)) * 0.5}
         src = encode_prompt(tiny_clip, "a car")
-        out = DDIMInversion.execute(
-            tiny_model,
-            latent,
-            src,
-            steps=4,
-            inversion_steps=0,
-            scheduler="ddim_uniform",
-            frame_batch_size=16,
-            cache_mode="memory",
-            cache_limit_mb=0,
-            clear_cache=False,
-        )
+        out = ddim_invert(tiny_model, latent, src, 4, cache_mode="memory")
         inversion, x_t, sigmas = out.args
         pos, neg = encode_prompt(tiny_clip, "a red car"), encode_prompt(tiny_clip, "")
     return {"inversion": inversion, "x_t": x_t, "sigmas": sigmas, "pos": pos, "neg": neg}
@@ -49,12 +37,7 @@ def _apply(model, inversion, **kw):
 
 
 def _sampler_custom(host, model, s, cfg=5.0):
-    node = host.custom_sampler.SamplerCustom()
-    sampler = host.comfy.samplers.sampler_object("euler")
-    fn = getattr(node, "sample", None) or node.execute
-    out = fn(model, False, 0, cfg, s["pos"], s["neg"], sampler, s["sigmas"], s["x_t"])
-    out = out.args if hasattr(out, "args") else out
-    return out[0]["samples"]
+    return sampler_custom(host, model, s["pos"], s["neg"], s["sigmas"], s["x_t"], cfg)
 
 
 def test_nine_frame_edit_through_sampler_custom(host, tiny_model, edit_setup, inference_mode):
@@ -180,7 +163,6 @@ def test_a_lora_on_the_model_composes(host, tiny_model, tiny_clip, edit_setup, i
     same edit without the LoRA. An inversion made without the LoRA is refused."""
     import comfy.sd
 
-    from comfyui_videoedit.nodes.inversion import DDIMInversion
     from comfyui_videoedit.nodes.tokenflow import ApplyExtendedAttention
     from ve_testkit.models import tiny_lora
 
@@ -188,18 +170,7 @@ def test_a_lora_on_the_model_composes(host, tiny_model, tiny_clip, edit_setup, i
     assert lora_model.patches, "the LoRA did not load"
     latent = {"samples": torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(6)) * 0.5}
     src = encode_prompt(tiny_clip, "a car")
-    inversion, x_t, sigmas = DDIMInversion.execute(
-        lora_model,
-        latent,
-        src,
-        steps=3,
-        inversion_steps=0,
-        scheduler="ddim_uniform",
-        frame_batch_size=16,
-        cache_mode="off",
-        cache_limit_mb=0,
-        clear_cache=False,
-    ).args
+    inversion, x_t, sigmas = ddim_invert(lora_model, latent, src, 3).args
     s = dict(edit_setup, inversion=inversion, x_t=x_t, sigmas=sigmas)
     reduced = dict(window=1, blend="paper", pnp_attn_blocks="none", pnp_resnet_blocks="")
     a = _sampler_custom(host, _apply(lora_model, inversion, **reduced), s)

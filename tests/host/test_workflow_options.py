@@ -2,6 +2,7 @@
 are short stable ids; old display labels are not accepted), and the settings dataclasses reject
 other values with an error that lists the ids."""
 
+import dataclasses
 import json
 import re
 
@@ -133,3 +134,74 @@ def test_shipped_workflows_save_with_format_ids(pack_nodes):
         for node in json.loads(path.read_text())["nodes"]:
             if node.get("type") == "VideoEdit_SaveVideo":
                 assert any(v in SAVE_FORMATS for v in node["widgets_values"]), (path.name, node["widgets_values"])
+
+
+@pytest.mark.parametrize(
+    "module, cls, option, bad",
+    [
+        ("nodes.flow", "EstimateFlowOptions", "method", "farneback"),
+        ("nodes.flow", "WarpImagesOptions", "flow_direction", "sideways"),
+        ("nodes.flow", "WarpImagesOptions", "padding_mode", "wrap"),
+    ],
+)
+def test_flow_combos_are_checked_by_the_settings(pack_nodes, module, cls, option, bad):
+    import importlib
+
+    options = getattr(importlib.import_module(f"comfyui_videoedit.{module}"), cls)
+    ids = options.choices(option)
+    with pytest.raises(ValueError, match=rf"^{option}: '{bad}' is not one of {', '.join(ids)}$"):
+        options.from_inputs(**{option: bad})
+
+
+def test_flow_video_and_inversion_nodes_check_their_inputs(pack_nodes, inference_mode):
+    import torch
+
+    from comfyui_videoedit.adapters.nulltext import NullTextOptions
+    from comfyui_videoedit.nodes import flow, rerender, video
+
+    clip, fl = torch.rand(3, 8, 8, 3), torch.zeros(2, 8, 8, 2)
+    with pytest.raises(ValueError, match="^flow_direction: 'sideways' is not one of forward, backward$"):
+        flow.WarpImages.execute(clip, fl, flow_direction="sideways", padding_mode="border")
+    with pytest.raises(ValueError, match="^method: 'farneback' is not one of dis, raft_large, raft_small$"):
+        flow.EstimateFlow.execute(clip, method="farneback")
+    with pytest.raises(ValueError, match=r"^scale: 2.0 is outside 0.1..1.0$"):
+        flow.EstimateFlow.execute(clip, method="dis", scale=2.0)
+    with pytest.raises(ValueError, match=r"^alpha: -1.0 is outside 0.0..1.0$"):
+        flow.FlowConsistency.execute(fl, fl, alpha=-1.0, beta=0.5, squared=True)
+    with pytest.raises(ValueError, match=r"^max_magnitude: -1 is outside 0.0..10000.0$"):
+        flow.FlowPreview.execute(fl, max_magnitude=-1)
+    with pytest.raises(ValueError, match=r"^select_every_nth: 0 is outside 1..1000$"):
+        video.LoadVideo.execute("clip.mp4", select_every_nth=0)
+    with pytest.raises(ValueError, match=r"^cfg: 0.5 is outside 1.0..30.0$"):
+        NullTextOptions.from_inputs(cfg=0.5)
+    with pytest.raises(ValueError, match=r"^error_scale: 0 is outside 0.005..1.0$"):
+        rerender.PropagateKeyframes.execute(clip, clip, "0", fl, fl, "moments", "ycbcr", 0.5, 0)
+    with pytest.raises(ValueError, match=r"^strength: 2 is outside 0.0..1.0$"):
+        rerender.LatentAdaIN.execute({"samples": torch.zeros(1, 4, 2, 2)}, {"samples": torch.zeros(1, 4, 2, 2)}, 2)
+
+
+def test_flow_video_and_inversion_schemas_read_their_settings(pack_nodes):
+    from comfyui_videoedit.adapters.inversion import ReconstructionOptions
+    from comfyui_videoedit.adapters.nulltext import NullTextOptions
+    from comfyui_videoedit.nodes import flow, inversion, rerender, video
+
+    pairs = [
+        (rerender.PropagateKeyframes, rerender.PropagateOptions),
+        (rerender.LatentAdaIN, rerender.LatentAdaINOptions),
+        (video.SelectKeyframes, video.SelectKeyframesOptions),
+        (flow.EstimateFlow, flow.EstimateFlowOptions),
+        (flow.FlowConsistency, flow.FlowConsistencyOptions),
+        (flow.FlowPreview, flow.FlowPreviewOptions),
+        (flow.WarpImages, flow.WarpImagesOptions),
+        (video.LoadVideo, video.LoadVideoOptions),
+        (inversion.NullTextOptimization, NullTextOptions),
+        (inversion.InversionReconstruction, ReconstructionOptions),
+    ]
+    for node, options in pairs:
+        inputs = {i.id: i for i in node.define_schema().inputs}
+        for field in dataclasses.fields(options):
+            spec = options.spec(field.name)
+            widget = inputs[field.name]
+            assert widget.default == spec.pop("default"), (node.__name__, field.name)
+            for key, value in spec.items():
+                assert getattr(widget, key) == value, (node.__name__, field.name, key)
