@@ -211,3 +211,4 @@ def test_interrupted_edits_never_leave_a_partial_entry(host, tiny_model, setup, 
             _sample(host, model, setup, inv)
         assert torch.equal(_sample(host, model, setup, inv), reference), f"after an interrupt at call {k}/{total}"
     assert total >= 2 * STEPS
+    print(f"\nfeature cache: interrupted and re-run at each of {total} UNet calls")
