@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .feature_names import feature_name, parse_feature_name
 from .frames import call_frame_indices
 from .keys import PNP_KEY
 from .modes import PnPMode
@@ -171,27 +172,22 @@ def pnp_features(qk: dict, res: dict) -> dict[str, torch.Tensor]:
     """The captured source q/k and residuals as named tensors (for the feature cache)."""
     out = {}
     for key, (q, k) in qk.items():
-        name = ".".join(str(v) for v in key)
-        out[f"q|{name}"], out[f"k|{name}"] = q, k
+        out[feature_name("q", key)], out[feature_name("k", key)] = q, k
     for rkey, t in res.items():
-        out["res|" + ".".join(str(v) for v in rkey)] = t
+        out[feature_name("res", rkey)] = t
     return out
 
 
 def pnp_from_features(features: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     """The inverse of :func:`pnp_features`: ``(qk, res)``."""
-
-    def key(text: str) -> tuple:
-        return tuple(int(v) if v.lstrip("-").isdigit() else v for v in text.split("."))
-
     pairs: dict = {}
     res = {}
     for name, t in features.items():
-        kind, rest = name.split("|", 1)
+        kind, (key,) = parse_feature_name(name)
         if kind == "res":
-            res[key(rest)] = t
+            res[key] = t
         else:
-            pairs.setdefault(key(rest), {})[kind] = t
+            pairs.setdefault(key, {})[kind] = t
     return {k: (v["q"], v["k"]) for k, v in pairs.items()}, res
 
 

@@ -37,6 +37,7 @@ from typing import Protocol
 import torch
 
 from .extended import extended_attention, sdpa_attention
+from .feature_names import feature_name, parse_feature_name
 from .frames import call_frame_indices
 from .keys import TOKENFLOW_PHASE_KEY as PHASE_KEY
 from .modes import TokenFlowPass
@@ -156,18 +157,6 @@ def _joint_context(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torc
     return a, b
 
 
-def _name(*parts) -> str:
-    """Entry name of one stored tensor: kinds and keys joined (``fields|output.4.0|0.1.2``)."""
-    return "|".join(".".join(str(v) for v in p) if isinstance(p, tuple) else str(p) for p in parts)
-
-
-def _parts(text: str) -> tuple[tuple, ...]:
-    def key(part: str) -> tuple:
-        return tuple(int(v) if v.lstrip("-").isdigit() else v for v in part.split(".")) if part else ()
-
-    return tuple(key(p) for p in text.split("|")[1:])
-
-
 def state_features(st: StepState) -> dict[str, torch.Tensor]:
     """What the sampler's rows consume from a completed step state, for the feature cache: the
     NN fields, and while injection is on the keyframes' PnP q/k and the ResBlock residuals (the
@@ -175,16 +164,16 @@ def state_features(st: StepState) -> dict[str, torch.Tensor]:
     out = {}
     for key, by_pos in st.fields.items():
         for pos, t in by_pos.items():
-            out[_name("fields", key, pos)] = t
+            out[feature_name("fields", key, pos)] = t
     if st.inject_attn:
         for key, (q, k) in st.kf_src_qk.items():
-            out[_name("q", key)], out[_name("k", key)] = q, k
+            out[feature_name("q", key)], out[feature_name("k", key)] = q, k
     if st.inject_res:
         for rkey, t in st.kf_src_res.items():
-            out[_name("kfres", rkey)] = t
+            out[feature_name("kfres", rkey)] = t
         for rkey, by_pos in st.src_res.items():
             for pos, t in by_pos.items():
-                out[_name("res", rkey, pos)] = t
+                out[feature_name("res", rkey, pos)] = t
     return out
 
 
@@ -192,7 +181,7 @@ def fill_state(st: StepState, features: dict[str, torch.Tensor]) -> None:
     """The inverse of :func:`state_features` into a fresh step state."""
     qk: dict = {}
     for name, t in features.items():
-        kind, parts = name.split("|", 1)[0], _parts(name)
+        kind, parts = parse_feature_name(name)
         if kind == "fields":
             st.fields.setdefault(parts[0], {})[parts[1]] = t
         elif kind in ("q", "k"):
