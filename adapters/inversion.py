@@ -36,7 +36,7 @@ import torch
 from ..attention.keys import FRAME_INDICES_KEY, FRAME_TOTAL_KEY, LATENT_INPUT_KEY
 from ..inversion import ddim, identity, schedule
 from ..inversion.cache import CACHE_DIR_NAME, CACHE_MODES, MemoryCache, TieredCache, cache_key
-from ..inversion.feature_cache import FEATURE_CACHE_MODES, FEATURES_DIR_NAME, FeatureCache
+from ..inversion.feature_cache import FEATURE_CACHE_MODES, FEATURES_DIR_NAME, FeatureCache, clear_features
 from ..inversion.record import InversionRecord, record_from_tensors, record_tensors
 from ..options import Options, check_choice, option
 from .conditioning import cpu_conditioning, slice_conditioning
@@ -455,7 +455,7 @@ def invert_video(
     features_root = Path(root or cache_root()) / FEATURES_DIR_NAME
     if s.clear_cache:
         log.info("VideoEdit inversion cache cleared (%d disk entries)", cache.clear())
-        log.info("VideoEdit feature cache cleared (%d groups)", FeatureCache("memory", "", root=features_root).clear())
+        log.info("VideoEdit feature cache cleared (%d groups)", clear_features(features_root))
 
     def compute() -> InversionRecord:
         return _compute_record(

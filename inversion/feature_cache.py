@@ -151,6 +151,7 @@ class FeatureCache:
         self.root = None if root is None else Path(root)
         self.memory = memory
         self.notes: list[str] = []
+        self._disk_bytes: int | None = None  # running total of the disk groups (None: not scanned yet)
 
     def __deepcopy__(self, memo):  # shared by every model and record that carries it
         return self
@@ -173,39 +174,58 @@ class FeatureCache:
     def _disk(self, group: str) -> DiskCache:
         return DiskCache(self.root / group)  # no limit of its own: the cap is checked per group below
 
-    def _disk_groups(self) -> list[tuple[str, int, float]]:
-        """``(group, bytes, last_used)`` of the groups the pack wrote, oldest first."""
-        out = []
-        if self.root is None or not self.root.is_dir():
-            return out
-        for folder in self.root.iterdir():
-            if folder.is_dir() and not folder.is_symlink() and (folder / GROUP_MARKER).is_file():
-                entries = DiskCache(folder).entries()
-                last = max((e[2] for e in entries), default=0.0)
-                out.append((folder.name, sum(e[1] for e in entries), last))
-        return sorted(out, key=lambda g: g[2])
-
     def _disk_make_room(self, group: str, need: int) -> bool:
+        """Whether ``need`` more bytes fit on disk under the cap, after dropping least recently
+        used other groups if they must go. The folders are scanned once, and again only when the
+        running total says the cap would be passed (not at every step)."""
         if self.limit <= 0:
             return True
-        groups = self._disk_groups()
-        total = sum(g[1] for g in groups)
+        if self._disk_bytes is None:
+            self._disk_bytes = sum(size for _, size, _ in _disk_groups(self.root))
+        if self._disk_bytes + need <= self.limit:
+            self._disk_bytes += need
+            return True
+        groups = _disk_groups(self.root)  # the precise sizes, oldest first
+        total = sum(size for _, size, _ in groups)
         for name, size, _ in groups:
             if total + need <= self.limit:
                 break
             if name != group:
                 shutil.rmtree(self.root / name, ignore_errors=True)
                 total -= size
-        return total + need <= self.limit
+        fits = total + need <= self.limit
+        self._disk_bytes = total + need * fits
+        return fits
 
     def clear(self) -> int:
         """Drop every group (RAM, and on disk every folder the pack wrote); groups removed."""
-        n = len(self.memory.groups)
-        self.memory.clear()
-        for name, _, _ in self._disk_groups():
-            shutil.rmtree(self.root / name, ignore_errors=True)
-            n += 1
-        return n
+        self._disk_bytes = None
+        return clear_features(self.root, self.memory)
+
+
+def _disk_groups(root: Path | None) -> list[tuple[str, int, float]]:
+    """``(group, bytes, last_used)`` of the groups the pack wrote under ``root``, oldest first."""
+    out = []
+    if root is None or not root.is_dir():
+        return out
+    for folder in root.iterdir():
+        if folder.is_dir() and not folder.is_symlink() and (folder / GROUP_MARKER).is_file():
+            entries = DiskCache(folder).entries()
+            last = max((e[2] for e in entries), default=0.0)
+            out.append((folder.name, sum(e[1] for e in entries), last))
+    return sorted(out, key=lambda g: g[2])
+
+
+def clear_features(root: str | Path | None, memory: _MemoryStore = MEMORY) -> int:
+    """Drop every feature group in RAM and every group folder the pack wrote under ``root``
+    (other files there are left alone); groups removed."""
+    n = len(memory.groups)
+    memory.clear()
+    root = None if root is None else Path(root)
+    for name, _, _ in _disk_groups(root):
+        shutil.rmtree(root / name, ignore_errors=True)
+        n += 1
+    return n
 
 
 class FeatureGroup:
@@ -268,8 +288,9 @@ class FeatureGroup:
             if on_disk:
                 folder = c.root / self.key
                 try:
-                    folder.mkdir(parents=True, exist_ok=True)
-                    (folder / GROUP_MARKER).write_text(json.dumps({"inversion": c.inversion_key}))
+                    if not (folder / GROUP_MARKER).is_file():  # a new group folder
+                        folder.mkdir(parents=True, exist_ok=True)
+                        (folder / GROUP_MARKER).write_text(json.dumps({"inversion": c.inversion_key}))
                     c._disk(self.key).store(entry, stored, {"dtypes": dtypes})
                 except OSError as err:
                     log.warning("VideoEdit feature cache: could not write under %s (%s)", folder, err)

@@ -124,3 +124,16 @@ def test_pnp_round_trip():
     assert list(qk2) == list(qk) and list(res2) == list(res)
     assert all(torch.equal(a, b) for a, b in zip(qk2[("output", 6, 0)], qk[("output", 6, 0)], strict=True))
     assert torch.equal(res2[("output", 3)], res[("output", 3)])
+
+
+def test_disk_cap_drops_older_groups_and_keeps_count_without_rescanning(tmp_path):
+    size = sum(t.numel() * t.element_size() for t in pack(_features())[0].values())
+    cache = FeatureCache("disk", "inv", limit_bytes=int(2.5 * size), root=tmp_path, memory=_MemoryStore())
+    old, new = cache.group("old"), cache.group("new")
+    e1, e2 = old.entry_key(step=0), old.entry_key(step=1)
+    assert old.put(e1, _features()) and old.put(e2, _features(1))
+    assert new.put(new.entry_key(step=0), _features(2))  # past the cap: the older group's folder goes
+    assert not (tmp_path / old.key).exists() and (tmp_path / new.key).is_dir()
+    fresh = FeatureCache("disk", "inv", root=tmp_path, memory=_MemoryStore())
+    assert fresh.group("old").get(e1, "cpu") is None
+    _same(fresh.group("new").get(new.entry_key(step=0), "cpu"), _features(2))
