@@ -10,6 +10,7 @@ import torch
 
 from ve_testkit.interrupts import unet_calls
 from ve_testkit.models import encode_prompt
+from ve_testkit.runs import sampler_custom
 
 FRAMES, STEPS = 5, 3
 TOKENFLOW = dict(
@@ -55,14 +56,8 @@ def _invert(model, s, tmp_path, mode="memory", cap_mb=0):
 
 
 def _sample(host, model, s, record, positive="pos"):
-    node = host.custom_sampler.SamplerCustom()
-    fn = getattr(node, "sample", None) or node.execute
-    sampler = host.comfy.samplers.sampler_object("euler")
-    out = fn(
-        model, False, 0, 5.0, s[positive], s["neg"], sampler, record.sigmas.clone(), {"samples": record.x_T.clone()}
-    )
-    out = out.args if hasattr(out, "args") else out
-    return out[0]["samples"]
+    """SamplerCustom from the inversion's x_T along its sigmas (cfg 5, euler)."""
+    return sampler_custom(host, model, s[positive], s["neg"], record.sigmas.clone(), {"samples": record.x_T.clone()})
 
 
 def _tokenflow(model, record):
@@ -149,14 +144,13 @@ def test_disk_cache_serves_a_new_process_and_survives_bad_files(host, tiny_model
 def test_the_cap_falls_back_to_recomputing(host, tiny_model, setup, tmp_path, inference_mode):
     _fresh_memory()
     inv = _invert(tiny_model, setup, tmp_path, cap_mb=0)
-    small = inv
-    small.feature_cache.limit = 1  # one byte: nothing fits
+    inv.feature_cache.limit = 1  # one byte: nothing fits
     plain = dataclasses.replace(inv, feature_cache=None)
     reference = _sample(host, _tokenflow(tiny_model, plain), setup, plain)
-    model = _tokenflow(tiny_model, small)
-    assert torch.equal(_sample(host, model, setup, small), reference)
-    assert torch.equal(_sample(host, model, setup, small), reference)
-    assert any("cap" in n for n in small.feature_cache.notes)
+    model = _tokenflow(tiny_model, inv)
+    assert torch.equal(_sample(host, model, setup, inv), reference)
+    assert torch.equal(_sample(host, model, setup, inv), reference)
+    assert any("cap" in n for n in inv.feature_cache.notes)
 
 
 def test_flatten_pnp_second_edit_is_identical(host, tiny_model, setup, tmp_path, inference_mode):
